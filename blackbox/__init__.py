@@ -1,0 +1,44 @@
+"""blackbox: optimise and explain models you can only query.
+
+Core (numpy only): query functions and budgets, likelihood-ratio gradient estimators, saliency,
+metrics and plots. Models live in :mod:`blackbox.adapters`; the command line in :mod:`blackbox.cli`.
+"""
+from .errors import BlackboxError, BudgetExceeded, InputError, MissingDependency, ModelError
+from .estimators import GradientEstimate, lr_gradient
+from .image_spaces import MaskSpace, PatchGrid, PixelSpace
+from .images import ImageView, load_image
+from .metrics import cosine, deletion_insertion, spearman
+from .models import Classifier, ImageModel, Target
+from .queries import Budget, QueryFunction, QueryRunner
+from .saliency import SaliencyResult, make_baseline, saliency
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlackboxError", "BudgetExceeded", "InputError", "MissingDependency", "ModelError",
+    "GradientEstimate", "lr_gradient", "MaskSpace", "PatchGrid", "PixelSpace", "ImageView",
+    "load_image", "cosine", "deletion_insertion", "spearman", "Classifier", "ImageModel", "Target",
+    "Budget", "QueryFunction", "QueryRunner", "SaliencyResult", "make_baseline", "saliency",
+    "explain",
+]
+
+
+def explain(image, model, target=None, **options) -> "SaliencyResult":
+    """Notebook shortcut: a saliency map of ``image`` (a path or an array) on ``model``.
+
+    ``model`` is any :class:`ImageModel` (for example
+    ``blackbox.adapters.load_image_model()``, the embedded classifier); ``target`` is a label,
+    a class index or None for the top class; ``options`` go to :func:`saliency`. The map at the
+    image's own resolution is ``result.full_map``.
+    """
+    from .images import as_float_image
+
+    original = as_float_image(image) if hasattr(image, "shape") else load_image(image)
+    view = model.view(*original.shape[:2])
+    working = view.to_working(original)
+    tgt = model.resolve_target(target, working)
+    result = saliency(model.score_fn(tgt), working, **options)
+    result.full_map = view.to_original(result.map)
+    result.target = tgt
+    result.view = view
+    return result

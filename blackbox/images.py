@@ -1,0 +1,120 @@
+"""Reading images, the model's view of an image, and blurred baselines (Pillow does the IO)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an ``(H, W, 3)`` float32 array in [0, 1]; clear errors otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"image not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"expected an image file, got a directory: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so truncated files fail here
+            rgb = im.convert("RGB")
+    except UnidentifiedImageError:
+        raise InputError(f"not an image (or an unsupported format): {path}") from None
+    except PermissionError:
+        raise InputError(f"cannot read {path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot decode image {path}: {exc}") from None
+    arr = np.asarray(rgb, dtype=np.float32) / 255.0
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise InputError(f"image {path} is too small ({arr.shape[1]}x{arr.shape[0]})")
+    return arr
+
+
+def as_float_image(image: np.ndarray) -> np.ndarray:
+    """Accept ``(H, W, 3)`` uint8 or float arrays (or greyscale ``(H, W)``); return float32 in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InputError(f"expected an (H, W, 3) image, got shape {arr.shape}")
+    arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32)
+    if arr.max(initial=0) > 1.0 + 1e-6 or arr.min(initial=0) < -1e-6:
+        raise InputError("float images must lie in [0, 1]; pass uint8 for 0..255 values")
+    return arr
+
+
+def resize(image: np.ndarray, height: int, width: int, resample: str = "bilinear") -> np.ndarray:
+    """Resize a float (H, W) or (H, W, C) array with Pillow, channel by channel in float32."""
+    from PIL import Image
+
+    mode = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[resample]
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        return np.asarray(Image.fromarray(arr).resize((width, height), mode))
+    return np.stack([resize(arr[:, :, c], height, width, resample) for c in range(arr.shape[2])], axis=2)
+
+
+def blur(image: np.ndarray, radius: float) -> np.ndarray:
+    """Gaussian blur of a float image (the 'removed' baseline for masks and deletion curves)."""
+    from PIL import Image, ImageFilter
+
+    arr = np.asarray(image, dtype=np.float32)
+    if radius <= 0:
+        return arr.copy()
+    rgb = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    return np.asarray(rgb.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """Which region of the original image a model sees, and at what size.
+
+    ``box`` is ``(top, left, height, width)`` in original pixels; the model sees that region
+    resized to ``size`` = ``(height, width)``. Saliency is computed on the working view and mapped
+    back to the original resolution; pixels the model never sees get 0 (and are drawn hatched).
+    """
+
+    original: tuple[int, int]
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+    @classmethod
+    def center_crop(cls, height: int, width: int, size: int, crop_fraction: float = 224 / 256) -> "ImageView":
+        """The classic classifier view: the central square (shorter side x crop_fraction)."""
+        side = max(1, int(round(min(height, width) * crop_fraction)))
+        top, left = (height - side) // 2, (width - side) // 2
+        return cls((height, width), (top, left, side, side), (size, size))
+
+    @classmethod
+    def full(cls, height: int, width: int, max_side: int) -> "ImageView":
+        """The whole image, resized so its longer side is ``max_side`` (aspect kept)."""
+        scale = max_side / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return cls((height, width), (0, 0, height, width), size)
+
+    def to_working(self, image: np.ndarray) -> np.ndarray:
+        top, left, h, w = self.box
+        crop = image[top:top + h, left:left + w]
+        if (h, w) == tuple(self.size):
+            return np.ascontiguousarray(crop, dtype=np.float32)
+        return np.clip(resize(crop, *self.size, resample="bicubic"), 0.0, 1.0)
+
+    def to_original(self, working_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        top, left, h, w = self.box
+        out = np.full(self.original, fill, dtype=np.float32)
+        out[top:top + h, left:left + w] = resize(working_map, h, w, resample="nearest")
+        return out
+
+    def coverage(self) -> np.ndarray:
+        """Boolean (H, W) mask of the original pixels the model sees."""
+        top, left, h, w = self.box
+        mask = np.zeros(self.original, dtype=bool)
+        mask[top:top + h, left:left + w] = True
+        return mask

@@ -1,0 +1,85 @@
+"""Pictures people would rather look at than read: saliency overlays and curves (matplotlib)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # a notebook backend already in use is fine
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Write atomically: a failed or interrupted save never leaves a partial file behind."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(suffix=ext, dir=folder, prefix=".blackbox-")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def overlay(image: np.ndarray, saliency_map: np.ndarray, *, title: str = "", signed: bool = True,
+            coverage: np.ndarray | None = None, clip_percentile: float = 99.0, ax=None):
+    """Draw ``saliency_map`` over ``image`` with a colour bar; returns the figure.
+
+    Convention: signed maps use a diverging colormap centred on 0 (red supports the target, blue
+    speaks against it); unsigned maps use 'inferno'. Colours are clipped at the
+    ``clip_percentile`` of |map|. Pixels the model never saw (``coverage`` False) are greyed.
+    """
+    plt = _pyplot()
+    if ax is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
+    else:
+        fig, axes = ax.figure, [None, ax]
+    vmax = float(np.percentile(np.abs(saliency_map), clip_percentile)) or 1e-12
+    if axes[0] is not None:
+        axes[0].imshow(image)
+        axes[0].set_title("input")
+        axes[0].axis("off")
+    a = axes[1]
+    a.imshow(image, alpha=1.0)
+    a.imshow(np.mean(image, axis=2), cmap="gray", alpha=0.35)
+    shown = np.ma.masked_where(~coverage, saliency_map) if coverage is not None else saliency_map
+    if signed:
+        im = a.imshow(shown, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6)
+    else:
+        im = a.imshow(shown, cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
+    if coverage is not None and not coverage.all():
+        a.imshow(np.ma.masked_where(coverage, np.ones(coverage.shape)), cmap="gray", vmin=0, vmax=2, alpha=0.6)
+    a.axis("off")
+    cbar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.02)
+    cbar.set_label("attribution (target score)" if signed else "|gradient|")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def curves(curves_by_name: dict[str, np.ndarray], *, title: str = "", ylabel: str = "probability", ax=None):
+    """Plot several curves on a normalised x axis (deletion / insertion, training curves)."""
+    plt = _pyplot()
+    fig, a = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
+    for name, y in curves_by_name.items():
+        y = np.asarray(y)
+        a.plot(np.linspace(0, 1, len(y)), y, label=name)
+    a.set_xlabel("fraction of cells")
+    a.set_ylabel(ylabel)
+    a.set_title(title)
+    a.legend()
+    return fig

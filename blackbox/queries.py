@@ -1,0 +1,196 @@
+"""The query layer: what a black box is, what a query costs, and who counts.
+
+A *query function* takes a batch of inputs (an array whose first axis is the batch) and returns
+one float per input. Everything in blackbox (estimators, saliency, prompt tuning, alignment) talks
+to models only through query functions wrapped in a :class:`QueryRunner`, which batches, checks
+the :class:`Budget` before every call, times the model and reports progress.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import BudgetExceeded, ModelError
+
+
+@runtime_checkable
+class QueryFunction(Protocol):
+    """A black box: a batch of ``n`` inputs in, ``n`` floats out (forward passes only)."""
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Reservation:
+    """Spending held back for one call before it is made; settled from what it really cost."""
+
+    queries: int
+    tokens: int = 0
+    cost: float = 0.0
+    settled: bool = False
+
+
+@dataclass
+class Budget:
+    """Caps on queries (and, for paid APIs, tokens and money) that are never overspent.
+
+    Every call first *reserves* its worst-case spending; a reservation that would pass a cap
+    raises :class:`BudgetExceeded` before anything is sent. After the call the reservation is
+    *settled* with the usage actually reported (tokens and cost can come in under the estimate;
+    queries are counted as reserved). Thread-safe, so concurrent requests share one budget.
+    ``None`` means no cap.
+    """
+
+    max_queries: int | None = None
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    queries: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    _held: Reservation = field(default_factory=lambda: Reservation(0), repr=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name in ("max_queries", "max_tokens", "max_cost"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    @property
+    def remaining(self) -> int | None:
+        """Queries that can still be reserved (None when queries are not capped)."""
+        if self.max_queries is None:
+            return None
+        with self._lock:
+            return self.max_queries - self.queries - self._held.queries
+
+    def reserve(self, queries: int, tokens: int = 0, cost: float = 0.0) -> Reservation:
+        if queries < 0 or tokens < 0 or cost < 0:
+            raise ValueError("a reservation cannot be negative")
+        with self._lock:
+            checks = (
+                ("queries", self.max_queries, self.queries + self._held.queries + queries),
+                ("tokens", self.max_tokens, self.tokens + self._held.tokens + tokens),
+                ("cost", self.max_cost, self.cost + self._held.cost + cost),
+            )
+            for what, cap, would_be in checks:
+                if cap is not None and would_be > cap + 1e-12:
+                    spent = {"queries": self.queries, "tokens": self.tokens, "cost": self.cost}[what]
+                    raise BudgetExceeded(
+                        f"budget exhausted: {what} cap is {_fmt(cap)}, {_fmt(spent)} spent"
+                        f"{', ' + _fmt(would_be - spent) + ' more requested' if would_be > spent else ''}"
+                    )
+            self._held.queries += queries
+            self._held.tokens += tokens
+            self._held.cost += cost
+            return Reservation(queries, tokens, cost)
+
+    def settle(self, reservation: Reservation, tokens: int | None = None,
+               cost: float | None = None, queries: int | None = None) -> None:
+        """Turn a reservation into spending. Usage defaults to what was reserved."""
+        with self._lock:
+            if reservation.settled:
+                raise RuntimeError("reservation settled twice")
+            reservation.settled = True
+            self._held.queries -= reservation.queries
+            self._held.tokens -= reservation.tokens
+            self._held.cost -= reservation.cost
+            self.queries += reservation.queries if queries is None else queries
+            self.tokens += reservation.tokens if tokens is None else tokens
+            self.cost += reservation.cost if cost is None else cost
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call was never made."""
+        self.settle(reservation, tokens=0, cost=0.0, queries=0)
+
+    def summary(self) -> dict:
+        return {"queries": self.queries, "max_queries": self.max_queries, "tokens": self.tokens,
+                "max_tokens": self.max_tokens, "cost": round(self.cost, 6), "max_cost": self.max_cost}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclass
+class SpendRecord:
+    """What a runner has spent: queries, model calls and the time spent inside the model."""
+
+    queries: int = 0
+    calls: int = 0
+    model_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def as_dict(self) -> dict:
+        return {"queries": self.queries, "calls": self.calls,
+                "model_seconds": round(self.model_seconds, 4),
+                "wall_seconds": round(self.wall_seconds, 4)}
+
+
+class QueryRunner:
+    """Wrap a query function: batching, budget checks, timing, progress.
+
+    ``runner(inputs)`` sends ``inputs`` in chunks of ``batch_size``. Before each chunk it reserves
+    that many queries from the budget, so a run stops with :class:`BudgetExceeded` *before* the
+    first query that would overspend; everything answered until then has been counted and
+    returned by earlier calls. Output shape and finiteness are checked, so a broken model fails
+    loudly instead of poisoning an estimate.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], budget: Budget | None = None,
+                 batch_size: int = 32, progress: bool | Any = False, total: int | None = None,
+                 description: str = "queries"):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.fn = fn
+        self.budget = budget if budget is not None else Budget()
+        self.batch_size = batch_size
+        self.record = SpendRecord()
+        self._bar = None
+        if progress:
+            self.start_progress(total, description)
+
+    def start_progress(self, total: int | None, description: str = "queries"):
+        from tqdm.auto import tqdm
+
+        self.close()
+        self._bar = tqdm(total=total, desc=description, unit="q", leave=False, dynamic_ncols=True)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        inputs = np.asarray(inputs)
+        n = len(inputs)
+        out = np.empty(n, dtype=np.float64)
+        for start in range(0, n, self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            reservation = self.budget.reserve(len(chunk))
+            t0 = time.perf_counter()
+            try:
+                values = np.asarray(self.fn(chunk), dtype=np.float64).reshape(-1)
+            except BaseException:
+                self.budget.release(reservation)
+                raise
+            self.record.model_seconds += time.perf_counter() - t0
+            self.budget.settle(reservation)
+            self.record.queries += len(chunk)
+            self.record.calls += 1
+            if values.shape != (len(chunk),):
+                raise ModelError(f"the model returned {values.size} scores for {len(chunk)} inputs")
+            if not np.all(np.isfinite(values)):
+                raise ModelError("the model returned a non-finite score (nan or inf)")
+            out[start:start + len(chunk)] = values
+            if self._bar is not None:
+                self._bar.update(len(chunk))
+        return out
