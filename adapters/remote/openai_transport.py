@@ -1,0 +1,125 @@
+"""Send requests to an OpenAI-compatible endpoint with the official ``openai`` SDK (no SDK retries).
+
+The SDK runs with ``max_retries=0``: the :class:`~blackbox.adapters.remote.engine.QueryEngine`
+(tenacity) is the only retry layer, so every attempt is counted. Answers are read raw and parsed
+here, so a malformed body is a clear, retryable error rather than a half-parsed object. The API
+key is held by the client only: it never enters a request dict, a cache key, a log line or an
+error message (messages are scrubbed of it).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from blackbox.errors import InputError
+
+from .engine import EndpointRefused, RetryableError, classify_status, retry_after_seconds
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+KINDS = ("chat", "completions")
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
+
+
+def strip_credentials(url: str) -> str:
+    """A URL without user:password and without a query string (which may carry a key)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def is_loopback(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+class OpenAITransport:
+    """``send(request) -> dict`` over ``chat.completions`` (``kind='chat'``) or ``completions``."""
+
+    def __init__(self, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 kind: str = "chat", max_connections: int = 64, api_key: str | None = None):
+        from blackbox.adapters._lazy import require
+
+        openai = require("openai", "remote", "OpenAI-compatible endpoints")
+        httpx = require("httpx2", "remote", "HTTP endpoints")
+        if kind not in KINDS:
+            raise InputError(f"unknown request kind {kind!r} ({', '.join(KINDS)})")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        if not base_url.startswith(("http://", "https://")):
+            raise InputError(f"--base-url must start with http:// or https://, got {base_url!r}")
+        key = api_key if api_key is not None else os.environ.get(api_key_env)
+        if not key:
+            if not is_loopback(base_url):
+                raise InputError(f"no API key: set the environment variable {api_key_env} "
+                                 "(or name another one with --api-key-env)")
+            key = "no-key"  # local servers usually need none; the SDK insists on a value
+        self._secret = key
+        self.kind = kind
+        self.base_url = base_url
+        self.endpoint = f"{strip_credentials(base_url)}/{'chat/completions' if kind == 'chat' else 'completions'}"
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.Client(limits=limits)
+        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, http_client=self._http)
+        self._openai = openai
+        resource = self.client.chat.completions if kind == "chat" else self.client.completions
+        self._create = resource.with_raw_response.create
+        self._known = set(inspect.signature(resource.create).parameters) - {"self"}
+
+    def redact(self, text: str) -> str:
+        text = str(text)
+        if self._secret and self._secret != "no-key":
+            text = text.replace(self._secret, "***")
+        return _KEYLIKE.sub("sk-***", text)
+
+    def send(self, request: dict, timeout: float) -> dict:
+        openai = self._openai
+        known = {k: v for k, v in request.items() if k in self._known}
+        extra = {k: v for k, v in request.items() if k not in self._known}
+        if extra:
+            known["extra_body"] = extra
+        try:
+            raw = self._create(**known, timeout=timeout)
+            text = raw.text
+        except openai.APITimeoutError:
+            raise RetryableError(f"no answer within {timeout:g} s (timeout)", maybe_billed=True) from None
+        except openai.APIConnectionError as exc:
+            raise RetryableError(f"connection error: {self.redact(exc)}") from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            message = _error_message(exc)
+            after = retry_after_seconds(exc.response.headers.get("retry-after")) if exc.response is not None else None
+            raise classify_status(status, self.redact(message), after) from None
+        except openai.OpenAIError as exc:  # anything else the SDK raises before or after sending
+            raise RetryableError(f"request failed: {self.redact(exc)}") from None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise RetryableError(f"the endpoint answered malformed JSON ({len(text)} bytes)") from None
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+            if isinstance(body, dict) and "error" in body:
+                raise EndpointRefused(f"the endpoint answered with an error: {self.redact(body['error'])}")
+            raise RetryableError("the endpoint answered JSON without 'choices'")
+        return body
+
+    @staticmethod
+    def usage(body: dict):
+        u = body.get("usage") or {}
+        try:
+            return int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def close(self):
+        self._http.close()
+
+
+def _error_message(exc) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(getattr(exc, "message", exc))[:300]
