@@ -9,6 +9,7 @@ KNOWN_MODELS = {
     "efficientnet-lite0-torch": "the same model run by eager torch (white-box capable, slower)",
     "gpt-vision": "an OpenAI vision model scored by log P('Yes') (needs OPENAI_API_KEY)",
     "openai:<model>": "any OpenAI-compatible chat endpoint with image input (--base-url)",
+    "http:<spec.json>": "a JSON HTTP endpoint described by a spec file (url, request template, score path)",
 }
 
 
@@ -23,7 +24,12 @@ def load_image_model(name: str = DEFAULT_MODEL, **options):
 
         return embedded_model(backend="torch", **options)
     if name == "gpt-vision" or name.startswith("openai:"):
-        raise ModelError(f"remote model {name!r} is not available in this version yet: "
-                         "remote endpoints arrive with the remote-models work")
+        from .remote.openai_vision import openai_vision_model
+
+        return openai_vision_model(name, **options)
+    if name.startswith("http:"):
+        from .remote.http_model import http_image_model
+
+        return http_image_model(name[len("http:"):], **options)
     known = ", ".join(KNOWN_MODELS)
     raise ModelError(f"unknown model {name!r}; known models: {known}")

@@ -86,12 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
     s.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from blackbox.adapters.remote.cli_support import add_remote_commands, add_remote_options
+    add_remote_options(s)
 
     e = sub.add_parser("sample-image", help="write a real photo bundled with installed packages",
                        description="Write one of the real photos that ship inside installed packages "
                                    "(scikit-image, scikit-learn, matplotlib), for trying things offline.")
     e.add_argument("name", nargs="?", help="photo name (omit to list them)")
     e.add_argument("out", nargs="?", help="output file (default: NAME.png)")
+    add_remote_commands(sub)
     return parser
 
 
@@ -127,15 +130,27 @@ def cmd_saliency(args) -> int:
             _check_writable(path, what)
     started = time.perf_counter()
     original = load_image(args.image)
-    model = load_image_model(args.model)
+    from blackbox.adapters.remote import cli_support as remote
+    remote.check_local_options(args)
+    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost)
+    model = load_image_model(args.model, **remote.model_options(args, budget))
+    if args.dry_run and not remote.is_remote(args.model):
+        print(f"dry run: {model.name} is local and free; the run would use {args.queries} queries")
+        return 0
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
     target = model.resolve_target(args.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
-    runner = QueryRunner(model.score_fn(target), budget=Budget(max_queries=args.queries), batch_size=32)
+    if hasattr(model, "probe"):
+        model.probe(working, target.label)  # one call: which scoring the endpoint supports
+    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=args.queries, method=args.method, space=args.space,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
                       progress=not args.no_progress)
+    if args.dry_run:
+        report = remote.dry_run_report(model, args)
+        print(json.dumps(report)) if args.json else remote.print_dry_run(report)
+        return 0
     full_map = view.to_original(result.map)
     if args.save_map:
         _atomic_save_npy(args.save_map, full_map)
@@ -153,15 +168,20 @@ def cmd_saliency(args) -> int:
         **{k: v for k, v in result.summary().items() if k not in ("queries_used", "seconds")},
         "out": args.out, "map": args.save_map, "map_shape": list(full_map.shape),
     }
+    if hasattr(model, "usage"):
+        report.update(usage=model.usage(), provenance={**model.provenance(), "seed": args.seed})
     if args.json:
         print(json.dumps(report))
     else:
         best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
-        print(f"{model.name}: top classes {best}")
+        if top5:
+            print(f"{model.name}: top classes {best}")
         print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
               f"({args.method}, {args.space} space, {result.overhead:.0%} of the time outside the model)")
         if result.stopped:
             print(f"stopped early: {result.stopped}")
+        if hasattr(model, "usage"):
+            print(remote.usage_line(model))
         for path, what in ((args.out, "overlay"), (args.save_map, "map")):
             if path:
                 print(f"wrote {what}: {path}")
@@ -183,6 +203,16 @@ def cmd_sample_image(args) -> int:
 
 
 COMMANDS = {"saliency": cmd_saliency, "sample-image": cmd_sample_image}
+
+
+def _remote_command(name):
+    def run(args):
+        from blackbox.adapters.remote import cli_support
+        return getattr(cli_support, name)(args)
+    return run
+
+
+COMMANDS.update(serve=_remote_command("cmd_serve"), cache=_remote_command("cmd_cache"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ How to use it (any request type: chat with images, text completions, a custom JS
   connection errors and malformed answers are retried with exponential backoff and jitter,
   honouring ``Retry-After``; 400/401/403/404 raise :class:`EndpointRefused` at once and stop the run.
 * ``dry_run=True``: nothing is sent; answers are ``None`` and ``stats`` says what would be paid.
+* ``validate(request, body)``: optional; raise :class:`RetryableError` for an answer that is
+  unusable (e.g. no logprobs): it is paid and counted (``stats.unusable``), not cached, and retried.
 """
 from __future__ import annotations
 
@@ -200,6 +202,7 @@ class EngineStats:
     retries: int = 0
     failed_attempts: int = 0
     maybe_billed: int = 0     # timed-out attempts charged at their reservation
+    unusable: int = 0         # answered (and paid) but rejected by ``validate``: retried
     would_send: int = 0       # dry run: requests that would be paid
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -259,7 +262,7 @@ class QueryEngine:
                  max_attempts: int = 6, timeout: float = 60.0, backoff: float = 0.5,
                  max_wait: float = 60.0, prices: PriceTable | None = None, model: str | None = None,
                  token_estimate=default_token_estimate, count_queries: bool = False,
-                 dry_run: bool = False):
+                 dry_run: bool = False, validate=None):
         if concurrency < 1:
             raise InputError("concurrency must be >= 1")
         if max_attempts < 1:
@@ -276,10 +279,11 @@ class QueryEngine:
         self.token_estimate = token_estimate
         self.count_queries = count_queries
         self.dry_run = dry_run
+        self.validate = validate  # (request, body) -> None; raise RetryableError for unusable answers
         self.stats = EngineStats()
         self._settle_lock = threading.Lock()
         self._seen_prompt_tokens = 0
-        if self.budget.max_cost is not None and model is not None and self.prices.price(model) is None:
+        if self.budget.max_cost is not None and (model is None or self.prices.price(model) is None):
             raise InputError(f"no price for model {model!r}, so a --max-cost cap cannot be enforced: "
                              "add it to prices.json in the user config folder or pass --prices FILE")
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="blackbox-remote")
@@ -445,6 +449,17 @@ class QueryEngine:
             self._settle(reservation, tokens=prompt + completion, cost=cost if cost is not None else reservation.cost)
         else:  # no usage reported: charge the reservation (never under-count)
             self._settle(reservation)
+        if self.validate is not None:
+            try:
+                self.validate(request, body)  # paid, but unusable: counted, then retried
+            except RetryableError:
+                with self.stats._lock:
+                    self.stats.failed_attempts += 1
+                    self.stats.unusable += 1
+                    self.stats.prompt_tokens += prompt
+                    self.stats.completion_tokens += completion
+                    self.stats.cost += cost or 0.0
+                raise
         if self.cache is not None:
             self.cache.put(key, {"body": body, "prompt_tokens": prompt, "completion_tokens": completion,
                                  "cost": cost}, endpoint=self.transport.endpoint)

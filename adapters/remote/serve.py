@@ -1,0 +1,352 @@
+"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier.
+
+``GET /v1/models`` lists ``efficientnet-lite0``; ``POST /v1/chat/completions`` takes one user
+message with a text part and an image part (a PNG/JPEG data URL) and answers closed questions
+(``POST /v1/score`` with ``{"image": data URL, "label": ...}`` -> ``{"result": {"log_prob": ..}}`` is a
+plain JSON endpoint for the generic HTTP adapter):
+
+* "Is there a {label} in this image?" -> "Yes" / "No"; with ``logprobs`` and ``top_logprobs`` the
+  first token's alternatives are ``Yes`` with log p and ``No`` with log(1 - p), where p is the
+  classifier's probability of the label (the whole received image, resized to 224 x 224);
+* a question asking for a 0-100 confidence -> round(100 p) as text.
+
+With ``temperature > 0`` and ``n > 1`` answers are sampled from p (for the sampled-frequency
+fallback). Usage is reported (a nominal 85 prompt tokens per image plus text/4), and
+``system_fingerprint`` names this server. :class:`FaultPlan` injects faults (rate limits with
+Retry-After, 500s, slow answers, malformed JSON, missing logprobs, a required API key) for tests
+and benchmarks; every request and every paid (200) answer is counted.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import numpy as np
+
+SERVED_NAME = "efficientnet-lite0"
+_QUESTION = re.compile(r"\bis there (?:an?\s+|any\s+|the\s+)?(.+?)\s+in (?:this|the) (?:image|picture|photo)", re.I)
+_CONFIDENCE = re.compile(r"confiden|0\s*(?:-|to)\s*100", re.I)
+
+
+class UnknownLabel(ValueError):
+    pass
+
+
+class ClassifierScorer:
+    """p(label | image) from the embedded EfficientNet-Lite0, for the whole image at 224 x 224."""
+
+    name = SERVED_NAME
+
+    def __init__(self, model=None):
+        if model is None:
+            from blackbox.adapters.embedded import embedded_model
+
+            model = embedded_model()
+        self.model = model
+        self._targets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def index(self, label: str) -> int:
+        with self._lock:
+            if label not in self._targets:
+                from blackbox.errors import BlackboxError
+
+                try:
+                    self._targets[label] = self.model.resolve_target(label).index
+                except BlackboxError as exc:
+                    raise UnknownLabel(str(exc)) from None
+            return self._targets[label]
+
+    def log_prob(self, image: np.ndarray, label: str) -> float:
+        from blackbox.images import resize
+
+        index = self.index(label)
+        size = self.model.input_size
+        if image.shape[:2] != (size, size):
+            image = np.clip(resize(image, size, size, resample="bicubic"), 0.0, 1.0)
+        return float(self.model.log_probs(image[None])[0, index])
+
+
+class BrightnessScorer:
+    """A cheap deterministic stand-in (benchmarks of the HTTP path): log p = -(1 - mean brightness)."""
+
+    name = "brightness"
+
+    def log_prob(self, image: np.ndarray, label: str) -> float:
+        return float(-1.0 + 0.98 * image.mean())
+
+
+@dataclass
+class FaultPlan:
+    """Faults to inject, each with a probability per request (seeded), plus a fixed latency."""
+
+    latency: float = 0.0
+    rate_limit: float = 0.0        # answer 429 with Retry-After
+    retry_after: float = 0.05
+    server_error: float = 0.0      # answer 500
+    slow: float = 0.0              # sleep slow_seconds before answering (past a client timeout)
+    slow_seconds: float = 3.0
+    malformed: float = 0.0         # 200 with a truncated JSON body
+    missing_logprobs: float = 0.0  # 200 without logprobs although they were requested
+    api_key: str | None = None     # when set, any other bearer token gets 401
+    seed: int = 0
+
+
+@dataclass
+class ServerCounters:
+    requests: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    faults: Counter = field(default_factory=Counter)
+    paid: Counter = field(default_factory=Counter)  # request-body hash -> 200 answers
+
+    @property
+    def answered(self) -> int:
+        return sum(self.paid.values())
+
+    @property
+    def duplicate_paid(self) -> int:
+        return sum(c - 1 for c in self.paid.values() if c > 1)
+
+
+def _decode_image(url: str) -> np.ndarray:
+    from PIL import Image
+
+    if not url.startswith("data:") or "," not in url:
+        raise ValueError("only data: URLs are accepted (base64 PNG or JPEG)")
+    raw = base64.b64decode(url.split(",", 1)[1], validate=False)
+    with Image.open(io.BytesIO(raw)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _parts(body: dict) -> tuple[str, str | None]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    text, image = [], None
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            text.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "text":
+                    text.append(str(part.get("text", "")))
+                elif part.get("type") == "image_url":
+                    iu = part.get("image_url")
+                    image = iu.get("url") if isinstance(iu, dict) else iu
+    return " ".join(text), image
+
+
+def _log_no(log_yes: float) -> float:
+    return math.log(-math.expm1(log_yes)) if log_yes < -1e-12 else -30.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "ModelServer"
+
+    def log_message(self, format, *args):  # quiet; never logs headers (keys)
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, payload, headers: dict | None = None, raw: bytes | None = None):
+        data = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        with self.server.lock:
+            self.server.counters.by_status[status] += 1
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
+        self._send(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+
+    def do_GET(self):
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            if not self._authorised():
+                return
+            self._send(200, {"object": "list", "data": [
+                {"id": self.server.model_id, "object": "model", "created": 0, "owned_by": "blackbox"}]})
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def _authorised(self) -> bool:
+        key = self.server.faults.api_key
+        if key is None:
+            return True
+        if self.headers.get("Authorization", "") != f"Bearer {key}":
+            self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            return False
+        return True
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        srv = self.server
+        with srv.lock:
+            srv.counters.requests += 1
+            roll = srv.rng.random()
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
+            return self._error(404, f"no route {self.path}")
+        if not self._authorised():
+            return
+        if route == "/v1/score":
+            return self._score(raw)
+        f = srv.faults
+        if f.latency:
+            time.sleep(f.latency)
+        # one roll per request decides its fault (probabilities stack in this order)
+        edges = [("rate_limit", f.rate_limit), ("server_error", f.server_error), ("slow", f.slow),
+                 ("malformed", f.malformed), ("missing_logprobs", f.missing_logprobs)]
+        fault, acc = None, 0.0
+        for name, p in edges:
+            acc += p
+            if roll < acc:
+                fault = name
+                break
+        if fault:
+            with srv.lock:
+                srv.counters.faults[fault] += 1
+        if fault == "rate_limit":
+            return self._error(429, "Rate limit reached; try again later.", "rate_limit_error",
+                               {"Retry-After": f"{f.retry_after:g}"})
+        if fault == "server_error":
+            return self._error(500, "The server had an error while processing your request.", "server_error")
+        if fault == "slow":
+            time.sleep(f.slow_seconds)
+        try:
+            body = json.loads(raw or b"{}")
+            text, url = _parts(body)
+            if body.get("model") != srv.model_id:
+                return self._error(404, f"The model '{body.get('model')}' does not exist", "model_not_found")
+            if url is None:
+                return self._error(400, "this server needs an image part in the user message")
+            image = _decode_image(url)
+            confidence = bool(_CONFIDENCE.search(text))
+            m = _QUESTION.search(text)
+            if not m:
+                return self._error(400, "ask 'Is there a {label} in this image?'")
+            log_yes = min(0.0, max(srv.scorer.log_prob(image, m.group(1).strip(" ?.")), -100.0))
+        except UnknownLabel as exc:
+            return self._error(400, str(exc))
+        except (ValueError, TypeError, AttributeError, OSError) as exc:
+            return self._error(400, f"bad request: {exc}")
+        p = math.exp(log_yes)
+        n = max(1, int(body.get("n") or 1))
+        temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
+        want_lp = bool(body.get("logprobs")) and fault != "missing_logprobs" and not srv.no_logprobs
+        k = int(body.get("top_logprobs") or 0)
+        choices = []
+        for i in range(n):
+            if confidence:
+                token = str(int(round(100 * p)))
+            elif temperature > 0 and n > 1:
+                with srv.lock:
+                    token = "Yes" if srv.rng.random() < p else "No"
+            else:
+                token = "Yes" if p >= 0.5 else "No"
+            choice = {"index": i, "finish_reason": "length" if not confidence else "stop",
+                      "message": {"role": "assistant", "content": token}, "logprobs": None}
+            if want_lp:
+                alts = sorted([("Yes", log_yes), ("No", _log_no(log_yes))], key=lambda t: -t[1])
+                own = dict(alts).get(token, 0.0)
+                choice["logprobs"] = {"content": [{
+                    "token": token, "logprob": own, "bytes": list(token.encode()),
+                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:k]]}]}
+            choices.append(choice)
+        prompt_tokens = 85 + len(text) // 4
+        payload = {"id": f"chatcmpl-{hashlib.sha1(raw).hexdigest()[:16]}", "object": "chat.completion",
+                   "created": int(time.time()), "model": srv.model_id, "system_fingerprint": srv.fingerprint,
+                   "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                                                 "total_tokens": prompt_tokens + n}}
+        if fault is None:  # a full, well-formed answer the client receives
+            with srv.lock:
+                srv.counters.paid[hashlib.sha256(raw).hexdigest()] += 1
+        if fault == "malformed":
+            data = json.dumps(payload).encode()
+            return self._send(200, None, raw=data[: len(data) // 2])
+        self._send(200, payload)
+
+
+    def _score(self, raw: bytes):
+        """A plain JSON endpoint (for the generic HTTP adapter): {image, label} -> {log_prob}."""
+        srv = self.server
+        if srv.faults.latency:
+            time.sleep(srv.faults.latency)
+        try:
+            body = json.loads(raw or b"{}")
+            log_p = srv.scorer.log_prob(_decode_image(body["image"]), str(body["label"]))
+        except UnknownLabel as exc:
+            return self._error(400, str(exc))
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            return self._error(400, f"bad request: {exc}")
+        with srv.lock:
+            srv.counters.paid[hashlib.sha256(raw).hexdigest()] += 1
+        self._send(200, {"result": {"log_prob": max(log_p, -100.0)}, "model": srv.model_id})
+
+
+class ModelServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
+                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False):
+        super().__init__((host, port), _Handler)
+        from blackbox import __version__
+
+        self.scorer = scorer if scorer is not None else ClassifierScorer()
+        self.faults = faults or FaultPlan()
+        self.model_id = model_id
+        self.no_logprobs = no_logprobs
+        self.verbose = verbose
+        self.fingerprint = f"blackbox-serve-{__version__}"
+        self.counters = ServerCounters()
+        self.lock = threading.Lock()
+        self.rng = random.Random(self.faults.seed)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "ModelServer":
+        """Serve in a background thread (tests, benchmarks); stop with :meth:`stop`."""
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] = print, **kwargs) -> None:
+    """Run until interrupted (the ``blackbox serve`` command)."""
+    server = ModelServer(host, port, **kwargs)
+    announce(f"serving {server.model_id} (OpenAI-compatible) on {server.url}  (Ctrl-C to stop)")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
