@@ -27,6 +27,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     ext = os.path.splitext(path)[1] or ".png"
     fd, tmp = tempfile.mkstemp(suffix=ext, dir=folder, prefix=".blackbox-")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
