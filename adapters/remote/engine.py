@@ -22,6 +22,8 @@ How to use it (any request type: chat with images, text completions, a custom JS
   The cache key is (transport endpoint, request, replica): a rerun or a resumed run pays nothing
   for what is already answered. Identical requests within one ``map`` are sent once.
 * Budget: before a batch is sent, every uncached request reserves its worst-case tokens and cost
+  (a generous static estimate until the endpoint has reported usage, then 1.25 x the largest
+  prompt billed so far plus the maximum output)
   (and one query when ``count_queries``; leave it False when a :class:`~blackbox.queries.QueryRunner`
   already reserves queries on the same budget). If the batch does not fit, nothing is sent and
   :class:`~blackbox.errors.BudgetExceeded` is raised. Each answer settles its reservation from the
@@ -359,8 +361,8 @@ class QueryEngine:
     def _estimate(self, request: dict) -> int:
         est = self.token_estimate(request)
         out = int(request.get("max_completion_tokens") or request.get("max_tokens") or 16) * int(request.get("n") or 1)
-        if self._seen_prompt_tokens:  # never below what such prompts really cost so far
-            est = max(est, int(self._seen_prompt_tokens * 1.25) + out)
+        if self._seen_prompt_tokens:  # learned: 1.25 x the largest prompt the endpoint has billed
+            est = int(self._seen_prompt_tokens * 1.25) + 16 + out
         return est
 
     def _model_of(self, request: dict) -> str | None:

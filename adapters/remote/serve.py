@@ -100,12 +100,15 @@ class FaultPlan:
     malformed: float = 0.0         # 200 with a truncated JSON body
     missing_logprobs: float = 0.0  # 200 without logprobs although they were requested
     api_key: str | None = None     # when set, any other bearer token gets 401
+    first: tuple = ()              # fault names forced on the first requests, in order
     seed: int = 0
 
 
 @dataclass
 class ServerCounters:
     requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
     by_status: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
     paid: Counter = field(default_factory=Counter)  # request-body hash -> 200 answers
@@ -201,7 +204,18 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         with srv.lock:
             srv.counters.requests += 1
+            number = srv.counters.requests
             roll = srv.rng.random()
+            srv.counters.in_flight += 1
+            srv.counters.max_in_flight = max(srv.counters.max_in_flight, srv.counters.in_flight)
+        try:
+            self._post(raw, roll, number)
+        finally:
+            with srv.lock:
+                srv.counters.in_flight -= 1
+
+    def _post(self, raw: bytes, roll: float, number: int):
+        srv = self.server
         route = self.path.rstrip("/")
         if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
             return self._error(404, f"no route {self.path}")
@@ -216,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
         edges = [("rate_limit", f.rate_limit), ("server_error", f.server_error), ("slow", f.slow),
                  ("malformed", f.malformed), ("missing_logprobs", f.missing_logprobs)]
         fault, acc = None, 0.0
+        if number <= len(f.first):
+            fault, edges = f.first[number - 1], []
         for name, p in edges:
             acc += p
             if roll < acc:
@@ -321,6 +337,13 @@ class ModelServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client gave up (e.g. its timeout): nothing to report
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,267 @@
+"""The remote query engine over real loopback HTTP: faults, retries, budget, cache, concurrency.
+
+The server is ``blackbox serve``'s ModelServer with a cheap deterministic scorer (the mean
+brightness of the image) so these tests exercise the HTTP/engine path fast; the embedded-model
+path is covered in test_remote_cli.py.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from blackbox.adapters.remote.cache import ResponseCache
+from blackbox.adapters.remote.engine import EndpointRefused, PriceTable, QueryEngine
+from blackbox.adapters.remote.openai_transport import OpenAITransport
+from blackbox.adapters.remote.openai_vision import OpenAIVisionModel, png_data_url, yes_logprob
+from blackbox.adapters.remote.serve import BrightnessScorer, FaultPlan, ModelServer
+from blackbox.errors import BudgetExceeded, InputError, ModelError
+from blackbox.queries import Budget, QueryRunner
+
+pytestmark = pytest.mark.network
+MODEL = "test-vision"
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(**faults):
+        no_logprobs = faults.pop("no_logprobs", False)
+        srv = ModelServer(scorer=BrightnessScorer(), faults=FaultPlan(**faults), model_id=MODEL,
+                          no_logprobs=no_logprobs).start()
+        servers.append(srv)
+        return srv
+    yield make
+    for srv in servers:
+        srv.stop()
+
+
+def vision(srv, budget=None, cache=True, warn=None, **engine):
+    transport = OpenAITransport(base_url=srv.url, api_key_env="BLACKBOX_TEST_KEY")
+    eng = QueryEngine(transport, budget=budget, cache=ResponseCache() if cache else None, model=MODEL,
+                      prices=PriceTable({MODEL: {"input": 1.0, "output": 2.0}}),
+                      **{"concurrency": 8, "backoff": 0.01, "max_wait": 1.0, **engine})
+    return OpenAIVisionModel(MODEL, eng, resolution=16, warn=warn or (lambda m: None))
+
+
+def images(n, seed=0, size=16):
+    rng = np.random.default_rng(seed)
+    return np.round(rng.random((n, size, size, 3)) * 255).astype(np.float32) / 255
+
+
+def truth(imgs):
+    """What the server's scorer gives for each image (after the PNG round trip, which is exact)."""
+    return -1.0 + 0.98 * imgs.astype(np.float64).reshape(len(imgs), -1).mean(axis=1)
+
+
+def test_yes_logprob_sums_case_and_whitespace_variants():
+    top = [{"token": "Yes", "logprob": np.log(0.5)}, {"token": " yes", "logprob": np.log(0.2)},
+           {"token": "No", "logprob": np.log(0.25)}, {"token": "YES.", "logprob": np.log(0.05)}]
+    assert yes_logprob(top) == pytest.approx(np.log(0.75))
+    # 'yes' absent: bounded by the smallest listed probability and by the leftover mass
+    assert yes_logprob([{"token": "No", "logprob": np.log(0.9)}, {"token": "no", "logprob": np.log(0.08)}]) \
+        == pytest.approx(np.log(0.02))
+
+
+def test_scores_match_the_server_and_requests_run_concurrently(server_factory):
+    srv = server_factory(latency=0.05)
+    model = vision(srv)
+    x = images(32)
+    fn = model.score_fn(model.resolve_target("cat"))
+    values = fn(x)
+    np.testing.assert_allclose(values, truth(x), atol=1e-6)
+    assert model.scoring == "logprob" and model.capabilities["top_logprobs"] == 2
+    assert srv.counters.max_in_flight >= 4  # concurrency really happened
+    # the probe asked about the first image, so the batch found that answer in the cache
+    assert srv.counters.answered == 32 and srv.counters.duplicate_paid == 0
+    u = model.usage()
+    assert u["sent"] == 32 and u["attempts"] == 32 and u["cache_hits"] == 1
+    # tokens and cost settled from the reported usage
+    assert u["budget"]["tokens"] == u["prompt_tokens"] + u["completion_tokens"] > 0
+    assert u["cost"] == pytest.approx((u["prompt_tokens"] * 1.0 + u["completion_tokens"] * 2.0) / 1e6)
+    model.close()
+
+
+def test_429_with_retry_after_is_honoured_and_every_attempt_counted(server_factory):
+    srv = server_factory(first=("rate_limit",), retry_after=0.6, rate_limit=0.2, seed=3)
+    model = vision(srv)
+    t0 = time.perf_counter()
+    model.engine.submit(model.request(png_data_url(images(1, seed=5)[0]), "cat", "logprob"))
+    assert time.perf_counter() - t0 >= 0.55  # waited the server's Retry-After, not the 10 ms backoff
+    x = images(40, seed=1)
+    values = model.score_fn(model.resolve_target("cat"))(x)
+    np.testing.assert_allclose(values, truth(x), atol=1e-6)
+    s = model.engine.stats
+    assert srv.counters.by_status[429] >= 2
+    assert s.attempts == srv.counters.requests  # every HTTP attempt counted, none hidden in the SDK
+    assert s.retries == s.failed_attempts == srv.counters.by_status[429]
+    assert srv.counters.duplicate_paid == 0
+    model.close()
+
+
+def test_500_retried_then_gives_up_after_max_attempts(server_factory):
+    srv = server_factory(first=("server_error",) * 2)
+    model = vision(srv, max_attempts=3)
+    x = images(1)
+    np.testing.assert_allclose(model.score_fn(model.resolve_target("cat"))(x), truth(x), atol=1e-6)
+    assert srv.counters.by_status[500] == 2
+    model.close()
+    always = server_factory(server_error=1.0)
+    model = vision(always, max_attempts=3)
+    with pytest.raises(ModelError, match="failed 3 attempt"):
+        model.engine.submit({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert always.counters.requests == 3 and model.engine.stats.attempts == 3
+    assert model.engine.budget.tokens == 0  # 5xx answers are not billed
+    model.close()
+
+
+def test_timeouts_are_retried_and_charged(server_factory):
+    srv = server_factory(first=("slow",), slow_seconds=1.5)
+    budget = Budget(max_tokens=100_000)
+    model = vision(srv, budget=budget, timeout=0.5)
+    x = images(2)
+    np.testing.assert_allclose(model.score_fn(model.resolve_target("cat"))(x), truth(x), atol=1e-6)
+    s = model.engine.stats
+    assert s.maybe_billed == 1 and s.retries >= 1
+    # the timed-out attempt may have been billed, so it is charged at its reservation
+    assert budget.tokens > s.prompt_tokens + s.completion_tokens
+    model.close()
+
+
+def test_malformed_json_and_missing_logprobs_are_retried_not_cached(server_factory):
+    srv = server_factory(first=("malformed", "missing_logprobs"))
+    model = vision(srv)
+    x = images(1)
+    # the probe itself hits both faults: the malformed answer is retried, the answer without
+    # logprobs would look like "no logprobs"; scoring pinned to logprob rejects and retries it
+    model.scoring = "logprob"
+    np.testing.assert_allclose(model.score_fn(model.resolve_target("cat"))(x), truth(x), atol=1e-6)
+    s = model.engine.stats
+    assert s.unusable == 1 and s.failed_attempts == 2 and s.sent == 1
+    cached = ResponseCache().stats()["entries"]
+    assert cached == 1
+    model.close()
+
+
+def test_endpoint_without_logprobs_falls_back_with_a_warning(server_factory):
+    srv = server_factory(no_logprobs=True)
+    warnings = []
+    model = vision(srv, warn=warnings.append)
+    model.samples = 3
+    x = images(4)
+    values = model.score_fn(model.resolve_target("cat"))(x)
+    assert model.scoring == "confidence" and warnings and "no logprobs" in warnings[0]
+    expected = np.log((np.round(100 * np.exp(truth(x))) + 0.5) / 101)
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+    # 3 replicas per image are distinct cache entries (not collapsed) plus the probe
+    assert srv.counters.answered == 4 * 3 + 1
+    model.close()
+
+
+def test_wrong_key_stops_at_once_with_a_clear_message(server_factory, monkeypatch):
+    secret = "sk-test-WRONG-0123456789abcdef"
+    srv = server_factory(api_key="sk-right-key-000000000000")
+    monkeypatch.setenv("BLACKBOX_TEST_KEY", secret)
+    model = vision(srv)
+    with pytest.raises(EndpointRefused) as info:
+        model.score_fn(model.resolve_target("cat"))(images(8))
+    message = str(info.value)
+    assert "401" in message and "API key" in message and secret not in message
+    assert srv.counters.requests == 1  # no retry on 401
+    model.close()
+
+
+def test_budget_cap_mid_run_stops_before_overspending(server_factory):
+    srv = server_factory()
+    cap = 9000
+    budget = Budget(max_queries=400, max_tokens=cap)
+    model = vision(srv, budget=budget, concurrency=4)
+    fn = model.score_fn(model.resolve_target("cat"))
+    runner = QueryRunner(fn, budget=budget, batch_size=16)
+    from blackbox.saliency import saliency
+
+    result = saliency(runner, images(1, size=16)[0], queries=400, grid=4, seed=0)
+    assert result.stopped and "tokens" in result.stopped
+    assert 0 < result.queries < 400 and np.all(np.isfinite(result.cells))
+    assert budget.tokens <= cap
+    answered = srv.counters.answered
+    assert model.engine.stats.sent == answered and srv.counters.duplicate_paid == 0
+    with pytest.raises(BudgetExceeded):
+        fn(images(16, seed=9))
+    assert srv.counters.requests == answered  # nothing more was sent
+    model.close()
+
+
+def test_rerun_pays_nothing_and_replicas_are_not_collapsed(server_factory):
+    srv = server_factory()
+    x = images(20)
+    m1 = vision(srv)
+    v1 = m1.score_fn(m1.resolve_target("cat"))(x)
+    paid = srv.counters.answered
+    m1.close()
+    m2 = vision(srv)  # a new process would see the same file
+    m2.scoring, m2.capabilities = "logprob", {"probed": False}
+    v2 = m2.score_fn(m2.resolve_target("cat"))(x)
+    assert np.array_equal(v1, v2) and srv.counters.answered == paid and m2.engine.stats.cache_hits == 20
+    req = m2.request(png_data_url(x[0]), "cat", "logprob")
+    m2.engine.map([req, req, req], [0, 0, 1])  # replica 1 is a deliberate repeat
+    assert srv.counters.answered == paid + 1
+    m2.close()
+
+
+def test_dry_run_sends_nothing_and_estimates(server_factory):
+    srv = server_factory()
+    model = vision(srv, dry_run=True)
+    model.probe(images(1)[0], "cat")
+    values = model.score_fn(model.resolve_target("cat"))(images(10))
+    assert np.all(values == 0) and srv.counters.requests == 0
+    assert model.engine.stats.would_send == 11 and model.engine.stats.estimated_tokens > 0
+    model.close()
+
+
+def test_cost_cap_needs_a_price_and_the_price_table_is_user_editable(tmp_path, monkeypatch):
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"my-model": {"input": 3, "output": 4}}')
+    table = PriceTable.load(str(prices))
+    assert table.cost("my-model", 1_000_000, 0) == 3.0
+    assert table.price("gpt-4o-mini-2024-07-18") == table.price("gpt-4o-mini")  # dated snapshot
+    monkeypatch.setenv("BLACKBOX_PRICES", str(prices))
+    assert PriceTable.load().price("my-model")["output"] == 4.0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"m": {"input": "x"}}')
+    with pytest.raises(InputError, match="numeric"):
+        PriceTable.load(str(bad))
+    transport = OpenAITransport(base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(InputError, match="no price"):
+        QueryEngine(transport, budget=Budget(max_cost=1.0), model="unpriced-model")
+
+
+def _writer(path, start, n):
+    cache = ResponseCache(path)
+    for i in range(start, start + n):
+        cache.put(f"k{i}", {"body": {"i": i}})
+
+
+def test_cache_survives_concurrent_writer_processes(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, k * 200, 200)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    cache = ResponseCache(path)
+    got = cache.get_many([f"k{i}" for i in range(600)])
+    assert len(got) == 600 and got["k599"]["body"]["i"] == 599
+    assert cache.clear() == 600 and cache.stats()["entries"] == 0
