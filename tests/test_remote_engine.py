@@ -213,8 +213,8 @@ def test_rerun_pays_nothing_and_replicas_are_not_collapsed(server_factory):
     m2.scoring, m2.capabilities = "logprob", {"probed": False}
     v2 = m2.score_fn(m2.resolve_target("cat"))(x)
     assert np.array_equal(v1, v2) and srv.counters.answered == paid and m2.engine.stats.cache_hits == 20
-    req = m2.request(png_data_url(x[0]), "cat", "logprob")
-    m2.engine.map([req, req, req], [0, 0, 1])  # replica 1 is a deliberate repeat
+    reqs, prepare = m2._requests(x[:1], "cat", "logprob")
+    m2.engine.map(reqs * 3, [0, 0, 1], prepare=prepare)  # replica 1 is a deliberate repeat
     assert srv.counters.answered == paid + 1
     m2.close()
 

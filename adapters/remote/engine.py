@@ -47,7 +47,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from blackbox.errors import BudgetExceeded, InputError, ModelError
 from blackbox.queries import Budget
@@ -305,9 +305,14 @@ class QueryEngine:
     def submit(self, request: dict, replica: int = 0) -> Response:
         return self.map([request], [replica])[0]
 
-    def map(self, requests: Sequence[dict], replicas: Sequence[int] | None = None) -> list[Response]:
+    def map(self, requests: Sequence[dict], replicas: Sequence[int] | None = None,
+            prepare: Callable[[dict], dict] | None = None) -> list[Response]:
         """Answer ``requests`` (concurrently, in order). Raises BudgetExceeded before sending
-        anything if the uncached ones do not fit the budget; stops on the first refusal."""
+        anything if the uncached ones do not fit the budget; stops on the first refusal.
+
+        ``prepare(request) -> request``, when given, turns a request into what is sent, in the
+        worker thread and only for cache misses: requests can then carry a content hash of a
+        large input (an image) and be encoded only when they are really sent."""
         replicas = list(replicas) if replicas is not None else [0] * len(requests)
         if len(replicas) != len(requests):
             raise ValueError("one replica index per request")
@@ -336,7 +341,8 @@ class QueryEngine:
         elif misses:
             reservations = self._reserve_all([unique[k] for k in misses])
             future = asyncio.run_coroutine_threadsafe(
-                self._send_all([(k, unique[k], r) for k, r in zip(misses, reservations)], answers), self._loop)
+                self._send_all([(k, unique[k], r) for k, r in zip(misses, reservations)], answers, prepare),
+                self._loop)
             try:
                 future.result()
             except BaseException:
@@ -389,8 +395,8 @@ class QueryEngine:
         return held
 
     # -- sending --------------------------------------------------------------------------------
-    async def _send_all(self, jobs, answers):
-        batch = {"abort": None}
+    async def _send_all(self, jobs, answers, prepare=None):
+        batch = {"abort": None, "prepare": prepare}
         tasks = [asyncio.ensure_future(self._send_one(key, req, res, answers, batch)) for key, req, res in jobs]
         # on the first failure the requests not yet sent are dropped, the ones in flight finish
         # (their answers are paid for, so they are settled and cached), then the error is raised
@@ -425,13 +431,13 @@ class QueryEngine:
             if not reservation.settled:
                 self.budget.release(reservation)
 
-    def _attempt(self, key, request, reservation):
+    def _attempt(self, key, request, reservation, prepare=None):
         """One HTTP attempt, run in a worker thread; a success is settled and cached right here,
         so an answer that arrives is never lost (even when the caller was interrupted)."""
         with self.stats._lock:
             self.stats.attempts += 1
         try:
-            body = self.transport.send(request, self.timeout)
+            body = self.transport.send(prepare(request) if prepare else request, self.timeout)
         except RetryableError as exc:
             with self.stats._lock:
                 self.stats.failed_attempts += 1
@@ -507,7 +513,7 @@ class QueryEngine:
                         if tpm is not None:
                             await tpm.acquire(min(float(holder["reservation"].tokens), tpm.max_rate))
                         response = await loop.run_in_executor(self._pool, self._attempt, key, request,
-                                                              holder["reservation"])
+                                                              holder["reservation"], batch["prepare"])
         except RetryableError as exc:
             error = ModelError(f"the endpoint failed {attempts} attempt(s) in a row; last error: {exc}")
             batch["abort"] = batch["abort"] or error

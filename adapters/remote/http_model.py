@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -31,8 +32,11 @@ from blackbox.images import ImageView
 from blackbox.models import Target
 
 from .engine import PriceTable, QueryEngine, RetryableError, classify_status, retry_after_seconds
-from .openai_vision import _warn, png_data_url
+from .openai_vision import STAND_IN, image_digest, png_data_url, quantise
 from .openai_transport import strip_credentials
+
+
+_STAND_IN_RE = re.compile(re.escape(STAND_IN) + r"(b64:)?([0-9a-f]{64})")
 
 
 def lookup(body, path: str):
@@ -145,6 +149,27 @@ class HTTPImageModel:
         url = png_data_url(image)
         return fill(self.template, {"image_data_url": url, "image_base64": url.split(",", 1)[1], "target": label})
 
+    def _requests(self, images: np.ndarray, label: str):
+        """Requests keyed by image content hashes; ``prepare`` encodes only what is sent."""
+        images8 = quantise(images)
+        digests = [image_digest(im) for im in images8]
+        by_digest = dict(zip(digests, images8))
+        reqs = [fill(self.template, {"image_data_url": STAND_IN + d, "image_base64": STAND_IN + "b64:" + d,
+                                     "target": label}) for d in digests]
+
+        def swap(node):
+            if isinstance(node, dict):
+                return {k: swap(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [swap(v) for v in node]
+            if isinstance(node, str) and STAND_IN in node:
+                def encode(m):
+                    url = png_data_url(by_digest[m.group(2)])
+                    return url.split(",", 1)[1] if m.group(1) else url
+                return _STAND_IN_RE.sub(encode, node)
+            return node
+        return reqs, swap
+
     def _value(self, body: dict) -> float:
         try:
             value = float(lookup(body, self.score_path))
@@ -165,7 +190,8 @@ class HTTPImageModel:
 
     def score_fn(self, target: Target, kind: str = "logprob"):
         def fn(images):
-            responses = self.engine.map([self.request(im, target.label) for im in np.asarray(images)])
+            reqs, prepare = self._requests(np.asarray(images), target.label)
+            responses = self.engine.map(reqs, prepare=prepare)
             if self.engine.dry_run:
                 return np.zeros(len(images))
             values = np.asarray([self._value(r.body) for r in responses])

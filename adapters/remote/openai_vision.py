@@ -22,11 +22,11 @@ is lossless, so what is sent is exactly what the estimator weighted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -64,11 +64,26 @@ def yes_logprob(top: list[dict]) -> float:
     return math.log(max(bound, 1e-12))
 
 
+def quantise(images: np.ndarray) -> np.ndarray:
+    """[0, 1] float images -> uint8 (what is sent; the saliency spaces already render on this grid)."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def image_digest(image8: np.ndarray) -> str:
+    """A content hash of an 8-bit image (the cache key holds this, not the encoded image)."""
+    h = hashlib.sha256(str(image8.shape).encode())
+    h.update(np.ascontiguousarray(image8).tobytes())
+    return h.hexdigest()
+
+
+STAND_IN = "blackbox-image-sha256:"
+
+
 def png_data_url(image: np.ndarray) -> str:
-    """An ``(H, W, 3)`` [0, 1] image as a PNG data URL (values rounded to 8 bits, lossless)."""
+    """An ``(H, W, 3)`` image ([0, 1] float or uint8) as a PNG data URL (8 bits, lossless)."""
     from PIL import Image
 
-    arr = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    arr = image if image.dtype == np.uint8 else quantise(image)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -105,7 +120,6 @@ class OpenAIVisionModel:
         self.fingerprints: set[str] = set()
         self.served_models: set[str] = set()
         self.query_batch_size = max(64, 2 * engine.concurrency)
-        self._encoder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blackbox-png")
         engine.validate = self._validate
         engine.model = engine.model or model
 
@@ -151,10 +165,10 @@ class OpenAIVisionModel:
         """One call: does the endpoint give first-token logprobs for image inputs? Choose scoring."""
         if self.scoring is not None and self.capabilities:
             return self.scoring
-        req = self.request(png_data_url(image), label, "logprob")
+        reqs, prepare = self._requests(np.asarray(image)[None], label, "logprob")
         validate, self.engine.validate = self.engine.validate, None  # a probe may lack logprobs
         try:
-            body = self.engine.submit(req).body
+            body = self.engine.map(reqs, prepare=prepare)[0].body
         finally:
             self.engine.validate = validate
         if body is None:  # dry run and not cached: counted as a request that would be sent
@@ -176,11 +190,30 @@ class OpenAIVisionModel:
             raise ModelError(f"{self.name} returned no logprobs for image inputs; use scoring 'confidence' or 'frequency'")
         return self.scoring
 
+    def _requests(self, images: np.ndarray, label: str, scoring: str, repeats: int = 1):
+        """Requests that carry each image's content hash; ``prepare`` swaps in the PNG data URL
+        (in the engine's worker threads, only for requests that are really sent)."""
+        images8 = quantise(images)
+        digests = [image_digest(im) for im in images8]
+        by_digest = dict(zip(digests, images8))
+        reqs = [self.request(STAND_IN + d, label, scoring) for d in digests for _ in range(repeats)]
+
+        def prepare(req: dict) -> dict:
+            text, image_part = req["messages"][0]["content"]
+            url = image_part["image_url"]["url"]
+            if not url.startswith(STAND_IN):
+                return req
+            sent = dict(req)
+            sent["messages"] = [{"role": "user", "content": [text, {"type": "image_url", "image_url": {
+                **image_part["image_url"], "url": png_data_url(by_digest[url[len(STAND_IN):]])}}]}]
+            return sent
+        return reqs, prepare
+
     def scores(self, images: np.ndarray, label: str) -> np.ndarray:
-        urls = list(self._encoder.map(png_data_url, list(images)))
         scoring = self.scoring or "logprob"
         if scoring == "logprob":
-            responses = self.engine.map([self.request(u, label, scoring) for u in urls])
+            reqs, prepare = self._requests(images, label, scoring)
+            responses = self.engine.map(reqs, prepare=prepare)
             if self.engine.dry_run:
                 return np.zeros(len(images))
             out = []
@@ -189,8 +222,8 @@ class OpenAIVisionModel:
                 out.append(yes_logprob(_top_logprobs(r.body)))
             return np.asarray(out)
         k = self.samples
-        reqs = [self.request(u, label, scoring) for u in urls for _ in range(k)]
-        responses = self.engine.map(reqs, [i % k for i in range(len(reqs))])
+        reqs, prepare = self._requests(images, label, scoring, repeats=k)
+        responses = self.engine.map(reqs, [i % k for i in range(len(reqs))], prepare=prepare)
         if self.engine.dry_run:
             return np.zeros(len(images))
         out = []
@@ -238,7 +271,6 @@ class OpenAIVisionModel:
                 "resolution": self.resolution, "request_seed": self.seed, "blackbox_version": __version__}
 
     def close(self):
-        self._encoder.shutdown(wait=False)
         self.engine.close()
 
 
