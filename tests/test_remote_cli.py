@@ -68,23 +68,23 @@ def test_saliency_through_blackbox_serve_matches_the_local_map(square_png, env, 
         line = serve.stdout.readline()
         assert "efficientnet-lite0" in line, line
         url = line.split(" on ")[1].split()[0]
-        out = run(remote_args(square_png, url, "--queries", 160, "--grid", 5, "--json",
+        out = run(remote_args(square_png, url, "--queries", 128, "--grid", 5, "--json",
                               "--save-map", tmp_path / "remote.npy"), env)
     finally:
         serve.terminate()
         serve.wait(10)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["queries_used"] == 160
+    assert report["queries_used"] == 128
     assert report["provenance"]["scoring"] == "logprob"
     assert report["provenance"]["system_fingerprint"] == ["blackbox-serve-0.1.0"]
-    assert report["usage"]["sent"] + report["usage"]["cache_hits"] == 161  # + the capability probe
+    assert report["usage"]["sent"] + report["usage"]["cache_hits"] == 129  # + the capability probe
     remote = np.load(tmp_path / "remote.npy")
     # the same working view (whole image at 224) and grid, scored locally: log p(espresso), which is
     # exactly what the server reports as log P("Yes")
     image = load_image(square_png)
     view = ImageView.full(224, 224, 224)
-    local = saliency(model.score_fn(model.resolve_target("espresso")), view.to_working(image), queries=160,
+    local = saliency(model.score_fn(model.resolve_target("espresso")), view.to_working(image), queries=128,
                      grid=5, seed=0)
     rho = spearman(view.to_original(local.map).ravel(), remote.ravel())
     print(f"rank correlation remote vs local map: {rho:.4f}")
@@ -106,16 +106,16 @@ def test_killed_run_resumes_without_paying_twice(square_png, env, servers, model
     srv = servers(ClassifierScorer(model), latency=0.03)
     args = remote_args(square_png, srv.url, "--queries", 240, "--grid", 5, "--concurrency", 4, "--json")
     proc = subprocess.Popen([BLACKBOX, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: srv.counters.answered >= 60), "the run never got going"
+    assert _wait_for(lambda: srv.counters.answered >= 40), "the run never got going"
     proc.send_signal(sig)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     first = srv.counters.answered
-    assert first < 241
+    assert first < 161
     out = run(args, env)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["queries_used"] == 240
+    assert report["queries_used"] == 160
     dup = srv.counters.duplicate_paid
     if sig == signal.SIGINT:
         # Ctrl-C: requests in flight finish and are cached, so nothing is paid twice
@@ -124,7 +124,7 @@ def test_killed_run_resumes_without_paying_twice(square_png, env, servers, model
         # SIGKILL: only answers in flight at the moment of the kill can be lost (at most concurrency)
         assert dup <= 4
     assert report["usage"]["cache_hits"] >= first - dup
-    assert srv.counters.answered == 241 + dup
+    assert srv.counters.answered == 161 + dup
 
 
 def test_wrong_key_is_a_clear_error_and_keys_never_leak(tmp_path, env, servers):
