@@ -27,6 +27,7 @@ from .estimators import GradientEstimate, lr_gradient
 from .image_spaces import MaskSpace, PatchGrid, PixelSpace
 from .images import as_float_image, blur
 from .queries import Budget, QueryRunner
+from .rationing import rationed_gradient
 
 METHODS = ("vanilla", "smoothgrad", "ig", "gradxinput")
 SPACES = ("mask", "pixel")
@@ -51,6 +52,8 @@ class SaliencyResult:
     model_seconds: float
     stopped: str | None = None
     estimate: GradientEstimate | None = field(default=None, repr=False)
+    queries_saved: int = 0     # left unspent when target_error was reached early
+    allocator: str | None = None
     # filled by explain() / the CLI: the map at the original image's resolution and what it explains
     full_map: np.ndarray | None = field(default=None, repr=False)
     target: object | None = None
@@ -66,6 +69,7 @@ class SaliencyResult:
                 "blocks": self.blocks, "sigma": self.sigma, "queries_used": self.queries,
                 "seconds": round(self.seconds, 3), "model_seconds": round(self.model_seconds, 3),
                 "overhead": round(self.overhead, 4), "stopped": self.stopped,
+                "allocator": self.allocator, "queries_saved": self.queries_saved,
                 "mean_stderr": float(np.mean(self.stderr)) if np.all(np.isfinite(self.stderr)) else None}
 
 
@@ -100,6 +104,9 @@ def saliency(
     budget: Budget | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    allocator: str | None = None,
+    rounds: int | None = None,
+    target_error: float | None = None,
 ) -> SaliencyResult:
     """Explain ``score`` (images -> one float each, e.g. a target log-probability) at ``image``.
 
@@ -107,6 +114,9 @@ def saliency(
     ``score`` may be a plain function or a :class:`QueryRunner` (to share a budget and counters).
     Spends at most ``queries`` queries; if a budget runs out first, the map built from the
     queries already answered is returned with ``stopped`` set.
+    ``allocator`` (``uniform``, ``neyman``, ``flops``) rations the budget across the ``blocks``
+    in ``rounds`` (default 4); ``target_error`` stops once the relative standard error of the
+    estimate is at or below it (see :mod:`blackbox.rationing`), reporting ``queries_saved``.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -136,6 +146,14 @@ def saliency(
         s_smooth = smooth if smooth is not None else DEFAULT_SMOOTH[space]
         sigma = float(np.sqrt(sigma ** 2 + s_smooth ** 2))
     q0, m0, t0 = runner.record.queries, runner.record.model_seconds, time.perf_counter()
+    estimate = lr_gradient
+    if allocator is not None or rounds is not None or target_error is not None:
+        if allocation is not None:
+            raise InputError("pass either a fixed allocation or an allocator, not both")
+
+        def estimate(*args, allocation=None, **kw):
+            return rationed_gradient(*args, allocator=allocator or "uniform", rounds=rounds or 4,
+                                     target_error=target_error, **kw)
     rng = np.random.default_rng(seed)
 
     if space == "mask":
@@ -152,7 +170,7 @@ def saliency(
         if method == "ig":
             def center_fn(r, n):
                 return np.repeat(r.random((n, 1)), dim, axis=1)
-        est = lr_gradient(f, sp.center, queries=queries, sigma=sigma, control=control, noise=noise,
+        est = estimate(f, sp.center, queries=queries, sigma=sigma, control=control, noise=noise,
                           blocks=blocks_idx, allocation=allocation, seed=rng, center_fn=center_fn)
         cells = est.mean.reshape(rows, cols)
         cell_err = est.stderr.reshape(rows, cols)
@@ -175,7 +193,7 @@ def saliency(
                 c = np.zeros((n, sp.dim + 1))
                 c[:, -1] = r.random(n)
                 return c
-            est = lr_gradient(f, np.zeros(sp.dim + 1), queries=queries, sigma=sigma, control=control,
+            est = estimate(f, np.zeros(sp.dim + 1), queries=queries, sigma=sigma, control=control,
                               noise=noise, blocks=blocks_idx, allocation=allocation, seed=rng,
                               center_fn=center_fn)
             flat, flat_err = est.mean[:-1], est.stderr[:-1]
@@ -183,7 +201,7 @@ def saliency(
             def f(points):
                 images, delivered = sp.render(points)
                 return runner(images), delivered
-            est = lr_gradient(f, sp.center, queries=queries, sigma=sigma, control=control,
+            est = estimate(f, sp.center, queries=queries, sigma=sigma, control=control,
                               noise=noise, blocks=blocks_idx, allocation=allocation, seed=rng)
             flat, flat_err = est.mean, est.stderr
         g = sp.cell_gradient(flat)                      # (rows, cols, ch): d score / d offset
@@ -205,4 +223,5 @@ def saliency(
         map=np.asarray(pixel_map, dtype=np.float32), cells=cells, stderr=cell_err, method=method,
         space=space, grid=(int(rows), int(cols)), blocks=blocks, sigma=sigma,
         queries=runner.record.queries - q0, seconds=time.perf_counter() - t0,
-        model_seconds=runner.record.model_seconds - m0, stopped=est.stopped, estimate=est)
+        model_seconds=runner.record.model_seconds - m0, stopped=est.stopped, estimate=est,
+        queries_saved=int(est.extras.get("queries_saved", 0)), allocator=est.extras.get("allocator"))
