@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
     s.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    s.add_argument("--allocator", choices=("uniform", "neyman", "flops"),
+                   help="ration the budget across the --blocks in rounds: uniform, neyman "
+                        "(queries ~ each block's measured std) or flops (learned)")
+    s.add_argument("--rounds", type=_positive_int, metavar="R", help="allocation rounds (default: 4)")
+    s.add_argument("--target-error", type=_positive_float, metavar="E",
+                   help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
+                        "reports the queries saved")
     from blackbox.adapters.remote.cli_support import add_remote_commands, add_remote_options
     add_remote_options(s)
 
@@ -146,7 +153,8 @@ def cmd_saliency(args) -> int:
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=args.queries, method=args.method, space=args.space,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
+                      target_error=args.target_error)
     if args.dry_run:
         report = remote.dry_run_report(model, args)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
@@ -180,6 +188,8 @@ def cmd_saliency(args) -> int:
               f"({args.method}, {args.space} space, {result.overhead:.0%} of the time outside the model)")
         if result.stopped:
             print(f"stopped early: {result.stopped}")
+        if result.queries_saved:
+            print(f"saved {result.queries_saved} of {args.queries} queries (target error reached)")
         if hasattr(model, "usage"):
             print(remote.usage_line(model))
         for path, what in ((args.out, "overlay"), (args.save_map, "map")):
