@@ -229,6 +229,17 @@ def test_dry_run_sends_nothing_and_estimates(server_factory):
     model.close()
 
 
+def test_requests_per_minute_limit_is_proactive(server_factory):
+    srv = server_factory()
+    model = vision(srv, rpm=600, cache=False)  # 10 requests per second, bucket of about one second
+    model.scoring = "logprob"
+    t0 = time.perf_counter()
+    model.score_fn(model.resolve_target("cat"))(images(30, seed=4))
+    assert time.perf_counter() - t0 >= 1.5  # 10 at once, then 20 more at 10 per second
+    assert srv.counters.by_status[429] == 0 and srv.counters.answered == 30
+    model.close()
+
+
 def test_cost_cap_needs_a_price_and_the_price_table_is_user_editable(tmp_path, monkeypatch):
     prices = tmp_path / "prices.json"
     prices.write_text('{"my-model": {"input": 3, "output": 4}}')

@@ -297,9 +297,13 @@ class QueryEngine:
     async def _make_limiters(self):
         from aiolimiter import AsyncLimiter
 
+        def per_minute(rate):  # a smooth bucket (about one second's worth), not a minute-long burst
+            per_second = rate / 60.0
+            return AsyncLimiter(per_second, 1.0) if per_second >= 1 else AsyncLimiter(1, 1.0 / per_second)
+
         return (asyncio.Semaphore(self.concurrency),
-                AsyncLimiter(self.rpm, 60) if self.rpm else None,
-                AsyncLimiter(self.tpm, 60) if self.tpm else None)
+                per_minute(self.rpm) if self.rpm else None,
+                per_minute(self.tpm) if self.tpm else None)
 
     # -- public ---------------------------------------------------------------------------------
     def submit(self, request: dict, replica: int = 0) -> Response:

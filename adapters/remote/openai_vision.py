@@ -66,7 +66,10 @@ def yes_logprob(top: list[dict]) -> float:
 
 def quantise(images: np.ndarray) -> np.ndarray:
     """[0, 1] float images -> uint8 (what is sent; the saliency spaces already render on this grid)."""
-    return np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    x = np.multiply(images, np.float32(255.0), dtype=np.float32)
+    x += np.float32(0.5)  # round half up; values rendered on the 8-bit grid are never at .5
+    np.clip(x, 0.0, 255.0, out=x)
+    return x.astype(np.uint8)
 
 
 def image_digest(image8: np.ndarray) -> str:
