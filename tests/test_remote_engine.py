@@ -229,6 +229,21 @@ def test_dry_run_sends_nothing_and_estimates(server_factory):
     model.close()
 
 
+def test_standalone_engine_counts_queries_and_refuses_a_batch_that_does_not_fit(server_factory):
+    srv = server_factory()
+    budget = Budget(max_queries=5)
+    model = vision(srv, budget=budget, count_queries=True)
+    reqs, prepare = model._requests(images(8), "cat", "logprob")
+    with pytest.raises(BudgetExceeded):
+        model.engine.map(reqs, prepare=prepare)
+    assert srv.counters.requests == 0 and budget.queries == 0  # nothing sent, nothing held
+    model.engine.map(reqs[:5], prepare=prepare)
+    assert budget.queries == 5 and srv.counters.answered == 5
+    model.engine.map(reqs[:5], prepare=prepare)  # cached: costs no query
+    assert budget.queries == 5
+    model.close()
+
+
 def test_requests_per_minute_limit_is_proactive(server_factory):
     srv = server_factory()
     model = vision(srv, rpm=600, cache=False)  # 10 requests per second, bucket of about one second
