@@ -33,3 +33,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# Discrete prompt tuning against a real llama.cpp OpenAI-compatible server on 127.0.0.1.
+# llama-cpp-python builds from source (about 10 minutes on 2 cores; pip caches the wheel).
+llama-server-test: $(STAMP)
+	$(PIP) install 'llama-cpp-python[server]'
+	$(PY) -m pytest -q tests/test_api_prompting.py -rs
