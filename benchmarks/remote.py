@@ -166,9 +166,14 @@ def retry_overhead(rows, concurrency=16, n=480, repeats=3):
                 fn = model.score_fn(model.resolve_target("cat"))
                 fn(random_images(concurrency, seed=7 + 100 * k))
                 x = random_images(n, seed=8 + 100 * k)
+                before = srv.stats()
                 t0 = time.perf_counter()
                 fn(x)
-                out[label].append((time.perf_counter() - t0, model.engine.stats.as_dict(), srv.stats()))
+                seconds = time.perf_counter() - t0
+                after = srv.stats()
+                after["by_status"] = {s: after["by_status"].get(s, 0) - before["by_status"].get(s, 0)
+                                      for s in after["by_status"]}
+                out[label].append((seconds, model.engine.stats.as_dict(), after))
                 model.close()
     clean = float(np.median([t for t, _, _ in out["clean"]]))
     faulty = float(np.median([t for t, _, _ in out["10% 429"]]))
