@@ -1,0 +1,455 @@
+"""Multimodal alignment through a language model that is only queried.
+
+A frozen image encoder gives features ``f`` (e.g. EfficientNet-Lite0's 1280-d penultimate layer);
+a small trainable **projector** maps them to ``k`` soft tokens in the input-embedding space of a
+frozen language model; the loss is the LM's negative log-likelihood of the image's caption given
+``[soft tokens][prompt]``, obtained by forward queries only. Zero-shot classification ranks the
+LM's likelihood of every class caption given the projected image.
+
+The projector (numpy)::
+
+    h      = [ (f - mean) @ basis, 1 ]          fixed PCA whitening to ``dims`` (+ a bias input)
+    soft   = scale * reshape(W @ h, (k, D))     W: (k*D, dims+1), the trainable parameters
+
+Two ways to train it from queries (``perturb``):
+
+* ``"output"`` (default, ULR-style): perturb the projector's *output* -- each item's soft tokens
+  -- with antithetic Gaussian noise, estimate ``dL/dsoft`` by the LR identity, and get ``dL/dW =
+  dL/dsoft h^T`` by the chain rule through the (known, linear) projector. No backpropagation
+  through the LM, and the estimator's dimension is ``k*D`` instead of ``k*D*(dims+1)``: the
+  noise on ``W`` orthogonal to ``h`` (which an output cannot feel) is never drawn. This is what
+  makes it work within a few thousand queries.
+* ``"params"``: perturb the flat parameter vector with :func:`forward_train` (the generic loop;
+  kept for comparison -- its variance is about ``dims+1`` times larger).
+
+Both use the allocators (``uniform`` | ``neyman`` | ``flops``) to ration each step's queries
+across the batch, a :class:`Budget` that is never overspent, checkpoints and resume.
+The white-box reference (:func:`train_backprop`) takes the same steps with the exact ``dL/dsoft``
+from an LM that offers ``nll_and_grad`` (autograd), to compare at equal steps.
+
+The LM is any object with ``embed_dim``, ``nll(soft (n,k,D), prompts, targets) -> (n,)``, and
+optionally ``next_token_logprobs(soft, prompts, token_ids) -> (n, C)`` + ``tokenize`` (one query
+per image for ranking single-token class words), ``nll_and_grad`` (the backprop reference) and
+``embed_tokens`` (initialising the soft tokens from a word). Every sequence the LM reads counts as
+one query.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .allocators import make_allocator
+from .errors import BudgetExceeded, InputError, ModelError
+from .forward_learning import TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, forward_train
+from .queries import Budget
+
+PERTURBATIONS = ("output", "params")
+
+
+# --------------------------------------------------------------------------------------------
+# the projector
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Projector:
+    """Image features -> ``k`` soft tokens of width ``embed_dim`` (see the module docstring)."""
+
+    mean: np.ndarray       # (F,) feature mean of the training images
+    basis: np.ndarray      # (F, dims) PCA directions divided by their standard deviation
+    weight: np.ndarray     # (k*D, dims+1) trainable; last column is the bias
+    k: int
+    embed_dim: int
+    scale: float = 1.0     # the LM's typical embedding scale (soft = scale * W h)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, *, k: int, embed_dim: int, dims: int = 16, scale: float = 1.0,
+            init: np.ndarray | None = None, init_std: float = 0.01, seed: int = 0) -> "Projector":
+        """A projector whose fixed reduction is fitted on ``features`` (training images only).
+
+        ``init`` ``(k, D)`` sets the starting soft tokens (e.g. a word's embedding); the weights
+        on the features start small and random (never all-zero soft tokens: the LM's gradient is
+        undefined there)."""
+        features = _check_features(features)
+        if k < 1 or embed_dim < 1:
+            raise InputError("k and embed_dim must be >= 1")
+        if not 1 <= dims <= min(features.shape):
+            raise InputError(f"dims must be between 1 and {min(features.shape)}, got {dims}")
+        mean = features.mean(0)
+        _, s, vt = np.linalg.svd(features - mean, full_matrices=False)
+        std = s[:dims] / np.sqrt(max(len(features) - 1, 1))
+        basis = vt[:dims].T / np.maximum(std, 1e-8)
+        rng = np.random.default_rng(seed)
+        weight = rng.standard_normal((k * embed_dim, dims + 1)) * init_std
+        if init is not None:
+            init = np.asarray(init, dtype=np.float64).reshape(-1)
+            if init.size != k * embed_dim:
+                raise InputError(f"init must have {k} x {embed_dim} values, got {init.size}")
+            weight[:, -1] = init / scale
+        else:
+            weight[:, -1] = rng.standard_normal(k * embed_dim)
+        return cls(mean, basis, weight, int(k), int(embed_dim), float(scale))
+
+    @property
+    def dims(self) -> int:
+        return self.basis.shape[1]
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The flat trainable parameter vector (a copy)."""
+        return self.weight.reshape(-1).copy()
+
+    def with_theta(self, theta: np.ndarray) -> "Projector":
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.size != self.weight.size:
+            raise InputError(f"theta has {theta.size} values, the projector {self.weight.size}")
+        return Projector(self.mean, self.basis, theta.reshape(self.weight.shape).copy(), self.k,
+                         self.embed_dim, self.scale)
+
+    def reduce(self, features: np.ndarray) -> np.ndarray:
+        """``h``: ``(n, dims+1)`` whitened PCA coordinates with a trailing 1."""
+        features = _check_features(features, self.mean.size)
+        h = (features - self.mean) @ self.basis
+        return np.hstack([h, np.ones((len(h), 1))])
+
+    def soft_tokens(self, features: np.ndarray | None = None, *, reduced: np.ndarray | None = None) -> np.ndarray:
+        """``(n, k, D)`` soft tokens of the images (give ``features`` or their ``reduced`` h)."""
+        h = self.reduce(features) if reduced is None else reduced
+        out = np.ascontiguousarray(h @ self.weight.T) * self.scale
+        return out.reshape(len(h), self.k, self.embed_dim)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, mean=self.mean, basis=self.basis, weight=self.weight,
+                     meta=np.array(json.dumps({"k": self.k, "embed_dim": self.embed_dim, "scale": self.scale})))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Projector":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(z["mean"], z["basis"], z["weight"], meta["k"], meta["embed_dim"], meta["scale"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot read projector {path}: {exc}") from None
+
+
+def _check_features(features, width: int | None = None) -> np.ndarray:
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or (width is not None and f.shape[1] != width):
+        raise InputError(f"features must be (n, {width or 'F'}), got shape {f.shape}")
+    if not np.all(np.isfinite(f)):
+        raise InputError("features contain nan or inf")
+    return f
+
+
+# --------------------------------------------------------------------------------------------
+# the task: captions, the query-only loss, zero-shot ranking
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CaptionTask:
+    """Captions are ``prompt + class_words[c]``; the loss is the NLL of the class-specific part.
+
+    The prompt (e.g. ``" A photo of the digit"``) is the same for every class, so ranking the full
+    captions and ranking the class words given ``[soft][prompt]`` give the same order."""
+
+    prompt: str
+    class_words: Sequence[str]   # e.g. [" zero", " one", ...] (leading space: a new word)
+
+    def __post_init__(self):
+        self.class_words = list(self.class_words)
+        if len(self.class_words) < 2 or len(set(self.class_words)) != len(self.class_words):
+            raise InputError("a caption task needs at least two distinct class words")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_words)
+
+    def captions(self) -> list[str]:
+        return [self.prompt + w for w in self.class_words]
+
+
+def _reserve(budget: Budget | None, n: int):
+    return budget.reserve(n) if budget is not None else None
+
+
+def _settle(budget: Budget | None, reservation) -> None:
+    if reservation is not None:
+        budget.settle(reservation)
+
+
+def caption_nll(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray,
+                budget: Budget | None = None) -> np.ndarray:
+    """``-log p(class_words[labels[i]] | [soft_i][prompt])`` for each row: ``len(labels)`` queries."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if soft.shape[0] != len(labels):
+        raise InputError(f"{soft.shape[0]} soft prompts for {len(labels)} labels")
+    reservation = _reserve(budget, len(labels))
+    try:
+        values = np.asarray(lm.nll(soft, [task.prompt] * len(labels),
+                                   [task.class_words[c] for c in labels]), dtype=np.float64)
+    except BaseException:
+        if reservation is not None:
+            budget.release(reservation)
+        raise
+    _settle(budget, reservation)
+    if values.shape != (len(labels),) or not np.all(np.isfinite(values)):
+        raise ModelError("the language model returned a wrong number of NLLs or a non-finite one")
+    return values
+
+
+def class_scores(lm, soft: np.ndarray, task: CaptionTask, budget: Budget | None = None) -> tuple[np.ndarray, int]:
+    """``(n, C)`` log-likelihoods of every class word given each image's soft tokens, and the
+    queries spent: one per image when every class word is a single token and the LM offers
+    ``next_token_logprobs``, else one per (image, class)."""
+    n, c = soft.shape[0], task.num_classes
+    single = None
+    if hasattr(lm, "next_token_logprobs") and hasattr(lm, "tokenize"):
+        ids = [lm.tokenize(w) for w in task.class_words]
+        if all(len(t) == 1 for t in ids):
+            single = [t[0] for t in ids]
+    if single is not None:
+        reservation = _reserve(budget, n)
+        try:
+            scores = np.asarray(lm.next_token_logprobs(soft, [task.prompt] * n, single), dtype=np.float64)
+        except BaseException:
+            if reservation is not None:
+                budget.release(reservation)
+            raise
+        _settle(budget, reservation)
+        return scores, n
+    rows = np.repeat(soft, c, axis=0)
+    labels = np.tile(np.arange(c), n)
+    return -caption_nll(lm, rows, task, labels, budget).reshape(n, c), n * c
+
+
+def evaluate(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask,
+             budget: Budget | None = None) -> dict:
+    """Zero-shot classification: rank the class captions by the LM's likelihood given each image.
+
+    Returns ``accuracy``, ``chance`` (1/C), ``mean_nll`` of the true caption, ``scores`` (n, C),
+    ``predictions`` and ``queries``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    scores, queries = class_scores(lm, projector.soft_tokens(features), task, budget)
+    pred = scores.argmax(1)
+    return {"accuracy": float(np.mean(pred == labels)), "chance": 1.0 / task.num_classes,
+            "mean_nll": float(-np.mean(scores[np.arange(len(labels)), labels])),
+            "scores": scores, "predictions": pred, "queries": int(queries)}
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AlignmentResult:
+    """The trained projector and the training run (history, evaluations, queries)."""
+
+    projector: Projector
+    train: TrainResult
+    perturb: str
+    allocator: str
+
+    @property
+    def queries(self) -> int:
+        return self.train.queries
+
+
+def train_projector(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask, *,
+                    steps: int | None = None, total_queries: int | None = None, batch_size: int = 16,
+                    queries_per_step: int = 64, sigma: float = 0.3, lr: float = 0.1,
+                    allocator: str = "uniform", perturb: str = "output", seed: int = 0,
+                    budget: Budget | None = None, checkpoint: str | os.PathLike | None = None,
+                    progress: bool = False, eval_fn: Callable[[Projector], dict] | None = None,
+                    eval_every: int = 10) -> AlignmentResult:
+    """Train ``projector`` from caption-NLL queries only (see the module docstring).
+
+    ``sigma`` is the noise scale in units of the LM's embedding scale (``perturb="output"``) or of
+    the parameters (``"params"``). ``queries_per_step`` (even, >= 2 x batch_size) is split across
+    the batch by ``allocator``. Stops after ``steps``, before ``total_queries`` would be passed,
+    or when ``budget`` runs out (``train.stopped`` says why). ``eval_fn(projector) -> dict`` of
+    metrics runs at step 0, every ``eval_every`` steps and at the end (its queries are not part of
+    the training count). ``checkpoint``: an ``.npz`` written every step and resumed from.
+    """
+    if perturb not in PERTURBATIONS:
+        raise InputError(f"perturb must be one of {PERTURBATIONS}, got {perturb!r}")
+    h = projector.reduce(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(h):
+        raise InputError(f"{len(labels)} labels for {len(h)} images")
+    if labels.min() < 0 or labels.max() >= task.num_classes:
+        raise InputError(f"labels must be in 0..{task.num_classes - 1}")
+    wrapped_eval = None if eval_fn is None else (lambda theta: _metrics(eval_fn(projector.with_theta(theta))))
+    if perturb == "params":
+        def loss(thetas, items):
+            w = thetas.reshape(len(thetas), *projector.weight.shape)
+            soft = np.einsum("mij,mj->mi", w, h[items]) * projector.scale
+            return caption_nll(lm, soft.reshape(len(items), projector.k, projector.embed_dim), task, labels[items])
+
+        result = forward_train(loss, projector.theta, len(h), batch_size=batch_size,
+                               queries_per_step=queries_per_step, steps=steps, total_queries=total_queries,
+                               sigma=sigma, lr=lr, allocator=allocator, seed=seed, budget=budget,
+                               checkpoint=checkpoint, progress=progress, eval_fn=wrapped_eval,
+                               eval_every=eval_every)
+    else:
+        result = _train_output_perturbation(lm, projector, h, labels, task, steps=steps,
+                                            total_queries=total_queries, batch_size=batch_size,
+                                            queries_per_step=queries_per_step, sigma=sigma, lr=lr,
+                                            allocator=allocator, seed=seed, budget=budget,
+                                            checkpoint=checkpoint, progress=progress,
+                                            eval_fn=wrapped_eval, eval_every=eval_every)
+    name = allocator if isinstance(allocator, str) else getattr(allocator, "name", "custom")
+    return AlignmentResult(projector.with_theta(result.theta), result, perturb, name)
+
+
+def _metrics(d: dict) -> dict:
+    """Keep the JSON-able scalar metrics of an evaluation (drop score matrices)."""
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+            for k, v in d.items() if isinstance(v, (int, float, np.integer, np.floating))}
+
+
+def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_queries, batch_size,
+                               queries_per_step, sigma, lr, allocator, seed, budget, checkpoint,
+                               progress, eval_fn, eval_every) -> TrainResult:
+    """ULR-style forward learning: noise on the soft tokens, chain rule to the projector."""
+    n_items = len(h)
+    batch_size = min(batch_size, n_items)
+    if queries_per_step % 2 or queries_per_step < 2 * batch_size:
+        raise InputError(f"queries_per_step must be even and >= 2 x batch_size ({2 * batch_size}), "
+                         f"got {queries_per_step}")
+    if steps is None and total_queries is None and (budget is None or budget.max_queries is None):
+        raise InputError("give steps, total_queries or a budget with max_queries")
+    if sigma <= 0 or lr <= 0:
+        raise InputError("sigma and lr must be > 0")
+    alloc = make_allocator(allocator, floor=2, seed=seed, unit=2)
+    adam = _Adam(lr)
+    theta = projector.theta
+    shape = projector.weight.shape
+    out_dim = projector.k * projector.embed_dim
+    mem_var = np.full(n_items, np.nan)
+    mem_loss = np.full(n_items, np.nan)
+    result = TrainResult(theta=theta)
+    config = {"n_items": n_items, "dim": theta.size, "batch_size": batch_size, "seed": seed,
+              "queries_per_step": queries_per_step, "sigma": sigma, "lr": lr, "allocator": alloc.name,
+              "reward": "variance", "cap": None, "perturb": "output"}
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        start, theta = _load_checkpoint(ckpt, config, adam, alloc, mem_var, mem_loss, result)
+        result.resumed_from = start
+    if eval_fn is not None and start == 0 and not result.evals:
+        result.evals.append({"step": 0, "queries": 0, **eval_fn(theta)})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="aligning", unit="step", leave=False, dynamic_ncols=True)
+    max_steps = steps if steps is not None else np.iinfo(np.int64).max
+    t_start = time.perf_counter()
+    step = start
+    try:
+        while step < max_steps:
+            if total_queries is not None and result.queries + queries_per_step > total_queries:
+                result.stopped = result.stopped or f"total_queries {total_queries} reached"
+                break
+            items = batch_items(seed, step, n_items, batch_size)
+            counts = alloc.allocate(queries_per_step, batch_size, variances=mem_var[items], losses=mem_loss[items])
+            pairs = counts // 2
+            owner = np.repeat(np.arange(batch_size), pairs)
+            w = theta.reshape(shape)
+            centre = (h[items] @ w.T) * projector.scale                      # (B, k*D)
+            z = np.random.default_rng([seed, 2, step]).standard_normal((len(owner), out_dim)) * sigma
+            noise = z * projector.scale
+            rows = np.concatenate([centre[owner] + noise, centre[owner] - noise])
+            soft = rows.reshape(len(rows), projector.k, projector.embed_dim)
+            try:
+                values = caption_nll(lm, soft, task, np.concatenate([labels[items[owner]]] * 2), budget)
+            except BudgetExceeded as exc:
+                result.stopped = str(exc)
+                break
+            result.queries += len(rows)
+            m = len(owner)
+            fp, fm = values[:m], values[m:]
+            # dL/d(W h) in the projector's own units (soft = scale * W h): LR on the output noise
+            terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z                # (pairs, k*D)
+            grad = np.zeros(shape)
+            second = np.empty(batch_size)
+            item_loss = np.empty(batch_size)
+            for i in range(batch_size):
+                t = terms[owner == i]
+                hi = h[items[i]]
+                grad += np.outer(t.mean(0), hi)                                # 1/n_i weighting
+                second[i] = np.mean(np.sum(t ** 2, axis=1)) * float(hi @ hi) / 2.0
+                item_loss[i] = np.mean((fp[owner == i] + fm[owner == i]) / 2)
+            grad /= batch_size
+            if alloc.name == "flops":
+                alloc.update(variances=second, counts=counts)
+            mem_var[items] = second
+            mem_loss[items] = item_loss
+            theta = adam.step(theta, grad.reshape(-1))
+            row = {"step": step + 1, "queries": result.queries, "loss": float(item_loss.mean()),
+                   "items": items.tolist(), "allocation": counts.tolist(),
+                   "grad_norm": float(np.linalg.norm(grad)),
+                   "est_variance": float(np.sum(second * 2 / np.maximum(counts, 1)) / batch_size ** 2),
+                   "seconds": round(time.perf_counter() - t_start, 3)}
+            result.history.append(row)
+            step += 1
+            if eval_fn is not None and step % eval_every == 0:
+                result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
+            if ckpt is not None:
+                _save_checkpoint(ckpt, config, step, theta, adam, alloc, mem_var, mem_loss, result)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", queries=result.queries)
+    finally:
+        if bar is not None:
+            bar.close()
+    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
+        result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
+    result.theta, result.steps = theta, step
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def train_backprop(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask, *,
+                   steps: int, batch_size: int = 16, lr: float = 0.1, seed: int = 0,
+                   eval_fn: Callable[[Projector], dict] | None = None, eval_every: int = 10) -> AlignmentResult:
+    """The white-box reference: the same projector, batches and Adam, with the exact gradient
+    ``dL/dsoft`` from ``lm.nll_and_grad`` (autograd through the LM) instead of LR estimates."""
+    if not hasattr(lm, "nll_and_grad"):
+        raise InputError("the backprop reference needs a white-box LM with nll_and_grad")
+    h = projector.reduce(features)
+    labels = np.asarray(labels, dtype=np.int64)
+    batch_size = min(batch_size, len(h))
+    adam = _Adam(lr)
+    theta = projector.theta
+    shape = projector.weight.shape
+    result = TrainResult(theta=theta)
+    t_start = time.perf_counter()
+    if eval_fn is not None:
+        result.evals.append({"step": 0, "queries": 0, **_metrics(eval_fn(projector))})
+    for step in range(steps):
+        items = batch_items(seed, step, len(h), batch_size)
+        soft = ((h[items] @ theta.reshape(shape).T) * projector.scale).reshape(batch_size, projector.k,
+                                                                             projector.embed_dim)
+        values, g = lm.nll_and_grad(soft, [task.prompt] * batch_size, [task.class_words[c] for c in labels[items]])
+        g = np.asarray(g, dtype=np.float64).reshape(batch_size, -1) * projector.scale
+        grad = g.T @ h[items] / batch_size
+        theta = adam.step(theta, grad.reshape(-1))
+        result.history.append({"step": step + 1, "queries": 0, "loss": float(np.mean(values)),
+                               "grad_norm": float(np.linalg.norm(grad)),
+                               "seconds": round(time.perf_counter() - t_start, 3)})
+        if eval_fn is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            result.evals.append({"step": step + 1, "queries": 0,
+                                 **_metrics(eval_fn(projector.with_theta(theta)))})
+    result.theta, result.steps = theta, steps
+    result.seconds = time.perf_counter() - t_start
+    return AlignmentResult(projector.with_theta(theta), result, "backprop", "none")
