@@ -337,6 +337,36 @@ class CausalLM:
                     grads[s:e] = g
         return values, grads
 
+    def label_loss_and_grad(self, soft: np.ndarray, prompts: Sequence[str], token_ids: Sequence[int],
+                            labels: Sequence[int], *, soft_position: str = "prefix"):
+        """White-box reference for classification: the cross-entropy over the candidate next tokens
+        ``token_ids`` (label ``labels[i]`` is correct) and its gradient with respect to a shared
+        soft prompt ``(k, d)``: returns ``(losses (n,), d sum(losses) / d soft (k, d))``."""
+        soft = self._check(np.asarray(soft)[None] if np.asarray(soft).ndim == 2 else soft, prompts)
+        if soft.shape[0] != 1:
+            raise InputError("label_loss_and_grad takes one shared soft prompt (k, d)")
+        torch = self.torch
+        cols = torch.tensor(list(token_ids), dtype=torch.long)
+        values = np.empty(len(prompts))
+        grad = np.zeros(soft.shape[1:])
+        with self._lock:
+            for s in range(0, len(prompts), self.max_batch):
+                e = s + self.max_batch
+                soft_t = torch.from_numpy(soft).float().requires_grad_(True)
+                prompt_ids = [self.tokenize(p) for p in prompts[s:e]]
+                with torch.enable_grad():
+                    embeds, mask, starts = self._build(soft_t, prompt_ids, [[] for _ in prompt_ids],
+                                                       soft_position)
+                    last = self._logits_at(embeds, mask, torch.arange(len(prompt_ids)),
+                                           torch.tensor(starts) - 1)
+                    lp = torch.log_softmax(last.double(), dim=-1)[:, cols]
+                    y = torch.tensor(list(labels[s:e]), dtype=torch.long)
+                    ce = torch.logsumexp(lp, dim=1) - lp[torch.arange(len(y)), y]
+                    ce.sum().backward()
+                values[s:e] = ce.detach().numpy()
+                grad += soft_t.grad.double().numpy()[0]
+        return values, grad
+
     def next_token_logprobs(self, soft: np.ndarray, prompts: Sequence[str], token_ids: Sequence[int], *,
                             soft_position: str = "prefix") -> np.ndarray:
         """``log p(next token = token_ids[j] | [soft_i][prompt_i])``, shape ``(n, len(token_ids))``.

@@ -17,7 +17,7 @@ DEFAULT_INIT = "Which animal is described?"
 
 
 class LMPromptQueries:
-    """``nll`` (training queries), ``label_logprobs`` (evaluation), ``nll_grad`` (white box)."""
+    """``label_logprobs`` (the queries), ``nll``, and the white-box ``nll_grad`` / ``label_loss_grad``."""
 
     def __init__(self, lm, label_words: Sequence[str], soft_position: str = "suffix"):
         self.lm = lm
@@ -38,6 +38,11 @@ class LMPromptQueries:
     def nll_grad(self, soft: np.ndarray, prompts: Sequence[str], targets: Sequence[str]):
         return self.lm.nll_and_grad(np.asarray(soft), list(prompts), list(targets),
                                     soft_position=self.soft_position)
+
+    def label_loss_grad(self, soft: np.ndarray, prompts: Sequence[str], labels: Sequence[int]):
+        """White box: label cross-entropy and its gradient for a shared soft prompt (k, d)."""
+        return self.lm.label_loss_and_grad(np.asarray(soft), list(prompts), self.label_ids, list(labels),
+                                           soft_position=self.soft_position)
 
     def init_soft(self, k: int, text: str = DEFAULT_INIT) -> np.ndarray:
         """``k`` soft tokens initialised from the embeddings of ``text`` (repeated if short)."""

@@ -3,16 +3,16 @@
 ``k`` trainable prompt vectors are prepended to the input embeddings of a frozen LM. They live in
 a low-dimensional random subspace (as in Black-Box Tuning): ``soft = init + (theta @ P)`` with
 ``theta`` in ``R^rank`` and a fixed random ``P`` (``rank x k*d``), so a likelihood-ratio gradient
-from a few hundred queries per step is informative. The loss of an example is the LM's negative
-log-likelihood of the example's label word after ``[soft][text + template]``; the prediction is
-the label word with the highest next-token log-probability.
+from a few hundred queries per step is informative. The loss of an example is the cross-entropy of the
+example's label word among the label words (next-token log-probabilities after the text and the
+soft tokens); the prediction is the label word with the highest log-probability.
 
 The model is reached only through query functions (numpy in, numpy out):
 
-* ``nll_fn(soft (m, k, d), prompts, targets) -> (m,)``: one query per row (training);
-* ``label_logprobs_fn(soft (k, d), prompts) -> (n, C)``: log-probabilities of the C label words
-  (evaluation, like an API's ``top_logprobs``);
-* ``nll_grad_fn(soft (k, d), prompts, targets) -> (values (n,), d sum / d soft (k, d))``: only for
+* ``label_logprobs_fn(soft (m, k, d) or (k, d), prompts) -> (m, C)``: log-probabilities of the C
+  label words after each prompt (one query per row, like an API's ``top_logprobs``); training
+  minimises the cross-entropy over the label words, evaluation takes their argmax;
+* ``loss_grad_fn(soft (k, d), prompts, labels) -> (losses (n,), d sum / d soft (k, d))``: only for
   the white-box backpropagation reference (:func:`backprop_soft_prompt`).
 """
 from __future__ import annotations
@@ -94,17 +94,23 @@ class SoftPromptSpace:
         return g if self.projection is None else self.projection @ g
 
 
-def soft_prompt_loss(nll_fn: Callable, space: SoftPromptSpace, task: TextClassificationTask):
-    """The per-item loss for :func:`forward_train`: one query per (theta row, training example)."""
+def soft_prompt_loss(label_logprobs_fn: Callable, space: SoftPromptSpace, task: TextClassificationTask):
+    """The per-item loss for :func:`forward_train`: the cross-entropy over the label words of
+    training example ``item`` under the soft prompt of each theta row (one query per row)."""
     prompts = task.prompts(task.train_texts)
-    targets = [task.label_words[y] for y in task.train_labels]
 
     def loss(thetas: np.ndarray, items: np.ndarray) -> np.ndarray:
         soft = space.soft_batch(thetas)
-        return np.asarray(nll_fn(soft, [prompts[i] for i in items], [targets[i] for i in items]),
-                          dtype=np.float64)
+        lp = np.asarray(label_logprobs_fn(soft, [prompts[i] for i in items]), dtype=np.float64)
+        return label_cross_entropy(lp, task.train_labels[items])
 
     return loss
+
+
+def label_cross_entropy(lp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``-log softmax(lp)[label]`` over the label words (renormalised among them)."""
+    norm = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    return -norm[np.arange(len(labels)), np.asarray(labels)]
 
 
 def evaluate(label_logprobs_fn: Callable, soft: np.ndarray, task: TextClassificationTask,
@@ -148,7 +154,7 @@ class PromptTuningResult:
                 "seconds": round(self.seconds, 2), "stopped": self.stopped}
 
 
-def tune_soft_prompt(nll_fn: Callable, label_logprobs_fn: Callable, task: TextClassificationTask,
+def tune_soft_prompt(label_logprobs_fn: Callable, task: TextClassificationTask,
                      space: SoftPromptSpace, *, steps: int | None = 60, total_queries: int | None = None,
                      batch_size: int = 8, queries_per_step: int = 64, sigma: float = 1.0,
                      lr: float = 0.2, allocator="uniform", seed: int = 0, budget=None,
@@ -165,7 +171,7 @@ def tune_soft_prompt(nll_fn: Callable, label_logprobs_fn: Callable, task: TextCl
 
     theta0 = np.zeros(space.dim) if theta0 is None else np.asarray(theta0, dtype=np.float64)
     run: TrainResult = forward_train(
-        soft_prompt_loss(nll_fn, space, task), theta0, len(task.train_texts), batch_size=batch_size,
+        soft_prompt_loss(label_logprobs_fn, space, task), theta0, len(task.train_texts), batch_size=batch_size,
         queries_per_step=queries_per_step, steps=steps, total_queries=total_queries, sigma=sigma,
         lr=lr, allocator=allocator, seed=seed, budget=budget, checkpoint=checkpoint,
         progress=progress, eval_fn=eval_theta, eval_every=eval_every or 10 ** 9)
@@ -177,14 +183,13 @@ def tune_soft_prompt(nll_fn: Callable, label_logprobs_fn: Callable, task: TextCl
                               run.evals, run.stopped)
 
 
-def backprop_soft_prompt(nll_grad_fn: Callable, label_logprobs_fn: Callable,
+def backprop_soft_prompt(loss_grad_fn: Callable, label_logprobs_fn: Callable,
                          task: TextClassificationTask, space: SoftPromptSpace, *, steps: int = 60,
                          batch_size: int = 8, lr: float = 0.2, seed: int = 0,
                          eval_every: int | None = None) -> PromptTuningResult:
     """The white-box reference: the same prompt, loss, batches and Adam, with exact gradients."""
     t0 = time.perf_counter()
     prompts = task.prompts(task.train_texts)
-    targets = [task.label_words[y] for y in task.train_labels]
     n = len(prompts)
     batch_size = min(batch_size, n)
     theta = np.zeros(space.dim)
@@ -194,8 +199,8 @@ def backprop_soft_prompt(nll_grad_fn: Callable, label_logprobs_fn: Callable,
     history = []
     for step in range(steps):
         items = batch_items(seed, step, n, batch_size)
-        values, grad_soft = nll_grad_fn(space.soft(theta), [prompts[i] for i in items],
-                                        [targets[i] for i in items])
+        values, grad_soft = loss_grad_fn(space.soft(theta), [prompts[i] for i in items],
+                                         task.train_labels[items])
         grad = space.pullback(grad_soft) / batch_size
         theta = adam.step(theta, grad)
         history.append({"step": step + 1, "loss": float(np.mean(values)), "queries": 0})
