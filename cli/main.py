@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("name", nargs="?", help="photo name (omit to list them)")
     e.add_argument("out", nargs="?", help="output file (default: NAME.png)")
     add_remote_commands(sub)
+    from blackbox.cli.tune_prompt import add_parser as add_tune_prompt
+    add_tune_prompt(sub, _positive_int, _positive_float)
     return parser
 
 
@@ -223,6 +225,14 @@ def _remote_command(name):
 
 
 COMMANDS.update(serve=_remote_command("cmd_serve"), cache=_remote_command("cmd_cache"))
+
+
+def _tune_prompt(args):
+    from blackbox.cli.tune_prompt import cmd_tune_prompt
+    return cmd_tune_prompt(args)
+
+
+COMMANDS["tune-prompt"] = _tune_prompt
 
 
 def main(argv: list[str] | None = None) -> int:
