@@ -312,8 +312,50 @@ def train_projector(lm, projector: Projector, features: np.ndarray, labels: np.n
 
 def _metrics(d: dict) -> dict:
     """Keep the JSON-able scalar metrics of an evaluation (drop score matrices)."""
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+    return {("eval_queries" if k == "queries" else k): (float(v) if isinstance(v, (float, np.floating)) else int(v))
             for k, v in d.items() if isinstance(v, (int, float, np.integer, np.floating))}
+
+
+@dataclass
+class OutputGradient:
+    """An LR estimate of the batch loss's gradient w.r.t. the projector weights (flat)."""
+
+    grad: np.ndarray           # (k*D*(dims+1),) mean over items of each item's estimate
+    item_variance: np.ndarray  # per-query trace variance proxy of each item's estimate
+    item_loss: np.ndarray      # mean of each item's perturbed losses
+    queries: int
+
+
+def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.ndarray, task: CaptionTask,
+                    counts: Sequence[int], *, sigma: float, rng: np.random.Generator,
+                    budget: Budget | None = None) -> OutputGradient:
+    """ULR-style estimate for a batch: ``counts[i]`` (even) queries on item ``i`` perturb its soft
+    tokens by ``+-scale*z``, ``z ~ N(0, sigma^2 I)``; ``dL_i/d(Wh_i) ~ mean (L+ - L-) z / (2 sigma^2)``
+    and ``dL_i/dW = dL_i/d(Wh_i) h_i^T`` (exact chain rule through the linear projector). Items
+    are weighted ``1/n_i`` so the estimate is unbiased for any allocation."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(counts) != len(reduced) or np.any(counts < 2) or np.any(counts % 2):
+        raise InputError("every item needs an even number (>= 2) of queries")
+    pairs = counts // 2
+    owner = np.repeat(np.arange(len(reduced)), pairs)
+    centre = (reduced @ projector.weight.T) * projector.scale                  # (B, k*D)
+    z = rng.standard_normal((len(owner), centre.shape[1])) * sigma
+    noise = z * projector.scale
+    rows = np.concatenate([centre[owner] + noise, centre[owner] - noise])
+    soft = rows.reshape(len(rows), projector.k, projector.embed_dim)
+    values = caption_nll(lm, soft, task, np.concatenate([np.asarray(labels)[owner]] * 2), budget)
+    m = len(owner)
+    fp, fm = values[:m], values[m:]
+    terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z                          # d/d(W h), own units
+    grad = np.zeros(projector.weight.shape)
+    second = np.empty(len(reduced))
+    item_loss = np.empty(len(reduced))
+    for i, hi in enumerate(reduced):
+        t = terms[owner == i]
+        grad += np.outer(t.mean(0), hi)
+        second[i] = np.mean(np.sum(t ** 2, axis=1)) * float(hi @ hi) / 2.0
+        item_loss[i] = np.mean((fp[owner == i] + fm[owner == i]) / 2)
+    return OutputGradient((grad / len(reduced)).reshape(-1), second, item_loss, len(rows))
 
 
 def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_queries, batch_size,
@@ -333,7 +375,6 @@ def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_q
     adam = _Adam(lr)
     theta = projector.theta
     shape = projector.weight.shape
-    out_dim = projector.k * projector.embed_dim
     mem_var = np.full(n_items, np.nan)
     mem_loss = np.full(n_items, np.nan)
     result = TrainResult(theta=theta)
@@ -362,34 +403,14 @@ def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_q
                 break
             items = batch_items(seed, step, n_items, batch_size)
             counts = alloc.allocate(queries_per_step, batch_size, variances=mem_var[items], losses=mem_loss[items])
-            pairs = counts // 2
-            owner = np.repeat(np.arange(batch_size), pairs)
-            w = theta.reshape(shape)
-            centre = (h[items] @ w.T) * projector.scale                      # (B, k*D)
-            z = np.random.default_rng([seed, 2, step]).standard_normal((len(owner), out_dim)) * sigma
-            noise = z * projector.scale
-            rows = np.concatenate([centre[owner] + noise, centre[owner] - noise])
-            soft = rows.reshape(len(rows), projector.k, projector.embed_dim)
             try:
-                values = caption_nll(lm, soft, task, np.concatenate([labels[items[owner]]] * 2), budget)
+                est = output_gradient(lm, projector.with_theta(theta), h[items], labels[items], task, counts,
+                                      sigma=sigma, rng=np.random.default_rng([seed, 2, step]), budget=budget)
             except BudgetExceeded as exc:
                 result.stopped = str(exc)
                 break
-            result.queries += len(rows)
-            m = len(owner)
-            fp, fm = values[:m], values[m:]
-            # dL/d(W h) in the projector's own units (soft = scale * W h): LR on the output noise
-            terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z                # (pairs, k*D)
-            grad = np.zeros(shape)
-            second = np.empty(batch_size)
-            item_loss = np.empty(batch_size)
-            for i in range(batch_size):
-                t = terms[owner == i]
-                hi = h[items[i]]
-                grad += np.outer(t.mean(0), hi)                                # 1/n_i weighting
-                second[i] = np.mean(np.sum(t ** 2, axis=1)) * float(hi @ hi) / 2.0
-                item_loss[i] = np.mean((fp[owner == i] + fm[owner == i]) / 2)
-            grad /= batch_size
+            result.queries += est.queries
+            grad, second, item_loss = est.grad.reshape(shape), est.item_variance, est.item_loss
             if alloc.name == "flops":
                 alloc.update(variances=second, counts=counts)
             mem_var[items] = second

@@ -1,0 +1,139 @@
+"""Alignment through a queried LM: real SmolLM2, real EfficientNet-Lite0 features of real digits.
+
+Lean on purpose (the LM forward is ~10-100 ms per sequence on 2 shared cores): a handful of
+images, one soft token, a few hundred queries. Quality figures live in benchmarks/alignment.py.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("sklearn")
+
+from blackbox.alignment import CaptionTask, Projector, caption_nll, evaluate, output_gradient, train_projector  # noqa: E402
+from blackbox.errors import BudgetExceeded, InputError  # noqa: E402
+from blackbox.queries import Budget  # noqa: E402
+
+WORDS = [" zero", " one", " two"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from blackbox.adapters.causal_lm import load_causal_lm
+
+    try:
+        return load_causal_lm()
+    except Exception as exc:  # noqa: BLE001 - the LM extra is optional
+        pytest.skip(f"the embedded LM is not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from blackbox.adapters.image_features import image_features, load_digit_set
+
+    images, labels, names = load_digit_set(classes=(0, 1, 2), per_class=8, seed=0)
+    return image_features(images), labels, names
+
+
+def _projector(lm, feats, seed=0):
+    return Projector.fit(feats, k=1, embed_dim=lm.embed_dim, dims=6, scale=lm.embedding_scale(),
+                         init=lm.embed_tokens(" picture")[0], init_std=0.3, seed=seed)
+
+
+def test_digit_features_are_real_and_cached(digits):
+    from blackbox.adapters.image_features import image_features, load_digit_set
+
+    feats, labels, names = digits
+    assert feats.shape == (24, 1280) and names == ["zero", "one", "two"]
+    assert np.all(feats >= 0) and np.all(feats <= 6)          # ReLU6 then average pooling
+    # same-class images are closer than different-class ones (the encoder sees the digits)
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    sim = f @ f.T
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(f), dtype=bool)
+    assert sim[same & off].mean() > sim[~same].mean()
+    images, _, _ = load_digit_set(classes=(0, 1, 2), per_class=8, seed=0)
+    assert np.array_equal(image_features(images), feats)      # from the content-keyed cache
+    with pytest.raises(InputError):
+        image_features(np.zeros((2, 32, 32, 3)))
+
+
+def test_projector_shapes_roundtrip_and_bad_input(lm, digits, tmp_path):
+    feats, _, _ = digits
+    p = _projector(lm, feats)
+    soft = p.soft_tokens(feats)
+    assert soft.shape == (24, 1, lm.embed_dim) and np.all(np.isfinite(soft))
+    h = p.reduce(feats)
+    assert np.allclose(h[:, :-1].mean(0), 0, atol=1e-6) and np.allclose(h[:, :-1].std(0, ddof=1), 1, atol=1e-6)
+    p.save(tmp_path / "p.npz")
+    q = Projector.load(tmp_path / "p.npz")
+    assert np.array_equal(q.soft_tokens(feats), soft)
+    assert np.array_equal(p.with_theta(p.theta).weight, p.weight)
+    with pytest.raises(InputError):
+        p.soft_tokens(feats[:, :10])
+    with pytest.raises(InputError):
+        p.with_theta(np.zeros(3))
+    with pytest.raises(InputError):
+        CaptionTask(" digit", [" one"])
+
+
+@pytest.mark.slow
+def test_output_perturbation_gradient_matches_backprop(lm, digits):
+    """The ULR estimate (noise on the soft tokens, chain rule to W) agrees with autograd."""
+    feats, labels, _ = digits
+    task = CaptionTask("", WORDS)
+    p = _projector(lm, feats, seed=1)
+    h = p.reduce(feats)
+    items = np.arange(4)
+    soft = p.soft_tokens(reduced=h[items])
+    _, g = lm.nll_and_grad(soft, [""] * 4, [WORDS[c] for c in labels[items]])
+    exact = (g.reshape(4, -1) * p.scale).T @ h[items] / 4
+    budget = Budget(max_queries=320)
+    est = output_gradient(lm, p, h[items], labels[items], task, [80] * 4,
+                          sigma=0.05, rng=np.random.default_rng(3), budget=budget)
+    assert est.queries == budget.queries == 320
+    cos = est.grad @ exact.reshape(-1) / (np.linalg.norm(est.grad) * np.linalg.norm(exact))
+    # d = 576 noise dims per item and 40 pairs each: a correct estimator lands near 0.5 here,
+    # a wrong sign or a wrong chain rule near 0 or below
+    assert cos > 0.25, cos
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_never_overspends(lm, digits, tmp_path):
+    feats, labels, _ = digits
+    task = CaptionTask("", WORDS)
+    p = _projector(lm, feats, seed=2)
+    before = caption_nll(lm, p.soft_tokens(feats), task, labels).mean()
+    budget = Budget(max_queries=500)
+    ckpt = tmp_path / "align.npz"
+    res = train_projector(lm, p, feats, labels, task, steps=100, batch_size=8, queries_per_step=48,
+                          sigma=0.3, lr=0.2, allocator="neyman", seed=0, budget=budget, checkpoint=ckpt)
+    assert budget.queries <= 500 and res.queries == budget.queries == 480   # 10 steps fit
+    assert res.train.stopped and "budget" in res.train.stopped
+    after = caption_nll(lm, res.projector.soft_tokens(feats), task, labels).mean()
+    assert after < before - 0.5, (before, after)
+    # resume: the checkpoint holds the 10 steps; asking for 10 steps again sends nothing new
+    again = train_projector(lm, p, feats, labels, task, steps=10, batch_size=8, queries_per_step=48,
+                            sigma=0.3, lr=0.2, allocator="neyman", seed=0, checkpoint=ckpt)
+    assert again.train.resumed_from == 10 and again.queries == 480
+    assert np.array_equal(again.projector.theta, res.projector.theta)
+    with pytest.raises(BudgetExceeded):
+        evaluate(lm, res.projector, feats, labels, task, budget=Budget(max_queries=3))
+
+
+def test_zero_shot_ranking_single_query_matches_full_captions(lm, digits):
+    feats, labels, _ = digits
+    task = CaptionTask(" the digit", WORDS)
+    p = _projector(lm, feats)
+    fast = evaluate(lm, p, feats[:4], labels[:4], task)
+    assert fast["queries"] == 4 and fast["scores"].shape == (4, 3) and fast["chance"] == pytest.approx(1 / 3)
+    soft = np.repeat(p.soft_tokens(feats[:4]), 3, axis=0)
+    full = -caption_nll(lm, soft, task, np.tile(np.arange(3), 4)).reshape(4, 3)
+    assert np.allclose(fast["scores"], full, atol=1e-3)
