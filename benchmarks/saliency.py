@@ -211,6 +211,23 @@ def per_photo(rows: list[dict], budgets) -> str:
     return "\n".join(lines)
 
 
+def target_check(rows: list[dict]) -> str:
+    """Default vs each peer on the photos both were measured on (paired: same photos, same budget)."""
+    lines = ["| budget | peer | common photos | default deletion AUC | peer deletion AUC | default lower on |",
+             "|---|---|---|---|---|---|"]
+    for b in sorted({r["budget"] for r in rows if r["budget"] is not None}):
+        mine = {r["photo"]: r["deletion"] for r in rows if r["method"].startswith("LR default") and r["budget"] == b}
+        peers = dict.fromkeys(r["method"] for r in rows if r["budget"] == b and not r["method"].startswith("LR"))
+        for peer in peers:
+            theirs = {r["photo"]: r["deletion"] for r in rows if r["method"] == peer and r["budget"] == b}
+            common = [ph for ph in mine if ph in theirs]
+            if common:
+                wins = sum(mine[ph] < theirs[ph] for ph in common)
+                lines.append(f"| {b} | {peer} | {len(common)} | {np.mean([mine[ph] for ph in common]):.4f} "
+                             f"| {np.mean([theirs[ph] for ph in common]):.4f} | {wins}/{len(common)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tuning sweep: 2 held-out photos, 1000 queries")
@@ -221,6 +238,8 @@ def main(argv=None):
                    help="points on each deletion/insertion curve (default 28: every 7th of the 196 cells)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--merge", action="store_true", help="merge into the saved results instead of replacing them")
+    p.add_argument("--part", help="write rows to a part file (for runs in parallel processes); no table")
+    p.add_argument("--combine", action="store_true", help="merge the saved results and all part files into the table")
     args = p.parse_args(argv)
 
     from blackbox.adapters import load_image_model
@@ -232,17 +251,28 @@ def main(argv=None):
         specs, photos, budgets, stem = main_methods(default), args.photos or MAIN_PHOTOS, args.budgets or [250, 1000, 4000], "saliency"
     if args.only:
         specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
-    model = load_image_model()
-    model.batch_size = BATCH
     t0 = time.perf_counter()
     log = lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True)  # noqa: E731
     RESULTS.mkdir(parents=True, exist_ok=True)
     jpath = RESULTS / f"{stem}.json"
-    old = json.loads(jpath.read_text())["rows"] if args.merge and jpath.exists() else []
+    old = json.loads(jpath.read_text())["rows"] if (args.merge or args.combine) and jpath.exists() else []
+    parts = cache_dir("benchmarks", "parts")
+    if args.combine:
+        new = []
+        for part in sorted(parts.glob(f"{stem}-*.json"), key=lambda q: q.stat().st_mtime):
+            rows = json.loads(part.read_text())
+            keys = {(r["photo"], r["method"], r["budget"]) for r in rows}
+            new = [r for r in new if (r["photo"], r["method"], r["budget"]) not in keys] + rows
+        return write(args, None, default, old, new, stem, t0, log)
+    model = load_image_model()
+    model.batch_size = BATCH
     new = []
     for photo in photos:  # results are written after every photo, so a cut-short run keeps its work
         new += run_photo(photo, model, specs, budgets, args.metric_steps, args.seed, log)
-        write(args, model, default, old, new, stem, t0, log)
+        if args.part:
+            (parts / f"{stem}-{args.part}.json").write_text(json.dumps(new, indent=1))
+        else:
+            write(args, model, default, old, new, stem, t0, log)
 
 
 def write(args, model, default, old, new, stem, t0, log):
@@ -251,7 +281,7 @@ def write(args, model, default, old, new, stem, t0, log):
     rows = [r for r in old if (r["photo"], r["method"], r["budget"]) not in new_keys] + new
     summary = summarise(rows)
     budgets_all = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    meta = {"model": model.name, "photos": list(dict.fromkeys(r["photo"] for r in rows)),
+    meta = {"model": "efficientnet-lite0", "photos": list(dict.fromkeys(r["photo"] for r in rows)),
             "library_default": default, "metric_cells": METRIC_CELLS, "metric_steps": args.metric_steps,
             "seed": args.seed, "seconds_this_run": round(time.perf_counter() - t0, 1),
             "cpu": os.cpu_count()}
@@ -259,7 +289,7 @@ def write(args, model, default, old, new, stem, t0, log):
     text = table(summary)
     print("\n" + text)
     md = [f"# Saliency benchmark{' (tuning sweep)' if args.quick else ''}\n",
-          f"Model {model.name} (embedded, ONNX runtime), target = top-1 class, photos: {', '.join(meta['photos'])}. "
+          f"Model {meta['model']} (embedded, ONNX runtime), target = top-1 class, photos: {', '.join(meta['photos'])}. "
           f"Generated by `python benchmarks/saliency.py{' --quick' if args.quick else ''}` "
           f"(last run {meta['seconds_this_run']:.0f} s on {meta['cpu']} shared cores).\n",
           "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed "
@@ -274,8 +304,12 @@ def write(args, model, default, old, new, stem, t0, log):
           "queries from the cache gets '-'.",
           "- LR = likelihood-ratio estimates from forward queries only (blackbox.saliency); g = grid, s = sigma, "
           "K = blocks. Peers: RISE (own implementation, 7x7 masks, p=0.5, blurred fill), occlusion / KernelSHAP / "
-          "LIME from Captum with the grid cells as features and the blurred copy as baseline.\n",
-          text, per_photo(rows, budgets_all)]
+          "LIME from Captum with the grid cells as features and the blurred copy as baseline.",
+          "- Coverage: the `photos` column says on how many photos a row was measured; rows with fewer photos "
+          "were cut to fit the run time on a heavily shared 2-core machine (parts run with `--part`, merged "
+          "with `--combine`). Compare means only between rows with the same photos (the per-photo tables below).\n",
+          text, "\n## Target check: the default against each peer on the same photos\n", target_check(rows),
+          per_photo(rows, budgets_all)]
     sweep = RESULTS / "saliency.sweep.json"
     if not args.quick and sweep.exists():
         s = json.loads(sweep.read_text())
