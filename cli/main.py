@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote_commands(sub)
     from blackbox.cli.tune_prompt import add_parser as add_tune_prompt
     add_tune_prompt(sub, _positive_int, _positive_float)
+    from blackbox.cli.align import add_parser as add_align
+    add_align(sub, _positive_int, _positive_float)
     return parser
 
 
@@ -233,6 +235,14 @@ def _tune_prompt(args):
 
 
 COMMANDS["tune-prompt"] = _tune_prompt
+
+
+def _align(args):
+    from blackbox.cli.align import cmd_align
+    return cmd_align(args)
+
+
+COMMANDS["align"] = _align
 
 
 def main(argv: list[str] | None = None) -> int:
