@@ -53,15 +53,11 @@ def test_bad_rationing_requests_are_clear_errors():
 
 
 @pytest.mark.slow
-def test_saliency_on_the_embedded_model_with_an_allocator_and_target_error():
-    from blackbox.adapters.embedded import embedded_model
-    from blackbox.sample_images import load_sample
+def test_saliency_on_the_embedded_model_with_an_allocator_and_target_error(model, coffee):
     from blackbox.queries import Budget, QueryRunner
     from blackbox.saliency import saliency
 
-    model = embedded_model()
-    image = load_sample("coffee")
-    working = model.view(*image.shape[:2]).to_working(image)
+    working = coffee
     target = model.resolve_target(None, working)
     budget = Budget(max_queries=480)
     runner = QueryRunner(model.score_fn(target), budget=budget)
