@@ -137,3 +137,14 @@ def test_zero_shot_ranking_single_query_matches_full_captions(lm, digits):
     soft = np.repeat(p.soft_tokens(feats[:4]), 3, axis=0)
     full = -caption_nll(lm, soft, task, np.tile(np.arange(3), 4)).reshape(4, 3)
     assert np.allclose(fast["scores"], full, atol=1e-3)
+
+
+def test_cli_align_bad_input_is_one_line(capsys, tmp_path):
+    from blackbox.cli.main import main
+
+    assert main(["align", "--classes", "7"]) == 2
+    assert main(["align", "--queries-per-step", "7"]) == 2
+    assert main(["align", "--save", str(tmp_path / "missing" / "p.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("blackbox: error: ") for line in err)
+    assert not (tmp_path / "missing").exists()
