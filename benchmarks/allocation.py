@@ -118,6 +118,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer steps (for a loaded 2-core machine)")
     p.add_argument("--skip-tuning", action="store_true")
+    p.add_argument("--budget", type=int, default=32, help="queries per step in part (a) (default 32)")
+    p.add_argument("--pairs", type=int, default=6, help="antithetic pairs measured per item in part (a)")
+    p.add_argument("--tag", default="", help="suffix for the result files")
     args = p.parse_args()
     steps = 20 if args.quick else 40
     qps = 32
@@ -131,15 +134,15 @@ def main():
         lines.append(line)
 
     def save():
-        (RESULTS / "allocation.json").write_text(json.dumps(out, indent=1))
-        (RESULTS / "allocation.md").write_text("\n".join(lines) + "\n")
+        (RESULTS / f"allocation{args.tag}.json").write_text(json.dumps(out, indent=1))
+        (RESULTS / f"allocation{args.tag}.md").write_text("\n".join(lines) + "\n")
 
     t0 = time.time()
     task, q, space = setup()
     emit(f"task: {task.summary()}")
-    res, info = variance_part(task, q, space)
+    res, info = variance_part(task, q, space, pairs=args.pairs, budget=args.budget)
     out["variance"] = {"results": res, "info": info}
-    emit("\n(a) combined-gradient variance at equal budget (32 queries over 8 items per step)")
+    emit(f"\n(a) combined-gradient variance at equal budget ({args.budget} queries over 8 items per step)")
     emit("| allocator | analytic var | ratio | bootstrap var | ratio |")
     emit("|---|---|---|---|---|")
     for name, r in res.items():
