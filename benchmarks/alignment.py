@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--queries-per-step", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=8)
     ap.add_argument("--allocators", nargs="+", default=["uniform", "neyman", "flops"])
+    ap.add_argument("--context", default="", help="text before the soft token, e.g. 'Handwritten digit:'")
+    ap.add_argument("--tag", default="", help="suffix of the results file names")
     args = ap.parse_args()
     t_all = time.perf_counter()
     classes = tuple(int(c) for c in args.classes)
@@ -51,7 +53,7 @@ def main() -> None:
     half = len(labels) // 2
     tr_x, tr_y, te_x, te_y = feats[:half], labels[:half], feats[half:], labels[half:]
     lm = load_causal_lm()
-    task = CaptionTask("", [" " + w for w in names])
+    task = CaptionTask("", [" " + w for w in names], context=args.context)
     proj = Projector.fit(tr_x, k=1, embed_dim=lm.embed_dim, dims=16, scale=lm.embedding_scale(),
                          init=lm.embed_tokens(" picture")[0], seed=0)
 
@@ -85,7 +87,8 @@ def main() -> None:
             "load_average_at_end": os.getloadavg()[0]}
     lines = ["# Alignment through a queried LM (digits, EfficientNet-Lite0 -> projector -> SmolLM2-135M)", "",
              f"{len(classes)} classes (chance {chance:.0%}), {half} train / {len(labels) - half} held-out images, "
-             f"{args.steps} steps x 16 images x {args.queries_per_step} queries; k=1 soft token, 16 PCA dims.", "",
+             f"{args.steps} steps x 16 images x {args.queries_per_step} queries; k=1 soft token, 16 PCA dims; "
+             f"LM input [{args.context!r}][soft token][class word].", "",
              "| method | training queries | held-out accuracy by checkpoint (queries or step: acc) | final | x chance | / backprop | seconds |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -97,8 +100,8 @@ def main() -> None:
               f"first run); peak RSS {info['peak_rss_mb']} MB; {info['cores']} cores, shared (load average at the end "
               f"{info['load_average_at_end']:.1f})."]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "alignment.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "alignment.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    (RESULTS / f"alignment{args.tag}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"alignment{args.tag}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     print("\n".join(lines))
 
 

@@ -164,11 +164,20 @@ class CaptionTask:
 
     prompt: str
     class_words: Sequence[str]   # e.g. [" zero", " one", ...] (leading space: a new word)
+    context: str = ""            # text BEFORE the soft tokens: [context][soft][class word]
 
     def __post_init__(self):
         self.class_words = list(self.class_words)
+        if self.context and self.prompt:
+            raise InputError("give a context (text before the soft tokens) or a prompt (after), not both")
         if len(self.class_words) < 2 or len(set(self.class_words)) != len(self.class_words):
             raise InputError("a caption task needs at least two distinct class words")
+
+    def lm_args(self) -> tuple[str, dict]:
+        """The text and keyword arguments the LM reads next to the soft tokens."""
+        if self.context:
+            return self.context, {"soft_position": "suffix"}
+        return self.prompt, {}
 
     @property
     def num_classes(self) -> int:
@@ -195,8 +204,9 @@ def caption_nll(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray,
         raise InputError(f"{soft.shape[0]} soft prompts for {len(labels)} labels")
     reservation = _reserve(budget, len(labels))
     try:
-        values = np.asarray(lm.nll(soft, [task.prompt] * len(labels),
-                                   [task.class_words[c] for c in labels]), dtype=np.float64)
+        text, kw = task.lm_args()
+        values = np.asarray(lm.nll(soft, [text] * len(labels), [task.class_words[c] for c in labels], **kw),
+                            dtype=np.float64)
     except BaseException:
         if reservation is not None:
             budget.release(reservation)
@@ -220,7 +230,8 @@ def class_scores(lm, soft: np.ndarray, task: CaptionTask, budget: Budget | None 
     if single is not None:
         reservation = _reserve(budget, n)
         try:
-            scores = np.asarray(lm.next_token_logprobs(soft, [task.prompt] * n, single), dtype=np.float64)
+            text, kw = task.lm_args()
+            scores = np.asarray(lm.next_token_logprobs(soft, [text] * n, single, **kw), dtype=np.float64)
         except BaseException:
             if reservation is not None:
                 budget.release(reservation)
@@ -461,7 +472,8 @@ def train_backprop(lm, projector: Projector, features: np.ndarray, labels: np.nd
         items = batch_items(seed, step, len(h), batch_size)
         soft = ((h[items] @ theta.reshape(shape).T) * projector.scale).reshape(batch_size, projector.k,
                                                                              projector.embed_dim)
-        values, g = lm.nll_and_grad(soft, [task.prompt] * batch_size, [task.class_words[c] for c in labels[items]])
+        text, kw = task.lm_args()
+        values, g = lm.nll_and_grad(soft, [text] * batch_size, [task.class_words[c] for c in labels[items]], **kw)
         g = np.asarray(g, dtype=np.float64).reshape(batch_size, -1) * projector.scale
         grad = g.T @ h[items] / batch_size
         theta = adam.step(theta, grad.reshape(-1))

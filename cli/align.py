@@ -44,7 +44,9 @@ def add_parser(sub, positive_int, positive_float):
                    help="output: noise on the soft tokens (ULR, default); params: on the weights")
     a.add_argument("--k", type=positive_int, default=1, help="soft tokens (default: 1)")
     a.add_argument("--dims", type=positive_int, default=16, help="PCA dimensions of the features (default: 16)")
-    a.add_argument("--prompt", default="", help="text between the soft tokens and the class word (default: none)")
+    a.add_argument("--context", default="Handwritten digit:",
+                   help="text before the soft token (default: 'Handwritten digit:'; '' for none)")
+    a.add_argument("--prompt", default="", help="text between the soft token and the class word (needs --context '')")
     a.add_argument("--sigma", type=positive_float, default=0.3, help="noise scale (default: 0.3)")
     a.add_argument("--lr", type=positive_float, default=0.3, help="Adam step size (default: 0.3)")
     a.add_argument("--seed", type=int, default=0)
@@ -81,7 +83,7 @@ def cmd_align(args) -> int:
     feats = image_features(images, progress=not args.no_progress)
     half = len(labels) // 2
     lm = load_causal_lm()
-    task = CaptionTask(args.prompt, [" " + w for w in names])
+    task = CaptionTask(args.prompt, [" " + w for w in names], context=args.context)
     proj = Projector.fit(feats[:half], k=args.k, embed_dim=lm.embed_dim, dims=min(args.dims, half - 1),
                          scale=lm.embedding_scale(), init=np.tile(lm.embed_tokens(" picture")[0], args.k),
                          seed=args.seed)

@@ -137,6 +137,13 @@ def test_zero_shot_ranking_single_query_matches_full_captions(lm, digits):
     soft = np.repeat(p.soft_tokens(feats[:4]), 3, axis=0)
     full = -caption_nll(lm, soft, task, np.tile(np.arange(3), 4)).reshape(4, 3)
     assert np.allclose(fast["scores"], full, atol=1e-3)
+    # text before the soft token ([context][soft][word]) ranks the same way
+    ctx = CaptionTask("", WORDS, context="Handwritten digit:")
+    fast = evaluate(lm, p, feats[:4], labels[:4], ctx)
+    full = -caption_nll(lm, soft, ctx, np.tile(np.arange(3), 4)).reshape(4, 3)
+    assert fast["queries"] == 4 and np.allclose(fast["scores"], full, atol=1e-3)
+    with pytest.raises(InputError):
+        CaptionTask(" the digit", WORDS, context="Handwritten digit:")
 
 
 def test_cli_align_bad_input_is_one_line(capsys, tmp_path):
