@@ -100,6 +100,8 @@ class ImageView:
         return cls((height, width), (0, 0, height, width), size)
 
     def to_working(self, image: np.ndarray) -> np.ndarray:
+        """The model's view of ``image`` (uint8 or [0, 1] float) as float32 in [0, 1]."""
+        image = as_float_image(image)
         top, left, h, w = self.box
         crop = image[top:top + h, left:left + w]
         if (h, w) == tuple(self.size):

@@ -13,6 +13,11 @@ def test_embedded_model_sees_espresso(model, coffee):
     np.testing.assert_allclose(model.log_probs(coffee[None]), model.reference.log_probs(coffee[None]), atol=1e-3)
 
 
+def test_view_accepts_uint8_and_float_images(model, coffee, coffee_original):
+    view = model.view(*coffee_original.shape[:2])
+    np.testing.assert_allclose(view.to_working(coffee_original), coffee, atol=1e-6)
+
+
 def test_targets_resolve_from_labels_synonyms_and_indices(model, coffee):
     assert model.resolve_target(None, coffee).label == "espresso"
     assert model.resolve_target("Tea Cup", coffee).index == 968
