@@ -13,6 +13,9 @@ import time
 
 from blackbox.errors import BlackboxError
 
+from .arg_types import positive_float as _positive_float
+from .arg_types import positive_int as _positive_int
+
 EPILOG_SALIENCY = """\
 examples:
   blackbox sample-image coffee coffee.png
@@ -31,26 +34,6 @@ how it works:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one readable line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,31 +5,14 @@ import argparse
 import os
 import sys
 
+from blackbox.cli.arg_types import nonneg_float as _nonneg_float
+from blackbox.cli.arg_types import positive_int as _pos_int
+
 REMOTE_PREFIXES = ("openai:", "http:")
 
 
 def is_remote(name: str) -> bool:
     return name == "gpt-vision" or name.startswith(REMOTE_PREFIXES)
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
