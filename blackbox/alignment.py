@@ -46,7 +46,8 @@ import numpy as np
 
 from .allocators import make_allocator
 from .errors import BudgetExceeded, InputError, ModelError
-from .forward_learning import TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, forward_train
+from .forward_learning import (TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, final_eval,
+                               forward_train, history_row)
 from .queries import Budget
 
 PERTURBATIONS = ("output", "params")
@@ -427,11 +428,7 @@ def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_q
             mem_var[items] = second
             mem_loss[items] = item_loss
             theta = adam.step(theta, grad.reshape(-1))
-            row = {"step": step + 1, "queries": result.queries, "loss": float(item_loss.mean()),
-                   "items": items.tolist(), "allocation": counts.tolist(),
-                   "grad_norm": float(np.linalg.norm(grad)),
-                   "est_variance": float(np.sum(second * 2 / np.maximum(counts, 1)) / batch_size ** 2),
-                   "seconds": round(time.perf_counter() - t_start, 3)}
+            row = history_row(step, result.queries, item_loss, items, counts, grad, second, batch_size, t_start)
             result.history.append(row)
             step += 1
             if eval_fn is not None and step % eval_every == 0:
@@ -444,8 +441,7 @@ def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_q
     finally:
         if bar is not None:
             bar.close()
-    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
-        result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
+    final_eval(result, eval_fn, theta, step)
     result.theta, result.steps = theta, step
     result.seconds = time.perf_counter() - t_start
     return result

@@ -215,11 +215,7 @@ def forward_train(
             mem_var[items] = second
             mem_loss[items] = batch_loss
             theta = adam.step(theta, est.grad)
-            row = {"step": step + 1, "queries": result.queries, "loss": float(batch_loss.mean()),
-                   "items": items.tolist(), "allocation": counts.tolist(),
-                   "grad_norm": float(np.linalg.norm(est.grad)),
-                   "est_variance": float(np.sum(second * 2 / np.maximum(counts, 1)) / batch_size ** 2),
-                   "seconds": round(time.perf_counter() - t0, 4)}
+            row = history_row(step, result.queries, batch_loss, items, counts, est.grad, second, batch_size, t0)
             result.history.append(row)
             step += 1
             if eval_fn is not None and step % eval_every == 0:
@@ -234,13 +230,29 @@ def forward_train(
     finally:
         if bar is not None:
             bar.close()
-    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
-        result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
+    final_eval(result, eval_fn, theta, step)
     if ckpt is not None and step > start_step:
         _save_checkpoint(ckpt, config, step, theta, adam, alloc, mem_var, mem_loss, result)
     result.theta, result.steps = theta, step
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def history_row(step: int, queries: int, losses: np.ndarray, items: np.ndarray, counts: np.ndarray,
+                grad: np.ndarray, second: np.ndarray, batch_size: int, since: float) -> dict:
+    """One training step as a history row: loss, queries, allocation and the estimator's variance
+    (per-item per-query variances ``second`` over antithetic pairs of ``counts`` queries)."""
+    return {"step": step + 1, "queries": queries, "loss": float(np.mean(losses)),
+            "items": items.tolist(), "allocation": counts.tolist(),
+            "grad_norm": float(np.linalg.norm(grad)),
+            "est_variance": float(np.sum(second * 2 / np.maximum(counts, 1)) / batch_size ** 2),
+            "seconds": round(time.perf_counter() - since, 4)}
+
+
+def final_eval(result, eval_fn, theta, step: int) -> None:
+    """Evaluate once more at the end unless the last step was already evaluated."""
+    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
+        result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
 
 
 def _save_checkpoint(path: Path, config, step, theta, adam, alloc, mem_var, mem_loss, result) -> None:
