@@ -46,8 +46,8 @@ import numpy as np
 
 from .allocators import make_allocator
 from .errors import BudgetExceeded, InputError, ModelError
-from .forward_learning import (TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, final_eval,
-                               forward_train, history_row)
+from .forward_learning import (TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, check_schedule,
+                               final_eval, forward_train, history_row)
 from .queries import Budget
 
 PERTURBATIONS = ("output", "params")
@@ -375,14 +375,7 @@ def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_q
                                progress, eval_fn, eval_every) -> TrainResult:
     """ULR-style forward learning: noise on the soft tokens, chain rule to the projector."""
     n_items = len(h)
-    batch_size = min(batch_size, n_items)
-    if queries_per_step % 2 or queries_per_step < 2 * batch_size:
-        raise InputError(f"queries_per_step must be even and >= 2 x batch_size ({2 * batch_size}), "
-                         f"got {queries_per_step}")
-    if steps is None and total_queries is None and (budget is None or budget.max_queries is None):
-        raise InputError("give steps, total_queries or a budget with max_queries")
-    if sigma <= 0 or lr <= 0:
-        raise InputError("sigma and lr must be > 0")
+    batch_size = check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget, sigma, lr)
     alloc = make_allocator(allocator, floor=2, seed=seed, unit=2)
     adam = _Adam(lr)
     theta = projector.theta

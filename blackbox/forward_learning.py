@@ -125,14 +125,7 @@ def forward_train(
     dim = theta.size
     if n_items < 1 or batch_size < 1:
         raise InputError("n_items and batch_size must be >= 1")
-    batch_size = min(batch_size, n_items)
-    if queries_per_step % 2 or queries_per_step < 2 * batch_size:
-        raise InputError(f"queries_per_step must be even and >= 2 x batch_size ({2 * batch_size}), "
-                         f"got {queries_per_step}")
-    if steps is None and total_queries is None and (budget is None or budget.max_queries is None):
-        raise InputError("give steps, total_queries or a budget with max_queries")
-    if sigma <= 0 or lr <= 0:
-        raise InputError("sigma and lr must be > 0")
+    batch_size = check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget, sigma, lr)
     if reward not in ("variance", "improvement"):
         raise InputError("reward must be 'variance' or 'improvement'")
     alloc = make_allocator(allocator, floor=2, cap=cap, seed=seed, unit=2)
@@ -236,6 +229,20 @@ def forward_train(
     result.theta, result.steps = theta, step
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def check_schedule(n_items: int, batch_size: int, queries_per_step: int, steps, total_queries, budget,
+                   sigma: float, lr: float) -> int:
+    """Validate a training schedule (clear errors); returns the batch size capped at ``n_items``."""
+    batch_size = min(batch_size, n_items)
+    if queries_per_step % 2 or queries_per_step < 2 * batch_size:
+        raise InputError(f"queries_per_step must be even and >= 2 x batch_size ({2 * batch_size}), "
+                         f"got {queries_per_step}")
+    if steps is None and total_queries is None and (budget is None or budget.max_queries is None):
+        raise InputError("give steps, total_queries or a budget with max_queries")
+    if sigma <= 0 or lr <= 0:
+        raise InputError("sigma and lr must be > 0")
+    return batch_size
 
 
 def history_row(step: int, queries: int, losses: np.ndarray, items: np.ndarray, counts: np.ndarray,
