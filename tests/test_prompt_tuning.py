@@ -115,3 +115,28 @@ def test_policy_score_is_the_gradient_of_the_log_probability():
         e[idx] = eps
         num[idx] = (logp(pol.logits + e) - logp(pol.logits - e)) / (2 * eps)
     assert np.allclose(g, num, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_tune_prompt_runs_on_the_embedded_lm_and_saves(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    out = tmp_path / "soft.npy"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "blackbox.cli.main", "tune-prompt", "--steps", "2",
+                           "--queries-per-step", "16", "--batch-size", "4", "--per-class", "2", "--sentences", "1",
+                           "--save", str(out), "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["train_queries"] == 32 and report["task"]["test"] == 5 and report["task"]["train"] == 5
+    assert 0 <= report["accuracy_before"] <= 1 and 0 <= report["accuracy_after"] <= 1
+    assert np.load(out).shape == (4, 576)
+    for bad, why in ((["--queries-per-step", "15"], "even"), (["--save", str(tmp_path / "no" / "x.npy")], "folder"),
+                     (["--init", " "], "--init")):
+        proc = subprocess.run([sys.executable, "-m", "blackbox.cli.main", "tune-prompt", *bad],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
