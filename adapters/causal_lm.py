@@ -340,19 +340,21 @@ class CausalLM:
     def label_loss_and_grad(self, soft: np.ndarray, prompts: Sequence[str], token_ids: Sequence[int],
                             labels: Sequence[int], *, soft_position: str = "prefix"):
         """White-box reference for classification: the cross-entropy over the candidate next tokens
-        ``token_ids`` (label ``labels[i]`` is correct) and its gradient with respect to a shared
-        soft prompt ``(k, d)``: returns ``(losses (n,), d sum(losses) / d soft (k, d))``."""
-        soft = self._check(np.asarray(soft)[None] if np.asarray(soft).ndim == 2 else soft, prompts)
-        if soft.shape[0] != 1:
-            raise InputError("label_loss_and_grad takes one shared soft prompt (k, d)")
+        ``token_ids`` (label ``labels[i]`` is correct) and its gradient by autograd. A shared soft
+        prompt ``(k, d)`` gives ``(losses (n,), d sum(losses) / d soft (k, d))``; one soft prompt
+        per row ``(n, k, d)`` gives ``(losses (n,), d loss_i / d soft_i (n, k, d))``."""
+        shared = np.asarray(soft).ndim == 2
+        soft = self._check(np.asarray(soft)[None] if shared else soft, prompts)
+        if not shared and soft.shape[0] != len(prompts):
+            raise InputError(f"{soft.shape[0]} soft prompts for {len(prompts)} prompts")
         torch = self.torch
         cols = torch.tensor(list(token_ids), dtype=torch.long)
         values = np.empty(len(prompts))
-        grad = np.zeros(soft.shape[1:])
+        grad = np.zeros(soft.shape[1:] if shared else soft.shape)
         with self._lock:
             for s in range(0, len(prompts), self.max_batch):
                 e = s + self.max_batch
-                soft_t = torch.from_numpy(soft).float().requires_grad_(True)
+                soft_t = torch.from_numpy(soft if shared else soft[s:e]).float().requires_grad_(True)
                 prompt_ids = [self.tokenize(p) for p in prompts[s:e]]
                 with torch.enable_grad():
                     embeds, mask, starts = self._build(soft_t, prompt_ids, [[] for _ in prompt_ids],
@@ -364,7 +366,11 @@ class CausalLM:
                     ce = torch.logsumexp(lp, dim=1) - lp[torch.arange(len(y)), y]
                     ce.sum().backward()
                 values[s:e] = ce.detach().numpy()
-                grad += soft_t.grad.double().numpy()[0]
+                g = soft_t.grad.double().numpy()
+                if shared:
+                    grad += g[0]
+                else:
+                    grad[s:e] = g
         return values, grad
 
     def next_token_logprobs(self, soft: np.ndarray, prompts: Sequence[str], token_ids: Sequence[int], *,

@@ -9,7 +9,17 @@ LM's likelihood of every class caption given the projected image.
 The projector (numpy)::
 
     h      = [ (f - mean) @ basis, 1 ]          fixed PCA whitening to ``dims`` (+ a bias input)
-    soft   = scale * reshape(W @ h, (k, D))     W: (k*D, dims+1), the trainable parameters
+    u      = W @ h                              W: (k*r, dims+1), the trainable parameters
+    soft   = o + g * reshape(u, (k, r)) @ B     B: (r, D) fixed orthonormal output basis,
+                                                g = scale * sqrt(D / r), o: fixed offset
+
+``B`` is the identity (``r = D``, ``o = 0``) unless an ``out_basis`` is given: a few directions of
+the embedding space (e.g. the class words' embeddings plus random ones, :func:`word_basis`)
+around the offset ``o`` = the initial tokens (e.g. a word's embedding). Restricting the
+output to ``r`` dimensions is what makes query-only training practical: the LR estimator's
+variance grows with the dimension it perturbs (``k*r`` instead of ``k*D``). The gain ``g`` keeps
+the units of ``u`` (and of the noise ``sigma``) the same for every ``r``: unit-RMS coordinates give
+soft tokens of the LM's typical embedding norm.
 
 Two ways to train it from queries (``perturb``):
 
@@ -51,6 +61,7 @@ from .forward_learning import (TrainResult, _Adam, _load_checkpoint, _save_check
 from .queries import Budget
 
 PERTURBATIONS = ("output", "params")
+LOSSES = ("nll", "ranking")
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,18 +77,28 @@ class Projector:
     k: int
     embed_dim: int
     scale: float = 1.0     # the LM's typical embedding scale (soft = scale * W h)
+    out_basis: np.ndarray | None = None   # (r, D) orthonormal rows; None = identity (r = D)
+    offset: np.ndarray | None = None      # (k, D) fixed, added to the soft tokens (with out_basis)
 
     @classmethod
     def fit(cls, features: np.ndarray, *, k: int, embed_dim: int, dims: int = 16, scale: float = 1.0,
-            init: np.ndarray | None = None, init_std: float = 0.01, seed: int = 0) -> "Projector":
+            init: np.ndarray | None = None, init_std: float = 0.01, out_basis: np.ndarray | None = None,
+            seed: int = 0) -> "Projector":
         """A projector whose fixed reduction is fitted on ``features`` (training images only).
 
         ``init`` ``(k, D)`` sets the starting soft tokens (e.g. a word's embedding); the weights
         on the features start small and random (never all-zero soft tokens: the LM's gradient is
-        undefined there)."""
+        undefined there). With an ``out_basis``, ``init`` is the fixed offset the basis moves around."""
         features = _check_features(features)
         if k < 1 or embed_dim < 1:
             raise InputError("k and embed_dim must be >= 1")
+        if out_basis is not None:
+            out_basis = np.asarray(out_basis, dtype=np.float64)
+            if out_basis.ndim != 2 or out_basis.shape[1] != embed_dim or not 1 <= len(out_basis) <= embed_dim:
+                raise InputError(f"out_basis must be (r, {embed_dim}) with 1 <= r <= {embed_dim}, got {out_basis.shape}")
+            if not np.allclose(out_basis @ out_basis.T, np.eye(len(out_basis)), atol=1e-6):
+                raise InputError("out_basis rows must be orthonormal (see word_basis)")
+        r = embed_dim if out_basis is None else len(out_basis)
         if not 1 <= dims <= min(features.shape):
             raise InputError(f"dims must be between 1 and {min(features.shape)}, got {dims}")
         mean = features.mean(0)
@@ -85,15 +106,43 @@ class Projector:
         std = s[:dims] / np.sqrt(max(len(features) - 1, 1))
         basis = vt[:dims].T / np.maximum(std, 1e-8)
         rng = np.random.default_rng(seed)
-        weight = rng.standard_normal((k * embed_dim, dims + 1)) * init_std
+        weight = rng.standard_normal((k * r, dims + 1)) * init_std
         if init is not None:
             init = np.asarray(init, dtype=np.float64).reshape(-1)
             if init.size != k * embed_dim:
                 raise InputError(f"init must have {k} x {embed_dim} values, got {init.size}")
+        offset = None
+        if out_basis is not None:
+            offset = np.zeros((k, embed_dim)) if init is None else init.reshape(k, embed_dim).copy()
+        elif init is not None:
             weight[:, -1] = init / scale
         else:
-            weight[:, -1] = rng.standard_normal(k * embed_dim)
-        return cls(mean, basis, weight, int(k), int(embed_dim), float(scale))
+            weight[:, -1] = rng.standard_normal(k * r)
+        return cls(mean, basis, weight, int(k), int(embed_dim), float(scale), out_basis, offset)
+
+    @property
+    def out_dim(self) -> int:
+        """``r``: the output coordinates per soft token (``embed_dim`` without an out_basis)."""
+        return self.embed_dim if self.out_basis is None else len(self.out_basis)
+
+    @property
+    def gain(self) -> float:
+        """``scale * sqrt(D / r)``: soft tokens per unit of output coordinate."""
+        return self.scale * float(np.sqrt(self.embed_dim / self.out_dim))
+
+    def lift(self, u: np.ndarray) -> np.ndarray:
+        """Output coordinates ``(n, k*r)`` -> soft tokens ``(n, k, D)``: ``gain * u @ B``."""
+        u = np.asarray(u, dtype=np.float64).reshape(len(u), self.k, self.out_dim)
+        if self.out_basis is None:
+            return np.ascontiguousarray(u) * self.gain
+        return (u @ self.out_basis) * self.gain + self.offset[None]
+
+    def pull(self, grad_soft: np.ndarray) -> np.ndarray:
+        """Chain rule back through :meth:`lift`: ``dL/dsoft (n, k, D)`` -> ``dL/du (n, k*r)``."""
+        g = np.asarray(grad_soft, dtype=np.float64).reshape(len(grad_soft), self.k, self.embed_dim)
+        if self.out_basis is not None:
+            g = g @ self.out_basis.T
+        return g.reshape(len(g), -1) * self.gain
 
     @property
     def dims(self) -> int:
@@ -109,7 +158,7 @@ class Projector:
         if theta.size != self.weight.size:
             raise InputError(f"theta has {theta.size} values, the projector {self.weight.size}")
         return Projector(self.mean, self.basis, theta.reshape(self.weight.shape).copy(), self.k,
-                         self.embed_dim, self.scale)
+                         self.embed_dim, self.scale, self.out_basis, self.offset)
 
     def reduce(self, features: np.ndarray) -> np.ndarray:
         """``h``: ``(n, dims+1)`` whitened PCA coordinates with a trailing 1."""
@@ -120,14 +169,14 @@ class Projector:
     def soft_tokens(self, features: np.ndarray | None = None, *, reduced: np.ndarray | None = None) -> np.ndarray:
         """``(n, k, D)`` soft tokens of the images (give ``features`` or their ``reduced`` h)."""
         h = self.reduce(features) if reduced is None else reduced
-        out = np.ascontiguousarray(h @ self.weight.T) * self.scale
-        return out.reshape(len(h), self.k, self.embed_dim)
+        return self.lift(h @ self.weight.T)
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         try:
-            np.savez(tmp, mean=self.mean, basis=self.basis, weight=self.weight,
+            extra = {} if self.out_basis is None else {"out_basis": self.out_basis, "offset": self.offset}
+            np.savez(tmp, mean=self.mean, basis=self.basis, weight=self.weight, **extra,
                      meta=np.array(json.dumps({"k": self.k, "embed_dim": self.embed_dim, "scale": self.scale})))
             os.replace(tmp, path)
         finally:
@@ -139,9 +188,25 @@ class Projector:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return cls(z["mean"], z["basis"], z["weight"], meta["k"], meta["embed_dim"], meta["scale"])
+                more = (z["out_basis"], z["offset"]) if "out_basis" in z.files else (None, None)
+                return cls(z["mean"], z["basis"], z["weight"], meta["k"], meta["embed_dim"], meta["scale"], *more)
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot read projector {path}: {exc}") from None
+
+
+def word_basis(vectors: np.ndarray, extra: int = 0, seed: int = 0) -> np.ndarray:
+    """An orthonormal output basis ``(r, D)`` spanning ``vectors`` (e.g. the class words'
+    embeddings, ``(m, D)``) plus ``extra`` random directions; ``r = rank + extra``."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.ndim != 2 or len(v) < 1 or not np.all(np.isfinite(v)):
+        raise InputError(f"vectors must be a finite (m, D) array, got shape {v.shape}")
+    if extra < 0 or len(v) + extra > v.shape[1]:
+        raise InputError(f"extra must be between 0 and {v.shape[1] - len(v)}")
+    rng = np.random.default_rng([seed, 31])
+    stacked = np.vstack([v, rng.standard_normal((extra, v.shape[1]))]).T
+    q, r = np.linalg.qr(stacked)
+    keep = np.abs(np.diag(r)) > 1e-8 * np.abs(r).max()
+    return np.ascontiguousarray(q[:, keep].T)
 
 
 def _check_features(features, width: int | None = None) -> np.ndarray:
@@ -166,9 +231,13 @@ class CaptionTask:
     prompt: str
     class_words: Sequence[str]   # e.g. [" zero", " one", ...] (leading space: a new word)
     context: str = ""            # text BEFORE the soft tokens: [context][soft][class word]
+    loss: str = "nll"            # "nll" of the true caption, or "ranking": its cross-entropy among
+                                 # all class captions (what zero-shot ranking scores)
 
     def __post_init__(self):
         self.class_words = list(self.class_words)
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.context and self.prompt:
             raise InputError("give a context (text before the soft tokens) or a prompt (after), not both")
         if len(self.class_words) < 2 or len(set(self.class_words)) != len(self.class_words):
@@ -244,6 +313,22 @@ def class_scores(lm, soft: np.ndarray, task: CaptionTask, budget: Budget | None 
     return -caption_nll(lm, rows, task, labels, budget).reshape(n, c), n * c
 
 
+def caption_loss(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray,
+                 budget: Budget | None = None) -> np.ndarray:
+    """The training loss of each row under ``task.loss``: the true caption's NLL, or (``"ranking"``)
+    its cross-entropy among the class captions, ``logsumexp(scores) - scores[label]``. Either is one
+    query per row when the class words are single tokens."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if task.loss == "nll":
+        return caption_nll(lm, soft, task, labels, budget)
+    if soft.shape[0] != len(labels):
+        raise InputError(f"{soft.shape[0]} soft prompts for {len(labels)} labels")
+    scores, _ = class_scores(lm, soft, task, budget)
+    if not np.all(np.isfinite(scores)):
+        raise ModelError("the language model returned a non-finite log-probability")
+    return np.logaddexp.reduce(scores, axis=1) - scores[np.arange(len(labels)), labels]
+
+
 def evaluate(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask,
              budget: Budget | None = None) -> dict:
     """Zero-shot classification: rank the class captions by the LM's likelihood given each image.
@@ -303,8 +388,7 @@ def train_projector(lm, projector: Projector, features: np.ndarray, labels: np.n
     if perturb == "params":
         def loss(thetas, items):
             w = thetas.reshape(len(thetas), *projector.weight.shape)
-            soft = np.einsum("mij,mj->mi", w, h[items]) * projector.scale
-            return caption_nll(lm, soft.reshape(len(items), projector.k, projector.embed_dim), task, labels[items])
+            return caption_loss(lm, projector.lift(np.einsum("mij,mj->mi", w, h[items])), task, labels[items])
 
         result = forward_train(loss, projector.theta, len(h), batch_size=batch_size,
                                queries_per_step=queries_per_step, steps=steps, total_queries=total_queries,
@@ -342,7 +426,8 @@ def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.nd
                     counts: Sequence[int], *, sigma: float, rng: np.random.Generator,
                     budget: Budget | None = None) -> OutputGradient:
     """ULR-style estimate for a batch: ``counts[i]`` (even) queries on item ``i`` perturb its soft
-    tokens by ``+-scale*z``, ``z ~ N(0, sigma^2 I)``; ``dL_i/d(Wh_i) ~ mean (L+ - L-) z / (2 sigma^2)``
+    output coordinates ``u_i = W h_i`` by ``+-z``, ``z ~ N(0, sigma^2 I_{k*r})`` (its soft tokens by
+    ``+-scale * z @ B``); ``dL_i/du_i ~ mean (L+ - L-) z / (2 sigma^2)``
     and ``dL_i/dW = dL_i/d(Wh_i) h_i^T`` (exact chain rule through the linear projector). Items
     are weighted ``1/n_i`` so the estimate is unbiased for any allocation."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -350,12 +435,11 @@ def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.nd
         raise InputError("every item needs an even number (>= 2) of queries")
     pairs = counts // 2
     owner = np.repeat(np.arange(len(reduced)), pairs)
-    centre = (reduced @ projector.weight.T) * projector.scale                  # (B, k*D)
+    centre = reduced @ projector.weight.T                                       # (B, k*r)
     z = rng.standard_normal((len(owner), centre.shape[1])) * sigma
-    noise = z * projector.scale
-    rows = np.concatenate([centre[owner] + noise, centre[owner] - noise])
-    soft = rows.reshape(len(rows), projector.k, projector.embed_dim)
-    values = caption_nll(lm, soft, task, np.concatenate([np.asarray(labels)[owner]] * 2), budget)
+    soft = projector.lift(np.concatenate([centre[owner] + z, centre[owner] - z]))
+    rows = soft
+    values = caption_loss(lm, soft, task, np.concatenate([np.asarray(labels)[owner]] * 2), budget)
     m = len(owner)
     fp, fm = values[:m], values[m:]
     terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z                          # d/d(W h), own units
@@ -447,6 +531,8 @@ def train_backprop(lm, projector: Projector, features: np.ndarray, labels: np.nd
     ``dL/dsoft`` from ``lm.nll_and_grad`` (autograd through the LM) instead of LR estimates."""
     if not hasattr(lm, "nll_and_grad"):
         raise InputError("the backprop reference needs a white-box LM with nll_and_grad")
+    if task.loss == "ranking":
+        word_ids = [lm.single_token(w) for w in task.class_words]
     h = projector.reduce(features)
     labels = np.asarray(labels, dtype=np.int64)
     batch_size = min(batch_size, len(h))
@@ -459,11 +545,14 @@ def train_backprop(lm, projector: Projector, features: np.ndarray, labels: np.nd
         result.evals.append({"step": 0, "queries": 0, **_metrics(eval_fn(projector))})
     for step in range(steps):
         items = batch_items(seed, step, len(h), batch_size)
-        soft = ((h[items] @ theta.reshape(shape).T) * projector.scale).reshape(batch_size, projector.k,
-                                                                             projector.embed_dim)
+        soft = projector.lift(h[items] @ theta.reshape(shape).T)
         text, kw = task.lm_args()
-        values, g = lm.nll_and_grad(soft, [text] * batch_size, [task.class_words[c] for c in labels[items]], **kw)
-        g = np.asarray(g, dtype=np.float64).reshape(batch_size, -1) * projector.scale
+        if task.loss == "ranking":
+            values, g = lm.label_loss_and_grad(soft, [text] * batch_size, word_ids, labels[items], **kw)
+        else:
+            values, g = lm.nll_and_grad(soft, [text] * batch_size, [task.class_words[c] for c in labels[items]],
+                                        **kw)
+        g = projector.pull(g)
         grad = g.T @ h[items] / batch_size
         theta = adam.step(theta, grad.reshape(-1))
         result.history.append({"step": step + 1, "queries": 0, "loss": float(np.mean(values)),

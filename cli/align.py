@@ -18,7 +18,9 @@ how it works:
   Real handwritten digits (scikit-learn) are upscaled to 224x224 and encoded by the embedded
   EfficientNet-Lite0 (its 1280-d penultimate features, cached). A linear projector maps a
   DIMS-dimensional PCA of them to K soft tokens prepended to the embedded SmolLM2-135M's input.
-  Its loss, the LM's NLL of the caption ("... three") given the soft tokens, is only queried:
+  Its loss is only queried: by default ("ranking") the cross-entropy of the true caption among
+  all class captions given the soft tokens (the zero-shot ranking score; one query per image
+  returns every class word's log-probability), or ("nll") the true caption's NLL alone:
   antithetic noise on the soft tokens gives likelihood-ratio gradients, the chain rule through
   the projector gives its update (no backpropagation through the LM), and the allocator rations
   each step's queries across the batch. Zero-shot accuracy ranks every class caption's
@@ -47,6 +49,8 @@ def add_parser(sub, positive_int, positive_float):
     a.add_argument("--context", default="Handwritten digit:",
                    help="text before the soft token (default: 'Handwritten digit:'; '' for none)")
     a.add_argument("--prompt", default="", help="text between the soft token and the class word (needs --context '')")
+    a.add_argument("--loss", choices=("ranking", "nll"), default="ranking",
+                   help="ranking: cross-entropy among the class captions (default); nll: the true caption's NLL")
     a.add_argument("--sigma", type=positive_float, default=0.3, help="noise scale (default: 0.3)")
     a.add_argument("--lr", type=positive_float, default=0.3, help="Adam step size (default: 0.3)")
     a.add_argument("--seed", type=int, default=0)
@@ -83,7 +87,7 @@ def cmd_align(args) -> int:
     feats = image_features(images, progress=not args.no_progress)
     half = len(labels) // 2
     lm = load_causal_lm()
-    task = CaptionTask(args.prompt, [" " + w for w in names], context=args.context)
+    task = CaptionTask(args.prompt, [" " + w for w in names], context=args.context, loss=args.loss)
     proj = Projector.fit(feats[:half], k=args.k, embed_dim=lm.embed_dim, dims=min(args.dims, half - 1),
                          scale=lm.embedding_scale(), init=np.tile(lm.embed_tokens(" picture")[0], args.k),
                          seed=args.seed)
@@ -108,7 +112,7 @@ def cmd_align(args) -> int:
         save_figure(fig, args.plot)
     report = {"classes": list(classes), "train_images": half, "heldout_images": len(labels) - half,
               "queries_used": res.queries, "stopped": res.train.stopped, "allocator": args.allocator,
-              "perturb": args.perturb, "chance": before["chance"],
+              "perturb": args.perturb, "loss": args.loss, "chance": before["chance"],
               "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
               "nll_before": round(before["mean_nll"], 4), "nll_after": round(after["mean_nll"], 4),
               "eval_queries": before["queries"] + after["queries"],

@@ -17,7 +17,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("sklearn")
 
-from blackbox.alignment import CaptionTask, Projector, caption_nll, evaluate, output_gradient, train_projector  # noqa: E402
+from blackbox.alignment import (CaptionTask, Projector, caption_loss, caption_nll, evaluate,  # noqa: E402
+                                output_gradient, train_projector, word_basis)
 from blackbox.errors import BudgetExceeded, InputError  # noqa: E402
 from blackbox.queries import Budget  # noqa: E402
 
@@ -103,6 +104,40 @@ def test_output_perturbation_gradient_matches_backprop(lm, digits):
     # d = 576 noise dims per item and 40 pairs each: a correct estimator lands near 0.5 here,
     # a wrong sign or a wrong chain rule near 0 or below
     assert cos > 0.25, cos
+
+
+def test_output_basis_estimate_matches_backprop_and_survives_save(lm, digits, tmp_path):
+    """With a word basis the LR estimator perturbs r = 5 coordinates instead of 576: a few pairs
+    per item already agree with autograd (the ranking loss, pulled back through the basis)."""
+    feats, labels, _ = digits
+    task = CaptionTask("", WORDS, context="Handwritten digit:", loss="ranking")
+    basis = word_basis(np.stack([lm.embed_tokens(w)[0] for w in WORDS]), extra=2)
+    assert basis.shape == (5, lm.embed_dim) and np.allclose(basis @ basis.T, np.eye(5), atol=1e-8)
+    p = Projector.fit(feats, k=1, embed_dim=lm.embed_dim, dims=6, scale=lm.embedding_scale(),
+                      init=lm.embed_tokens(" picture")[0], init_std=0.3, out_basis=basis, seed=1)
+    assert p.weight.shape == (5, 7) and p.out_dim == 5
+    u = np.random.default_rng(0).normal(size=(3, 5))
+    g = np.random.default_rng(1).normal(size=(3, 1, lm.embed_dim))
+    linear = p.lift(u) - p.lift(np.zeros_like(u))                               # lift is affine (offset)
+    assert np.isclose(np.sum(linear * g), np.sum(u * p.pull(g)))                 # pull is its adjoint
+    h = p.reduce(feats)
+    items = np.arange(4)
+    text, kw = task.lm_args()
+    ids = [lm.single_token(w) for w in WORDS]
+    values, g = lm.label_loss_and_grad(p.soft_tokens(reduced=h[items]), [text] * 4, ids, labels[items], **kw)
+    # the ranking loss is the cross-entropy of the zero-shot scores (one query per row)
+    assert np.allclose(values, caption_loss(lm, p.soft_tokens(reduced=h[items]), task, labels[items]), atol=1e-4)
+    exact = p.pull(g).T @ h[items] / 4
+    est = output_gradient(lm, p, h[items], labels[items], task, [40] * 4, sigma=0.05,
+                          rng=np.random.default_rng(3))
+    cos = est.grad @ exact.reshape(-1) / (np.linalg.norm(est.grad) * np.linalg.norm(exact))
+    assert cos > 0.9, cos
+    p.save(tmp_path / "b.npz")
+    assert np.array_equal(Projector.load(tmp_path / "b.npz").soft_tokens(feats), p.soft_tokens(feats))
+    with pytest.raises(InputError):
+        Projector.fit(feats, k=1, embed_dim=lm.embed_dim, dims=6, out_basis=basis * 2)
+    with pytest.raises(InputError):
+        CaptionTask("", WORDS, loss="hinge")
 
 
 @pytest.mark.slow
