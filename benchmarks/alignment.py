@@ -37,11 +37,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", default="01234")
     ap.add_argument("--per-class", type=int, default=30)
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--queries-per-step", type=int, default=64)
-    ap.add_argument("--eval-every", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=36)
+    ap.add_argument("--queries-per-step", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--loss", choices=("ranking", "nll"), default="ranking")
+    ap.add_argument("--sigma", type=float, default=0.3)
+    ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--eval-every", type=int, default=6)
     ap.add_argument("--allocators", nargs="+", default=["uniform", "neyman", "flops"])
-    ap.add_argument("--context", default="", help="text before the soft token, e.g. 'Handwritten digit:'")
+    ap.add_argument("--context", default="Handwritten digit:", help="text before the soft token ('' for none)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     args = ap.parse_args()
     t_all = time.perf_counter()
@@ -53,7 +57,7 @@ def main() -> None:
     half = len(labels) // 2
     tr_x, tr_y, te_x, te_y = feats[:half], labels[:half], feats[half:], labels[half:]
     lm = load_causal_lm()
-    task = CaptionTask("", [" " + w for w in names], context=args.context)
+    task = CaptionTask("", [" " + w for w in names], context=args.context, loss=args.loss)
     proj = Projector.fit(tr_x, k=1, embed_dim=lm.embed_dim, dims=16, scale=lm.embedding_scale(),
                          init=lm.embed_tokens(" picture")[0], seed=0)
 
@@ -63,15 +67,15 @@ def main() -> None:
     rows = []
     for name in args.allocators:
         t = time.perf_counter()
-        run = train_projector(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=16,
-                              queries_per_step=args.queries_per_step, sigma=0.3, lr=0.3, allocator=name,
+        run = train_projector(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size,
+                              queries_per_step=args.queries_per_step, sigma=args.sigma, lr=args.lr, allocator=name,
                               seed=0, eval_fn=heldout, eval_every=args.eval_every)
         rows.append({"method": f"LR output noise, {name}", "curve": [(e["queries"], e["accuracy"]) for e in run.train.evals],
                      "final_accuracy": run.train.evals[-1]["accuracy"], "queries": run.queries,
                      "seconds": round(time.perf_counter() - t, 1)})
         print(rows[-1], flush=True)
     t = time.perf_counter()
-    bp = train_backprop(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=16, lr=0.3, seed=0,
+    bp = train_backprop(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0,
                         eval_fn=heldout, eval_every=args.eval_every)
     rows.append({"method": "backprop (white-box reference)", "curve": [(e["step"], e["accuracy"]) for e in bp.train.evals],
                  "final_accuracy": bp.train.evals[-1]["accuracy"], "queries": 0,
@@ -80,15 +84,17 @@ def main() -> None:
     chance = 1 / len(classes)
     bp_acc = rows[-1]["final_accuracy"]
     info = {"classes": list(classes), "train_images": half, "heldout_images": len(labels) - half,
-            "steps": args.steps, "batch_size": 16, "queries_per_step": args.queries_per_step,
+            "steps": args.steps, "batch_size": args.batch_size, "queries_per_step": args.queries_per_step,
+            "loss": args.loss, "sigma": args.sigma, "lr": args.lr,
             "chance": chance, "feature_seconds": round(feat_s, 1),
             "wall_seconds": round(time.perf_counter() - t_all, 1), "peak_rss_mb": round(peak_mb()),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "load_average_at_end": os.getloadavg()[0]}
     lines = ["# Alignment through a queried LM (digits, EfficientNet-Lite0 -> projector -> SmolLM2-135M)", "",
              f"{len(classes)} classes (chance {chance:.0%}), {half} train / {len(labels) - half} held-out images, "
-             f"{args.steps} steps x 16 images x {args.queries_per_step} queries; k=1 soft token, 16 PCA dims; "
-             f"LM input [{args.context!r}][soft token][class word].", "",
+             f"{args.steps} steps x {args.batch_size} images x {args.queries_per_step} queries; k=1 soft token, "
+             f"16 PCA dims; LM input [{args.context!r}][soft token][class word]; loss {args.loss!r}; "
+             f"sigma {args.sigma}, Adam lr {args.lr}.", "",
              "| method | training queries | held-out accuracy by checkpoint (queries or step: acc) | final | x chance | / backprop | seconds |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -97,7 +103,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['queries']} | {curve} | {r['final_accuracy']:.3f} | "
                      f"{r['final_accuracy'] / chance:.2f} | {rel:.2f} | {r['seconds']} |")
     lines += ["", f"Wall time {info['wall_seconds']} s in total (features {info['feature_seconds']} s, cached after the "
-              f"first run); peak RSS {info['peak_rss_mb']} MB; {info['cores']} cores, shared (load average at the end "
+              f"first run); peak RSS {info['peak_rss_mb']} MB; {info['cores']} cores (load average at the end "
               f"{info['load_average_at_end']:.1f})."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"alignment{args.tag}.md").write_text("\n".join(lines) + "\n")

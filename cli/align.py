@@ -10,8 +10,9 @@ from blackbox.errors import InputError
 
 EPILOG = """\
 examples:
-  blackbox align                                        # digits 0-4, 1500 training queries
-  blackbox align --classes 0123456789 --queries 4000 --allocator neyman --plot curve.png
+  blackbox align                                        # digits 0-4, 36 steps x 512 queries, ~5 min
+  blackbox align --queries 4096 --allocator neyman --plot curve.png     # a quick look
+  blackbox align --classes 0123456789 --per-class 30 --plot curve.png
   blackbox align --save projector.npz --checkpoint run.npz --json
 
 how it works:
@@ -35,12 +36,12 @@ def add_parser(sub, positive_int, positive_float):
                                    "digits; report held-out zero-shot accuracy.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--classes", default="01234", help="digits to use, e.g. 01234 (default)")
-    a.add_argument("--per-class", type=positive_int, default=40,
-                   help="images per class, split half train / half held out (default: 40)")
-    a.add_argument("--queries", type=positive_int, default=1536, metavar="N",
-                   help="training query budget (default: 1536)")
-    a.add_argument("--queries-per-step", type=positive_int, default=64, metavar="Q", help="(default: 64)")
-    a.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default: 16)")
+    a.add_argument("--per-class", type=positive_int, default=30,
+                   help="images per class, split half train / half held out (default: 30)")
+    a.add_argument("--queries", type=positive_int, default=18432, metavar="N",
+                   help="training query budget (default: 18432 = 36 steps of 512)")
+    a.add_argument("--queries-per-step", type=positive_int, default=512, metavar="Q", help="(default: 512)")
+    a.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default: 32)")
     a.add_argument("--allocator", choices=("uniform", "neyman", "flops"), default="uniform")
     a.add_argument("--perturb", choices=("output", "params"), default="output",
                    help="output: noise on the soft tokens (ULR, default); params: on the weights")

@@ -190,3 +190,20 @@ def test_cli_align_bad_input_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("blackbox: error: ") for line in err)
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+def test_cli_align_end_to_end_small(capsys, tmp_path):
+    import json
+
+    from blackbox.cli.main import main
+
+    proj, plot = tmp_path / "p.npz", tmp_path / "curve.png"
+    code = main(["align", "--classes", "012", "--per-class", "8", "--queries", "130", "--queries-per-step", "32",
+                 "--batch-size", "8", "--save", str(proj), "--plot", str(plot), "--json", "--no-progress"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queries_used"] == 128 and "130" in report["stopped"]      # 4 steps fit, never overspent
+    assert report["loss"] == "ranking" and report["chance"] == pytest.approx(1 / 3)
+    assert 0 <= report["accuracy_after"] <= 1 and report["eval_queries"] == 24
+    assert Projector.load(proj).weight.shape == (576, 12) and plot.stat().st_size > 1000
