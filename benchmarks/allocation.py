@@ -8,7 +8,7 @@
 (b) Held-out accuracy / label NLL against training queries for prompt tuning per allocator.
 (c) CMA-ES (``cma``) and MeZO-style SPSA (one shared perturbation per batch) at the same budget.
 
-    python benchmarks/allocation.py [--quick]
+    python benchmarks/allocation.py [--quick] [--budget 256] [--batch 32] [--steps 40]
 
 Writes benchmarks/results/allocation.json and allocation.md (tables as printed).
 """
@@ -24,25 +24,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from blackbox.adapters.lm_prompting import UNINFORMATIVE_INIT  # noqa: E402
 from blackbox.allocators import make_allocator  # noqa: E402
 from blackbox.forward_learning import _Adam, batch_items  # noqa: E402
-from blackbox.prompt_tuning import SoftPromptSpace, evaluate, soft_prompt_loss, tune_soft_prompt  # noqa: E402
+from blackbox.prompt_tuning import (SoftPromptSpace, backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
+                                    tune_soft_prompt)
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def setup(seed=0, per_class=12):
-    from blackbox.adapters.lm_prompting import embedded_prompt_queries
-    from blackbox.adapters.text_tasks import imagenet_description_task
+def setup(seed=0):
+    """The shared soft-prompt task: 4 soft tokens after 'Answer:' from an uninformative phrase
+    (zero-shot ~ chance, so the prompt has to learn the question), rank-16 subspace."""
+    from blackbox.adapters.lm_prompting import animal_soft_prompt_setup
 
-    task = imagenet_description_task(per_class=per_class, max_words=12, seed=seed)
-    task.template = "{text}\nAnswer:"
-    q = embedded_prompt_queries(task.label_words)
-    space = SoftPromptSpace(q.init_soft(4, " The animal is a"), rank=16, scale=q.lm.embedding_scale(), seed=seed)
-    return task, q, space
+    return animal_soft_prompt_setup(seed=seed)
 
 
 def variance_part(task, q, space, pairs=6, sigma=0.5, batch=8, budget=32, draws=2000, seed=0):
+    """Neyman allocates from a 2-pair pilot per item (its previous visit); the oracle row uses the
+    pool's variances, the best any allocator could do with these items (the bound of the method)."""
     loss = soft_prompt_loss(q.label_logprobs, space, task)
     n = len(task.train_texts)
     rng = np.random.default_rng(seed)
@@ -61,12 +62,13 @@ def variance_part(task, q, space, pairs=6, sigma=0.5, batch=8, budget=32, draws=
         c = flops.allocate(budget, batch, losses=item_loss[b])
         flops.update(variances=per_query_var[b], counts=c)
     results = {}
-    for name in ("uniform", "neyman", "flops"):
-        alloc = flops if name == "flops" else make_allocator(name, floor=2, unit=2, seed=seed)
+    for name in ("uniform", "neyman", "flops", "neyman (oracle V_i)"):
+        alloc = flops if name == "flops" else make_allocator(name.split()[0], floor=2, unit=2, seed=seed)
+        known = per_query_var if "oracle" in name else pilot
         analytic, samples = [], []
         for d in range(draws):
             b = rng.choice(n, batch, replace=False)
-            c = alloc.allocate(budget, batch, variances=pilot[b], losses=item_loss[b])
+            c = alloc.allocate(budget, batch, variances=known[b], losses=item_loss[b])
             analytic.append(np.sum(per_query_var[b] / c) / batch ** 2)
             est = np.mean([terms[i, rng.integers(0, pairs, ci // 2)].mean(0) for i, ci in zip(b, c)], axis=0)
             samples.append(est - terms[b].mean(1).mean(0))  # error given the batch (pool means)
@@ -114,19 +116,37 @@ def cmaes(task, q, space, total, batch=8, sigma=0.5, seed=0):
     return np.asarray(es.result.xfavorite), spent
 
 
+def queries_to_reach(curve, accuracy=None, nll=None):
+    """The first training-query count at which held-out accuracy reached ``accuracy`` (or the
+    label NLL fell to ``nll``); None if never."""
+    # the curve holds values rounded to 3 decimals: compare at that precision
+    return next((qn for qn, acc, loss in curve
+                 if (accuracy is not None and acc >= round(accuracy, 3) - 1e-9)
+                 or (nll is not None and loss <= round(nll, 3) + 1e-9)), None)
+
+
+def fmt_reach(reach, total):
+    return f"{reach} ({reach / total:.2f}x)" if reach is not None else "not reached"
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="fewer steps (for a loaded 2-core machine)")
+    p.add_argument("--quick", action="store_true", help="half the steps")
     p.add_argument("--skip-tuning", action="store_true")
-    p.add_argument("--budget", type=int, default=32, help="queries per step in part (a) (default 32)")
+    p.add_argument("--budget", type=int, default=256, help="queries per step (default 256)")
+    p.add_argument("--batch", type=int, default=32, help="training texts per step (default 32)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lr", type=float, default=0.3)
+    p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--pairs", type=int, default=6, help="antithetic pairs measured per item in part (a)")
+    p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--tag", default="", help="suffix for the result files")
     args = p.parse_args()
-    steps = 20 if args.quick else 40
-    qps = 32
+    steps = args.steps // 2 if args.quick else args.steps
+    qps, batch, lr, sigma = args.budget, args.batch, args.lr, args.sigma
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"settings": {"steps": steps, "queries_per_step": qps, "batch": 8, "rank": 16, "soft_tokens": 4,
-                        "sigma": 0.5, "lr": 0.3}}
+    out = {"settings": {"steps": steps, "queries_per_step": qps, "batch": batch, "rank": 16, "soft_tokens": 4,
+                        "sigma": sigma, "lr": lr, "init": UNINFORMATIVE_INIT}}
     lines = []
 
     def emit(line=""):
@@ -139,10 +159,10 @@ def main():
 
     t0 = time.time()
     task, q, space = setup()
-    emit(f"task: {task.summary()}")
-    res, info = variance_part(task, q, space, pairs=args.pairs, budget=args.budget)
+    emit(f"task: {task.summary()}; 4 soft tokens after 'Answer:' initialised from {UNINFORMATIVE_INIT!r}, rank-16 subspace")
+    res, info = variance_part(task, q, space, pairs=args.pairs, sigma=sigma, batch=batch, budget=qps)
     out["variance"] = {"results": res, "info": info}
-    emit(f"\n(a) combined-gradient variance at equal budget ({args.budget} queries over 8 items per step)")
+    emit(f"\n(a) combined-gradient variance at equal budget ({qps} queries over {batch} texts per step)")
     emit("| allocator | analytic var | ratio | bootstrap var | ratio |")
     emit("|---|---|---|---|---|")
     for name, r in res.items():
@@ -154,29 +174,58 @@ def main():
     if args.skip_tuning:
         return
     total = steps * qps
-    emit(f"\n(b, c) prompt tuning at {total} training queries (held-out {len(task.test_texts)} examples)")
-    emit("| method | acc before | acc after | label NLL before | label NLL after | queries | curve (queries: acc) |")
-    emit("|---|---|---|---|---|---|---|")
+    every = args.eval_every
+    emit(f"\n(b) prompt tuning, {steps} steps x {qps} queries = {total} training queries "
+         f"(held-out: {len(task.test_texts)} texts; accuracy every {every} steps)")
+    emit("| method | acc before | acc after | label NLL before | label NLL after | training queries | "
+         "queries to reach uniform's final acc | ... its final label NLL | curve (queries: acc) | seconds |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
     out["tuning"] = {}
+    target = None
     for name in ("uniform", "neyman", "flops"):
-        r = tune_soft_prompt(q.label_logprobs, task, space, steps=steps, batch_size=8, queries_per_step=qps,
-                             sigma=0.5, lr=0.3, allocator=name, seed=0, eval_every=max(1, steps // 4))
+        r = tune_soft_prompt(q.label_logprobs, task, space, steps=steps, batch_size=batch, queries_per_step=qps,
+                             sigma=sigma, lr=lr, allocator=name, seed=0, eval_every=every)
         curve = [(e["queries"], round(e["accuracy"], 3), round(e["label_nll"], 3)) for e in r.evals]
+        if target is None:
+            target = (r.after["accuracy"], r.after["label_nll"])
+        reach = queries_to_reach(curve, accuracy=target[0])
+        reach_nll = queries_to_reach(curve, nll=target[1])
         out["tuning"][name] = {**r.summary(), "before": r.before, "after": r.after, "curve": curve,
+                               "queries_to_reach_uniform_final_accuracy": reach,
+                               "queries_to_reach_uniform_final_nll": reach_nll,
                                "loss_curve": [(h["queries"], h["loss"]) for h in r.history]}
         emit(f"| LR + {name} | {r.before['accuracy']:.3f} | {r.after['accuracy']:.3f} | "
              f"{r.before['label_nll']:.3f} | {r.after['label_nll']:.3f} | {r.train_queries} | "
-             f"{' '.join(f'{c[0]}:{c[1]}' for c in curve)} |")
+             f"{fmt_reach(reach, total)} | {fmt_reach(reach_nll, total)} | "
+             f"{' '.join(f'{c[0]}:{c[1]:.2f}' for c in curve)} | {r.seconds:.0f} |")
         save()
+    ref = backprop_soft_prompt(q.label_loss_grad, q.label_logprobs, task, space, steps=steps, batch_size=batch,
+                               lr=lr, seed=0, eval_every=every)
+    out["tuning"]["backprop"] = {**ref.summary(), "before": ref.before, "after": ref.after,
+                                 "curve": [(e["step"], round(e["accuracy"], 3)) for e in ref.evals]}
+    emit(f"| backprop (white box, same steps) | {ref.before['accuracy']:.3f} | {ref.after['accuracy']:.3f} | "
+         f"{ref.before['label_nll']:.3f} | {ref.after['label_nll']:.3f} | 0 | | | "
+         f"{' '.join(f'step {e[0]}:{e[1]:.2f}' for e in out['tuning']['backprop']['curve'])} | {ref.seconds:.0f} |")
+    save()
+    emit(f"\n(c) the same task and {total} training queries with other black-box optimisers")
+    emit("| method | acc before | acc after | label NLL before | label NLL after | training queries | seconds |")
+    emit("|---|---|---|---|---|---|---|")
     before = evaluate(q.label_logprobs, space.soft(np.zeros(space.dim)), task)
-    for name, fn in (("MeZO-style SPSA", spsa), ("CMA-ES", cmaes)):
-        theta, spent = fn(task, q, space, total)
+    for name, fn in (("MeZO-style SPSA (one shared perturbation per batch)", spsa), ("CMA-ES (cma)", cmaes)):
+        t = time.time()
+        theta, spent = (fn(task, q, space, total, batch=batch, sigma=sigma, lr=lr) if fn is spsa
+                        else fn(task, q, space, total, batch=batch, sigma=sigma))
         after = evaluate(q.label_logprobs, space.soft(theta), task)
         out["tuning"][name] = {"before": before, "after": after, "train_queries": spent}
         emit(f"| {name} | {before['accuracy']:.3f} | {after['accuracy']:.3f} | {before['label_nll']:.3f} | "
-             f"{after['label_nll']:.3f} | {spent} | |")
+             f"{after['label_nll']:.3f} | {spent} | {time.time() - t:.0f} |")
         save()
-    emit(f"\ntotal wall time {time.time() - t0:.0f} s")
+    gains = {k: v["after"]["accuracy"] - v["before"]["accuracy"] for k, v in out["tuning"].items()}
+    if gains["backprop"] > 0:
+        emit("\nshare of the backprop accuracy gain: " + ", ".join(
+            f"{k} {g / gains['backprop']:.0%}" for k, g in gains.items() if k != "backprop"))
+    emit(f"\ntotal wall time {time.time() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.1f}")
+    out["seconds"] = round(time.time() - t0)
     save()
 
 

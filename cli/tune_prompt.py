@@ -9,7 +9,7 @@ from blackbox.errors import InputError
 
 EPILOG = """\
 examples:
-  blackbox tune-prompt                                  # ~40 steps, a few minutes on 2 cores
+  blackbox tune-prompt                                  # 40 steps x 256 queries, about 5 minutes
   blackbox tune-prompt --allocator neyman --steps 60 --checkpoint run.npz
   blackbox tune-prompt --total-queries 2000 --json
 
@@ -32,8 +32,8 @@ def add_parser(sub, positive_int, positive_float):
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--steps", type=positive_int, default=40, help="training steps (default: 40)")
     t.add_argument("--total-queries", type=positive_int, metavar="N", help="stop before passing N training queries")
-    t.add_argument("--queries-per-step", type=positive_int, default=64, metavar="Q", help="default: 64 (even)")
-    t.add_argument("--batch-size", type=positive_int, default=8, help="examples per step (default: 8)")
+    t.add_argument("--queries-per-step", type=positive_int, default=256, metavar="Q", help="default: 256 (even)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="examples per step (default: 32)")
     t.add_argument("--soft-tokens", type=positive_int, default=4, metavar="K", help="default: 4")
     t.add_argument("--rank", type=positive_int, default=16, help="subspace dimension (default: 16)")
     t.add_argument("--sigma", type=positive_float, default=0.5, help="perturbation scale (default: 0.5)")
