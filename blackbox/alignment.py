@@ -3,8 +3,9 @@
 A frozen image encoder gives features ``f`` (e.g. EfficientNet-Lite0's 1280-d penultimate layer);
 a small trainable **projector** maps them to ``k`` soft tokens in the input-embedding space of a
 frozen language model; the loss is the LM's negative log-likelihood of the image's caption given
-``[soft tokens][prompt]``, obtained by forward queries only. Zero-shot classification ranks the
-LM's likelihood of every class caption given the projected image.
+the soft tokens (``loss="nll"``) or that caption's cross-entropy among all class captions
+(``loss="ranking"``), obtained by forward queries only. Zero-shot classification ranks the LM's
+likelihood of every class caption given the projected image.
 
 The projector (numpy)::
 
@@ -438,7 +439,6 @@ def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.nd
     centre = reduced @ projector.weight.T                                       # (B, k*r)
     z = rng.standard_normal((len(owner), centre.shape[1])) * sigma
     soft = projector.lift(np.concatenate([centre[owner] + z, centre[owner] - z]))
-    rows = soft
     values = caption_loss(lm, soft, task, np.concatenate([np.asarray(labels)[owner]] * 2), budget)
     m = len(owner)
     fp, fm = values[:m], values[m:]
@@ -451,7 +451,7 @@ def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.nd
         grad += np.outer(t.mean(0), hi)
         second[i] = np.mean(np.sum(t ** 2, axis=1)) * float(hi @ hi) / 2.0
         item_loss[i] = np.mean((fp[owner == i] + fm[owner == i]) / 2)
-    return OutputGradient((grad / len(reduced)).reshape(-1), second, item_loss, len(rows))
+    return OutputGradient((grad / len(reduced)).reshape(-1), second, item_loss, len(soft))
 
 
 def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_queries, batch_size,

@@ -108,7 +108,7 @@ def cmd_align(args) -> int:
         q, loss = res.train.curve("loss")
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(q, loss, lw=1)
-        ax.set_xlabel("queries"), ax.set_ylabel("caption NLL (batch)")
+        ax.set_xlabel("queries"), ax.set_ylabel(f"{args.loss} loss (batch mean)")
         ax.set_title(f"alignment from queries ({args.allocator}, {args.perturb} noise)")
         save_figure(fig, args.plot)
     report = {"classes": list(classes), "train_images": half, "heldout_images": len(labels) - half,

@@ -90,7 +90,8 @@ from blackbox.plots import save_figure  # noqa: E402
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
 q, loss = lr_run.train.curve("loss")
 a1.plot(q, loss, lw=1, label="queries only (LR, output noise)")
-a1.set_xlabel("training queries"), a1.set_ylabel("caption NLL (batch mean)"), a1.legend()
+a1.set_xlabel("training queries"), a1.set_ylabel(f"{task.loss} loss (batch mean)"), a1.legend()
+a1.xaxis.set_major_locator(plt.MaxNLocator(5))
 for run, name in ((lr_run, "queries only"), (bp_run, "backprop")):
     steps = [e["step"] for e in run.train.evals]
     a2.plot(steps, [e["accuracy"] for e in run.train.evals], marker="o", label=name)
