@@ -101,13 +101,14 @@ def tune_discrete_prompt(label_logprobs_fn: Callable, task: TextClassificationTa
                          candidates: Sequence[str], *, n_slots: int = 3, steps: int = 20,
                          batch_size: int = 4, queries_per_step: int = 16, lr: float = 0.5,
                          allocator="uniform", seed: int = 0, max_queries: int | None = None,
-                         evaluate_before: bool = True) -> DiscretePromptResult:
+                         evaluate_before: bool = True, progress: bool = False) -> DiscretePromptResult:
     """Learn a ``n_slots``-word prompt prefix from label log-probabilities only.
 
     ``label_logprobs_fn(prompts) -> (n, C)`` is one query per prompt. ``queries_per_step`` is
     split over the batch by ``allocator`` (each example gets >= 2 sampled prompts for the
     leave-one-out baseline). ``max_queries`` caps training queries (a step that does not fit is
     not started); a ``BudgetExceeded`` from the query function also ends training cleanly.
+    ``progress`` shows a tqdm bar with the running loss and the current most likely prompt.
     """
     t0 = time.perf_counter()
     policy = PromptPolicy(candidates, n_slots, seed)
@@ -121,6 +122,11 @@ def tune_discrete_prompt(label_logprobs_fn: Callable, task: TextClassificationTa
     mem_var, mem_loss = np.full(n, np.nan), np.full(n, np.nan)
     before = evaluate_prompt(label_logprobs_fn, "", task) if evaluate_before else {"accuracy": float("nan")}
     history, spent, stopped = [], 0, None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="discrete prompt", unit="step", leave=False, dynamic_ncols=True)
     for step in range(steps):
         if max_queries is not None and spent + queries_per_step > max_queries:
             stopped = f"max_queries {max_queries} reached"
@@ -153,7 +159,16 @@ def tune_discrete_prompt(label_logprobs_fn: Callable, task: TextClassificationTa
         policy.logits = adam.step(policy.logits.reshape(-1), est.grad).reshape(policy.logits.shape)
         history.append({"step": step + 1, "queries": spent, "loss": float(losses.mean()),
                         "allocation": counts.tolist(), "best": policy.text(policy.best())})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", prompt=history[-1]["best"][:30])
+    if bar is not None:
+        bar.close()
     prompt = policy.text(policy.best())
-    after = evaluate_prompt(label_logprobs_fn, prompt, task)
+    try:
+        after = evaluate_prompt(label_logprobs_fn, prompt, task)
+    except BudgetExceeded as exc:  # keep the learned prompt; the answers paid so far stay cached
+        after = {"accuracy": float("nan"), "label_nll": float("nan")}
+        stopped = f"{stopped + '; ' if stopped else ''}held-out evaluation not finished: {exc}"
     return DiscretePromptResult(prompt, policy.logits, before, after, spent, time.perf_counter() - t0,
                                 history, stopped)

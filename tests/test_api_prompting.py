@@ -101,3 +101,66 @@ def test_discrete_prompt_tuning_through_llama_cpp_with_budget_and_cache(llama_se
         engine3 = QueryEngine(OpenAITransport(base_url=llama_server, kind="completions"),
                               budget=Budget(max_queries=1), count_queries=True)
         CompletionLabelScorer(engine3, "smollm2", task.label_words)(["a", "b", "c"])
+
+
+def test_end_of_text_answers_are_resent_with_min_tokens_and_a_refusal_is_a_clear_error():
+    """llama.cpp lists no logprobs when the first token is the end of text: re-send with min_tokens=1."""
+    from blackbox.errors import ModelError
+
+    eot = {"choices": [{"text": "", "finish_reason": "stop", "logprobs": {"top_logprobs": []}}]}
+    ok = {"choices": [{"text": "\n", "finish_reason": "length", "logprobs": {"top_logprobs": [{" dog": -1.0, "": -0.5}]}}]}
+
+    class Engine:  # records the requests; answers like llama.cpp does
+        def __init__(self, refuse=False):
+            self.seen, self.refuse = [], refuse
+
+        def map(self, requests):
+            self.seen.append(requests)
+            if self.refuse and any("min_tokens" in r for r in requests):
+                raise ModelError("the endpoint refused the request (400): unknown field min_tokens")
+            return [type("R", (), {"body": ok if "min_tokens" in r or "dog" in r["prompt"] else eot})()
+                    for r in requests]
+
+    engine = Engine()
+    scorer = CompletionLabelScorer(engine, "m", [" dog", " fish"])
+    lp = scorer(["a dog", "nothing"])
+    assert lp.shape == (2, 2) and lp[1, 0] == -1.0
+    assert [len(r) for r in engine.seen] == [2, 1] and engine.seen[1][0]["min_tokens"] == 1
+    scorer(["more"])
+    assert engine.seen[2][0]["min_tokens"] == 1  # remembered for later calls
+    with pytest.raises(ModelError, match="refused the min_tokens=1 retry"):
+        CompletionLabelScorer(Engine(refuse=True), "m", [" dog"])(["nothing"])
+
+
+def test_cli_discrete_prompt_against_a_closed_port_fails_in_one_line(tmp_path):
+    env = {**os.environ, "BLACKBOX_CACHE_DIR": str(tmp_path), "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "blackbox.cli.main", "tune-prompt", "--model", "openai:m",
+                           "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--max-attempts", "1",
+                           "--per-class", "2", "--sentences", "1"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "connection" in proc.stderr.lower() and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_discrete_prompt_through_llama_cpp_then_a_free_rerun(llama_server, tmp_path):
+    import json
+
+    env = {**os.environ, "BLACKBOX_CACHE_DIR": str(tmp_path), "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "blackbox.cli.main", "tune-prompt", "--model", "openai:smollm2",
+           "--base-url", llama_server, "--per-class", "2", "--sentences", "1", "--steps", "2",
+           "--batch-size", "2", "--queries-per-step", "6", "--allocator", "flops", "--json"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["train_queries"] == 12 and report["task"]["test"] == 5
+    assert 0 <= report["accuracy_after"] <= 1 and len(report["prompt"].split()) == 3
+    assert report["usage"]["requests_paid"] >= 12 and report["usage"]["tokens"] > 0
+    again = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env).stdout)
+    assert again["usage"]["requests_paid"] == 0 and again["prompt"] == report["prompt"]
+    # a token cap stops the run cleanly: the prompt learned so far is kept and the cap is never passed
+    capped = subprocess.run(cmd + ["--no-cache", "--max-tokens", "300"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert capped.returncode == 0, capped.stderr
+    report = json.loads(capped.stdout)
+    assert "tokens cap is 300" in report["stopped"] and report["usage"]["tokens"] <= 300
+    assert report["train_queries"] < 12 and len(report["prompt"].split()) == 3

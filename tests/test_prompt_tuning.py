@@ -135,7 +135,10 @@ def test_cli_tune_prompt_runs_on_the_embedded_lm_and_saves(tmp_path):
     assert 0 <= report["accuracy_before"] <= 1 and 0 <= report["accuracy_after"] <= 1
     assert np.load(out).shape == (4, 576)
     for bad, why in ((["--queries-per-step", "15"], "even"), (["--save", str(tmp_path / "no" / "x.npy")], "folder"),
-                     (["--init", " "], "--init")):
+                     (["--init", " "], "--init"), (["--model", "gpt-2"], "unknown model"),
+                     (["--base-url", "http://127.0.0.1:9/v1"], "apply to --model openai"),
+                     (["--model", "openai:m", "--save", "x.npy"], "apply to the embedded model"),
+                     (["--model", "openai:m", "--candidates", "one"], "two comma-separated")):
         proc = subprocess.run([sys.executable, "-m", "blackbox.cli.main", "tune-prompt", *bad],
                               capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 2 and why in proc.stderr and "Traceback" not in proc.stderr

@@ -15,12 +15,16 @@ def is_remote(name: str) -> bool:
     return name == "gpt-vision" or name.startswith(REMOTE_PREFIXES)
 
 
-def add_remote_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("remote models (gpt-vision, openai:<model>, http:<spec.json>)")
+def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
+                       title: str = "remote models (gpt-vision, openai:<model>, http:<spec.json>)",
+                       concurrency: int = 16) -> None:
+    """The endpoint, budget and retry options; ``images=False`` leaves out the vision-only ones."""
+    g = parser.add_argument_group(title)
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the API key (default: OPENAI_API_KEY)")
     g.add_argument("--base-url", metavar="URL", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL or api.openai.com)")
-    g.add_argument("--concurrency", type=_pos_int, default=16, metavar="N", help="requests in flight (default: 16)")
+    g.add_argument("--concurrency", type=_pos_int, default=concurrency, metavar="N",
+                   help=f"requests in flight (default: {concurrency})")
     g.add_argument("--rpm", type=_nonneg_float, metavar="N", help="proactive limit: requests per minute")
     g.add_argument("--tpm", type=_nonneg_float, metavar="N", help="proactive limit: tokens per minute")
     g.add_argument("--timeout", type=_nonneg_float, default=60.0, metavar="S", help="seconds per attempt (default: 60)")
@@ -28,11 +32,12 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cost", type=_nonneg_float, metavar="USD", help="hard cap on money spent (needs a price for the model)")
     g.add_argument("--max-tokens", type=_pos_int, metavar="N", help="hard cap on tokens spent")
     g.add_argument("--prices", metavar="JSON", help="price table {model: {input, output}} in USD per 1M tokens")
-    g.add_argument("--resolution", type=_pos_int, metavar="PX", help="longer side of the image sent (default: 512)")
-    g.add_argument("--scoring", choices=("auto", "logprob", "confidence", "frequency"), default="auto",
-                   help="how an answer becomes a score (default: auto = probe the endpoint)")
-    g.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would spend")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the query cache")
+    if images:
+        g.add_argument("--resolution", type=_pos_int, metavar="PX", help="longer side of the image sent (default: 512)")
+        g.add_argument("--scoring", choices=("auto", "logprob", "confidence", "frequency"), default="auto",
+                       help="how an answer becomes a score (default: auto = probe the endpoint)")
+        g.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would spend")
 
 
 def model_options(args, budget) -> dict:
