@@ -28,6 +28,9 @@ def _norm(token: str) -> str:
     return token.strip().lower()
 
 
+_NOTHING_LISTED = "the endpoint listed no log-probabilities even with min_tokens=1"
+
+
 class _EndOfText(Exception):
     """The endpoint generated nothing and listed no log-probabilities."""
 
@@ -61,7 +64,7 @@ class CompletionLabelScorer:
         empty = [i for i, row in enumerate(rows) if row is None]
         if empty:
             if self.min_tokens:
-                raise ModelError("the endpoint listed no log-probabilities even with min_tokens=1")
+                raise ModelError(_NOTHING_LISTED)
             self.min_tokens = True
             try:
                 again = self.engine.map([self.request(prompts[i]) for i in empty])
@@ -72,7 +75,7 @@ class CompletionLabelScorer:
                 try:
                     rows[i] = self.read(resp.body)
                 except _EndOfText:
-                    raise ModelError("the endpoint listed no log-probabilities even with min_tokens=1") from None
+                    raise ModelError(_NOTHING_LISTED) from None
         return np.array(rows, dtype=np.float64)
 
     def read(self, body: dict | None) -> list[float]:
@@ -102,16 +105,13 @@ def openai_label_scorer(model: str, label_words: Sequence[str], *, base_url: str
                         timeout: float = 60.0, max_attempts: int = 6, prices=None,
                         top_k: int = 20) -> CompletionLabelScorer:
     """A scorer over ``<base_url>/completions`` with its own engine (budget, cache, retries)."""
-    from .remote.cache import ResponseCache
-    from .remote.engine import PriceTable, QueryEngine
+    from .remote.engine import QueryEngine
     from .remote.openai_transport import OpenAITransport
 
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="completions",
                                 max_connections=max(concurrency, 8))
-    price_table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
-    engine = QueryEngine(transport, budget=budget, cache=ResponseCache() if cache else None,
-                         concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout,
-                         max_attempts=max_attempts, prices=price_table, model=model, count_queries=True)
+    engine = QueryEngine(transport, budget=budget, cache=bool(cache), concurrency=concurrency, rpm=rpm, tpm=tpm,
+                         timeout=timeout, max_attempts=max_attempts, prices=prices, model=model, count_queries=True)
     return CompletionLabelScorer(engine, model, label_words, top_k=top_k)
 
 

@@ -20,8 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np
-
 from blackbox.adapters.causal_lm import load_causal_lm
 from blackbox.adapters.image_features import image_features, load_digit_set
 from blackbox.alignment import CaptionTask, Projector, evaluate, train_backprop, train_projector

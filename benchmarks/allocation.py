@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from blackbox.adapters.lm_prompting import UNINFORMATIVE_INIT  # noqa: E402
 from blackbox.allocators import make_allocator  # noqa: E402
 from blackbox.forward_learning import _Adam, batch_items  # noqa: E402
-from blackbox.prompt_tuning import (SoftPromptSpace, backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
+from blackbox.prompt_tuning import (backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
                                     tune_soft_prompt)
 
 RESULTS = Path(__file__).parent / "results"

@@ -88,9 +88,7 @@ def add_parser(sub, positive_int, positive_float):
 
 
 def _given(args, names) -> list[str]:
-    default_false = ("no_cache",)
-    return [f"--{n.replace('_', '-')}" for n in names
-            if getattr(args, n, None) not in (None, False) and n not in default_false]
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
 
 
 def cmd_tune_prompt(args) -> int:

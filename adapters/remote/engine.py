@@ -262,7 +262,7 @@ class QueryEngine:
     def __init__(self, transport: Transport, *, budget: Budget | None = None, cache=None,
                  concurrency: int = 16, rpm: float | None = None, tpm: float | None = None,
                  max_attempts: int = 6, timeout: float = 60.0, backoff: float = 0.5,
-                 max_wait: float = 60.0, prices: PriceTable | None = None, model: str | None = None,
+                 max_wait: float = 60.0, prices: PriceTable | str | None = None, model: str | None = None,
                  token_estimate=default_token_estimate, count_queries: bool = False,
                  dry_run: bool = False, validate=None):
         if concurrency < 1:
@@ -271,12 +271,16 @@ class QueryEngine:
             raise InputError("max_attempts must be >= 1")
         self.transport = transport
         self.budget = budget if budget is not None else Budget()
-        self.cache = cache
+        if cache is True:  # the default on-disk cache in the user cache folder
+            from .cache import ResponseCache
+
+            cache = ResponseCache()
+        self.cache = None if cache is False else cache
         self.concurrency = int(concurrency)
         self.rpm, self.tpm = rpm, tpm
         self.max_attempts, self.timeout = int(max_attempts), float(timeout)
         self.backoff, self.max_wait = float(backoff), float(max_wait)
-        self.prices = prices if prices is not None else PriceTable.load()
+        self.prices = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
         self.model = model
         self.token_estimate = token_estimate
         self.count_queries = count_queries

@@ -31,7 +31,7 @@ from blackbox.errors import InputError, ModelError
 from blackbox.images import ImageView
 from blackbox.models import Target
 
-from .engine import PriceTable, QueryEngine, RetryableError, classify_status, retry_after_seconds
+from .engine import QueryEngine, RetryableError, classify_status, retry_after_seconds
 from .openai_vision import STAND_IN, image_digest, png_data_url, quantise
 from .openai_transport import strip_credentials
 
@@ -230,8 +230,6 @@ def load_spec(path: str) -> dict:
 def http_image_model(spec_path: str, *, budget=None, cache: bool = True, concurrency: int = 16,
                      rpm=None, tpm=None, timeout: float = 60.0, max_attempts: int = 6, prices=None,
                      dry_run: bool = False, api_key_env: str | None = None, **engine_options) -> HTTPImageModel:
-    from .cache import ResponseCache
-
     spec = load_spec(spec_path)
     headers = dict(spec.get("headers") or {})
     key_env = api_key_env or spec.get("api_key_env")
@@ -245,8 +243,7 @@ def http_image_model(spec_path: str, *, budget=None, cache: bool = True, concurr
         raise InputError("put {api_key} in 'headers', not in the request template (requests are cached)")
     transport = HTTPTransport(spec["url"], headers, max_connections=max(concurrency, 8),
                               usage_path=spec.get("usage_path"), secret=secret)
-    price_table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
-    engine = QueryEngine(transport, budget=budget, cache=ResponseCache() if cache else None, concurrency=concurrency,
-                         rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts, prices=price_table,
+    engine = QueryEngine(transport, budget=budget, cache=bool(cache), concurrency=concurrency,
+                         rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts, prices=prices,
                          model=spec.get("model"), dry_run=dry_run, **engine_options)
     return HTTPImageModel(spec, engine, name=f"http:{os.path.basename(spec_path)}")

@@ -308,7 +308,6 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
                         prices: str | PriceTable | None = None, dry_run: bool = False,
                         max_wait: float = 60.0, backoff: float = 0.5, **options) -> OpenAIVisionModel:
     """Build the model for ``gpt-vision`` or ``openai:<model>`` with its engine."""
-    from .cache import ResponseCache
     from .openai_transport import OpenAITransport
 
     if name in PRESETS:
@@ -319,8 +318,7 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
         raise InputError(f"expected gpt-vision or openai:<model>, got {name!r}")
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="chat",
                                 max_connections=max(concurrency, 8))
-    price_table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
-    engine = QueryEngine(transport, budget=budget, cache=ResponseCache() if cache else None,
+    engine = QueryEngine(transport, budget=budget, cache=bool(cache),
                          concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts,
-                         prices=price_table, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
+                         prices=prices, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
     return OpenAIVisionModel(model, engine, name=name if name in PRESETS else None, **options)
