@@ -46,9 +46,9 @@ class CompletionLabelScorer:
         self.top_k = int(top_k)
         self.min_tokens = bool(min_tokens)  # switched on by the first end-of-text answer
 
-    def request(self, prompt: str, min_tokens: bool | None = None) -> dict:
+    def request(self, prompt: str) -> dict:
         req = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": self.top_k}
-        if self.min_tokens if min_tokens is None else min_tokens:
+        if self.min_tokens:
             req["min_tokens"] = 1
         return req
 
@@ -110,7 +110,7 @@ def openai_label_scorer(model: str, label_words: Sequence[str], *, base_url: str
 
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="completions",
                                 max_connections=max(concurrency, 8))
-    engine = QueryEngine(transport, budget=budget, cache=bool(cache), concurrency=concurrency, rpm=rpm, tpm=tpm,
+    engine = QueryEngine(transport, budget=budget, cache=cache, concurrency=concurrency, rpm=rpm, tpm=tpm,
                          timeout=timeout, max_attempts=max_attempts, prices=prices, model=model, count_queries=True)
     return CompletionLabelScorer(engine, model, label_words, top_k=top_k)
 
@@ -124,8 +124,6 @@ DISCRETE_TEMPLATE = "{text}\nThis is about a"
 def animal_discrete_prompt_task(per_class: int = 16, sentences: int = 2, seed: int = 0):
     """The animal-group task of the soft-prompt work, worded for an API: ``"<prompt>\n<text>\nThis is
     about a"`` followed by the label word (a question the model can answer from its first token)."""
-    from .text_tasks import imagenet_description_task
+    from .text_tasks import animal_task
 
-    task = imagenet_description_task(per_class=per_class, max_words=14, sentences=sentences, seed=seed)
-    task.template = DISCRETE_TEMPLATE
-    return task
+    return animal_task(DISCRETE_TEMPLATE, per_class=per_class, sentences=sentences, seed=seed)

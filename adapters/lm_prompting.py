@@ -74,10 +74,9 @@ def animal_soft_prompt_setup(*, soft_tokens: int = 4, rank: int | None = 16, ini
     from ``init`` in a ``rank``-dimensional random subspace. Returns ``(task, queries, space)``."""
     from blackbox.prompt_tuning import SoftPromptSpace
 
-    from .text_tasks import imagenet_description_task
+    from .text_tasks import animal_task
 
-    task = imagenet_description_task(per_class=per_class, max_words=14, sentences=sentences, seed=seed)
-    task.template = "{text}\nAnswer:"
+    task = animal_task("{text}\nAnswer:", per_class=per_class, sentences=sentences, seed=seed)
     model = embedded_prompt_queries(task.label_words)
     space = SoftPromptSpace(model.init_soft(soft_tokens, init), rank=rank, scale=model.lm.embedding_scale(),
                             seed=seed)

@@ -77,3 +77,11 @@ def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"),
                 ys.append(label)
     return TextClassificationTask(train_x, np.array(train_y), test_x, np.array(test_y),
                                   [f" {g}" for g in groups], name="imagenet-descriptions")
+
+
+def animal_task(template: str, *, per_class: int = 16, sentences: int = 2, seed: int = 0) -> TextClassificationTask:
+    """The five-group task the prompt-tuning entry points share (texts cut to 14 words), with the
+    ``template`` that puts each text in front of the label word."""
+    task = imagenet_description_task(per_class=per_class, max_words=14, sentences=sentences, seed=seed)
+    task.template = template
+    return task

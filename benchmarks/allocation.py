@@ -211,10 +211,12 @@ def main():
     emit("| method | acc before | acc after | label NLL before | label NLL after | training queries | seconds |")
     emit("|---|---|---|---|---|---|---|")
     before = evaluate(q.label_logprobs, space.soft(np.zeros(space.dim)), task)
-    for name, fn in (("MeZO-style SPSA (one shared perturbation per batch)", spsa), ("CMA-ES (cma)", cmaes)):
+    others = (("MeZO-style SPSA (one shared perturbation per batch)",
+               lambda: spsa(task, q, space, total, batch=batch, sigma=sigma, lr=lr)),
+              ("CMA-ES (cma)", lambda: cmaes(task, q, space, total, batch=batch, sigma=sigma)))
+    for name, run in others:
         t = time.time()
-        theta, spent = (fn(task, q, space, total, batch=batch, sigma=sigma, lr=lr) if fn is spsa
-                        else fn(task, q, space, total, batch=batch, sigma=sigma))
+        theta, spent = run()
         after = evaluate(q.label_logprobs, space.soft(theta), task)
         out["tuning"][name] = {"before": before, "after": after, "train_queries": spent}
         emit(f"| {name} | {before['accuracy']:.3f} | {after['accuracy']:.3f} | {before['label_nll']:.3f} | "

@@ -243,7 +243,7 @@ def http_image_model(spec_path: str, *, budget=None, cache: bool = True, concurr
         raise InputError("put {api_key} in 'headers', not in the request template (requests are cached)")
     transport = HTTPTransport(spec["url"], headers, max_connections=max(concurrency, 8),
                               usage_path=spec.get("usage_path"), secret=secret)
-    engine = QueryEngine(transport, budget=budget, cache=bool(cache), concurrency=concurrency,
+    engine = QueryEngine(transport, budget=budget, cache=cache, concurrency=concurrency,
                          rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts, prices=prices,
                          model=spec.get("model"), dry_run=dry_run, **engine_options)
     return HTTPImageModel(spec, engine, name=f"http:{os.path.basename(spec_path)}")

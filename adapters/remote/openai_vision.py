@@ -318,7 +318,7 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
         raise InputError(f"expected gpt-vision or openai:<model>, got {name!r}")
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="chat",
                                 max_connections=max(concurrency, 8))
-    engine = QueryEngine(transport, budget=budget, cache=bool(cache),
+    engine = QueryEngine(transport, budget=budget, cache=cache,
                          concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts,
                          prices=prices, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
     return OpenAIVisionModel(model, engine, name=name if name in PRESETS else None, **options)
