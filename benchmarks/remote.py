@@ -57,7 +57,8 @@ class Server:
 
 def vision(url, concurrency, cache=False, budget=None, resolution=16):
     from blackbox.adapters.remote.cache import ResponseCache
-    from blackbox.adapters.remote.engine import PriceTable, QueryEngine
+    from blackbox.adapters.remote.engine import QueryEngine
+    from blackbox.adapters.remote.pricing import PriceTable
     from blackbox.adapters.remote.openai_transport import OpenAITransport
     from blackbox.adapters.remote.openai_vision import OpenAIVisionModel
 

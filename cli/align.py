@@ -8,6 +8,8 @@ import time
 
 from blackbox.errors import InputError
 
+from .options import ALLOCATOR_CHOICES, add_output_options, positive_float, positive_int
+
 EPILOG = """\
 examples:
   blackbox align                                        # digits 0-4, 36 steps x 512 queries, ~5 min
@@ -29,7 +31,7 @@ how it works:
 """
 
 
-def add_parser(sub, positive_int, positive_float):
+def add_parser(sub):
     a = sub.add_parser("align", help="align image features to the embedded LM from queries only",
                        description="Train a projector from EfficientNet-Lite0 features to soft tokens of "
                                    "SmolLM2-135M (both embedded, offline) by forward learning, on real "
@@ -42,7 +44,7 @@ def add_parser(sub, positive_int, positive_float):
                    help="training query budget (default: 18432 = 36 steps of 512)")
     a.add_argument("--queries-per-step", type=positive_int, default=512, metavar="Q", help="(default: 512)")
     a.add_argument("--batch-size", type=positive_int, default=32, help="images per step (default: 32)")
-    a.add_argument("--allocator", choices=("uniform", "neyman", "flops"), default="uniform")
+    a.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default="uniform")
     a.add_argument("--perturb", choices=("output", "params"), default="output",
                    help="output: noise on the soft tokens (ULR, default); params: on the weights")
     a.add_argument("--k", type=positive_int, default=1, help="soft tokens (default: 1)")
@@ -58,8 +60,7 @@ def add_parser(sub, positive_int, positive_float):
     a.add_argument("--checkpoint", metavar="NPZ", help="write/resume the training state here")
     a.add_argument("--save", metavar="NPZ", help="write the trained projector")
     a.add_argument("--plot", metavar="PNG", help="write the training curve")
-    a.add_argument("--json", action="store_true", help="print one JSON object with the results")
-    a.add_argument("--no-progress", action="store_true")
+    add_output_options(a)
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -68,7 +69,7 @@ def _classes(text: str) -> tuple[int, ...]:
     return tuple(int(c) for c in text)
 
 
-def cmd_align(args) -> int:
+def run(args) -> int:
     import numpy as np
 
     from blackbox.alignment import CaptionTask, Projector, evaluate, train_projector

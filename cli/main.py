@@ -1,34 +1,27 @@
 """``blackbox``: explain and optimise models you can only query.
 
-Every error a user can act on is printed as one line (``blackbox: error: ...``) with exit code 2;
-no traceback, and no partial output file.
+One command table (:data:`COMMANDS`): each subcommand is a module of this package with
+``add_parser(subparsers)`` and ``run(args) -> exit code``. Every error a user can act on is
+printed as one line (``blackbox: error: ...``) with exit code 2; no traceback, and no partial
+output file.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import importlib
 import sys
-import time
 
 from blackbox.errors import BlackboxError
 
-from .arg_types import positive_float as _positive_float
-from .arg_types import positive_int as _positive_int
-
-EPILOG_SALIENCY = """\
-examples:
-  blackbox sample-image coffee coffee.png
-  blackbox saliency coffee.png --queries 1000 --out coffee-saliency.png
-  blackbox saliency coffee.png --target "tea cup" --method smoothgrad --json
-  blackbox saliency photo.jpg --space pixel --grid 16 --blocks 4 --save-map map.npy
-
-how it works:
-  The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
-  patch grid; likelihood-ratio estimates with antithetic pairs turn the answers into a gradient
-  of the target's log-probability. In mask space (default) a patch is mixed with a blurred copy,
-  so the map says how much removing each patch would lower the target score.
-"""
+# command name -> module in blackbox.cli (in the order ``blackbox --help`` lists them)
+COMMANDS = {
+    "saliency": "saliency",
+    "sample-image": "sample_image",
+    "serve": "serve",
+    "cache": "cache",
+    "tune-prompt": "tune_prompt",
+    "align": "align",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,10 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _command(name: str):
+    return importlib.import_module(f"{__package__}.{COMMANDS[name]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from blackbox import __version__
-    from blackbox.adapters.registry import DEFAULT_MODEL, KNOWN_MODELS
-    from blackbox.saliency import METHODS, SPACES
 
     parser = _Parser(prog="blackbox", description=(
         "Explain and optimise models you can only query: saliency maps, prompt tuning and "
@@ -47,185 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'blackbox COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"blackbox {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
-    s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
-                       description="Compute a black-box saliency map of IMAGE for a target class.\n\nmodels:\n" + models,
-                       epilog=EPILOG_SALIENCY, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
-    s.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL}, embedded, offline)")
-    s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
-    s.add_argument("--queries", type=_positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
-    s.add_argument("--method", choices=METHODS, default="ig",
-                   help="ig = Integrated Gradients (default), vanilla, smoothgrad, gradxinput")
-    s.add_argument("--space", choices=SPACES, default="mask",
-                   help="mask: mix patches with a blurred copy (default); pixel: add brightness noise")
-    s.add_argument("--grid", type=_positive_int, default=14, metavar="G", help="perturb a G x G patch grid (default: 14)")
-    s.add_argument("--blocks", type=_positive_int, default=1, metavar="K",
-                   help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
-    s.add_argument("--sigma", type=_positive_float, help="noise scale (default: 0.3 in mask space, 0.1 in pixel space)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    s.add_argument("--out", metavar="PNG", help="write an overlay picture with a colour bar")
-    s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
-    s.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    s.add_argument("--allocator", choices=("uniform", "neyman", "flops"),
-                   help="ration the budget across the --blocks in rounds: uniform, neyman "
-                        "(queries ~ each block's measured std) or flops (learned)")
-    s.add_argument("--rounds", type=_positive_int, metavar="R", help="allocation rounds (default: 4)")
-    s.add_argument("--target-error", type=_positive_float, metavar="E",
-                   help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
-                        "reports the queries saved")
-    from blackbox.adapters.remote.cli_support import add_remote_commands, add_remote_options
-    add_remote_options(s)
-
-    e = sub.add_parser("sample-image", help="write a real photo bundled with installed packages",
-                       description="Write one of the real photos that ship inside installed packages "
-                                   "(scikit-image, scikit-learn, matplotlib), for trying things offline.")
-    e.add_argument("name", nargs="?", help="photo name (omit to list them)")
-    e.add_argument("out", nargs="?", help="output file (default: NAME.png)")
-    add_remote_commands(sub)
-    from blackbox.cli.tune_prompt import add_parser as add_tune_prompt
-    add_tune_prompt(sub, _positive_int, _positive_float)
-    from blackbox.cli.align import add_parser as add_align
-    add_align(sub, _positive_int, _positive_float)
+    for name in COMMANDS:
+        _command(name).add_parser(sub)
     return parser
-
-
-def _check_writable(path: str, what: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise BlackboxError(f"cannot write {what} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise BlackboxError(f"cannot write {what} {path}: folder is not writable")
-
-
-def _atomic_save_npy(path: str, array) -> None:
-    import numpy as np
-
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def cmd_saliency(args) -> int:
-    from blackbox.adapters.registry import load_image_model
-    from blackbox.images import load_image
-    from blackbox.plots import overlay, save_figure
-    from blackbox.queries import Budget, QueryRunner
-    from blackbox.saliency import saliency
-
-    for path, what in ((args.out, "the overlay"), (args.save_map, "the map")):
-        if path:
-            _check_writable(path, what)
-    started = time.perf_counter()
-    original = load_image(args.image)
-    from blackbox.adapters.remote import cli_support as remote
-    remote.check_local_options(args)
-    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost)
-    model = load_image_model(args.model, **remote.model_options(args, budget))
-    if args.dry_run and not remote.is_remote(args.model):
-        print(f"dry run: {model.name} is local and free; the run would use {args.queries} queries")
-        return 0
-    view = model.view(*original.shape[:2])
-    working = view.to_working(original)
-    target = model.resolve_target(args.target, working)
-    top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
-    if hasattr(model, "probe"):
-        model.probe(working, target.label)  # one call: which scoring the endpoint supports
-    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
-    result = saliency(runner, working, queries=args.queries, method=args.method, space=args.space,
-                      grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
-                      progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
-                      target_error=args.target_error)
-    if args.dry_run:
-        report = remote.dry_run_report(model, args)
-        print(json.dumps(report)) if args.json else remote.print_dry_run(report)
-        return 0
-    full_map = view.to_original(result.map)
-    if args.save_map:
-        _atomic_save_npy(args.save_map, full_map)
-    if args.out:
-        title = (f"{model.name}: '{target.label}' ({args.method}, {args.space} space, grid {args.grid}, "
-                 f"blocks {args.blocks}) - {result.queries} queries")
-        signed = not (args.space == "pixel" and args.method in ("vanilla", "smoothgrad"))
-        fig = overlay(original, full_map, title=title, signed=signed, coverage=view.coverage())
-        save_figure(fig, args.out)
-    seconds = time.perf_counter() - started
-    report = {
-        "model": model.name, "target_label": target.label, "target_index": target.index,
-        "top5": [{"label": l, "probability": round(p, 6), "index": i} for l, p, i in top5],
-        "queries_used": result.queries, "seconds": round(seconds, 3),
-        **{k: v for k, v in result.summary().items() if k not in ("queries_used", "seconds")},
-        "out": args.out, "map": args.save_map, "map_shape": list(full_map.shape),
-    }
-    if hasattr(model, "usage"):
-        report.update(usage=model.usage(), provenance={**model.provenance(), "seed": args.seed})
-    if args.json:
-        print(json.dumps(report))
-    else:
-        best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
-        if top5:
-            print(f"{model.name}: top classes {best}")
-        print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
-              f"({args.method}, {args.space} space, {result.overhead:.0%} of the time outside the model)")
-        if result.stopped:
-            print(f"stopped early: {result.stopped}")
-        if result.queries_saved:
-            print(f"saved {result.queries_saved} of {args.queries} queries (target error reached)")
-        if hasattr(model, "usage"):
-            print(remote.usage_line(model))
-        for path, what in ((args.out, "overlay"), (args.save_map, "map")):
-            if path:
-                print(f"wrote {what}: {path}")
-    return 0
-
-
-def cmd_sample_image(args) -> int:
-    from blackbox.sample_images import SAMPLE_IMAGES, sample_image
-
-    if not args.name:
-        for name, source in SAMPLE_IMAGES.items():
-            print(f"{name:14s} {source}")
-        return 0
-    out = args.out or f"{args.name}.png"
-    _check_writable(out, "the image")
-    sample_image(args.name, out)
-    print(f"wrote {out}")
-    return 0
-
-
-COMMANDS = {"saliency": cmd_saliency, "sample-image": cmd_sample_image}
-
-
-def _remote_command(name):
-    def run(args):
-        from blackbox.adapters.remote import cli_support
-        return getattr(cli_support, name)(args)
-    return run
-
-
-COMMANDS.update(serve=_remote_command("cmd_serve"), cache=_remote_command("cmd_cache"))
-
-
-def _tune_prompt(args):
-    from blackbox.cli.tune_prompt import cmd_tune_prompt
-    return cmd_tune_prompt(args)
-
-
-COMMANDS["tune-prompt"] = _tune_prompt
-
-
-def _align(args):
-    from blackbox.cli.align import cmd_align
-    return cmd_align(args)
-
-
-COMMANDS["align"] = _align
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        return _command(args.command).run(args)
     except BlackboxError as exc:
         print(f"blackbox: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ import os
 
 from blackbox.errors import InputError
 
+from .options import ALLOCATOR_CHOICES, add_output_options, add_remote_options, positive_float, positive_int
+
 EPILOG = """\
 examples:
   blackbox tune-prompt                                  # 40 steps x 256 queries, about 5 minutes
@@ -46,9 +48,7 @@ SOFT_ONLY = ("soft_tokens", "rank", "sigma", "init", "save", "checkpoint")
 API_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k")
 
 
-def add_parser(sub, positive_int, positive_float):
-    from blackbox.adapters.remote.cli_support import add_remote_options
-
+def add_parser(sub):
     t = sub.add_parser("tune-prompt", help="tune a prompt from queries only (embedded LM or an OpenAI-compatible API)",
                        description="Prompt tuning by forward queries only, on a real 5-way text classification "
                                    "task: soft prompts of the embedded SmolLM2-135M (offline, default) or discrete "
@@ -61,7 +61,7 @@ def add_parser(sub, positive_int, positive_float):
     t.add_argument("--queries-per-step", type=positive_int, metavar="Q",
                    help="default: 256 embedded (even: antithetic pairs), 32 API")
     t.add_argument("--batch-size", type=positive_int, help="examples per step (default: 32 embedded, 8 API)")
-    t.add_argument("--allocator", choices=("uniform", "neyman", "flops"), default="uniform",
+    t.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default="uniform",
                    help="how each step's queries are shared among its examples (default: uniform)")
     t.add_argument("--per-class", type=positive_int, default=16,
                    help="ImageNet classes per animal group, half held out (default: 16, the most fish has)")
@@ -69,8 +69,7 @@ def add_parser(sub, positive_int, positive_float):
                    help="sentences taken from each class description, one example each (default: 2)")
     t.add_argument("--lr", type=positive_float, help="Adam step size (default: 0.3 embedded, 1.0 API)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.add_argument("--no-progress", action="store_true")
+    add_output_options(t)
     s = t.add_argument_group("soft prompt (--model embedded)")
     s.add_argument("--soft-tokens", type=positive_int, metavar="K", help="default: 4")
     s.add_argument("--rank", type=positive_int, help="subspace dimension (default: 16)")
@@ -91,7 +90,7 @@ def _given(args, names) -> list[str]:
     return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
 
 
-def cmd_tune_prompt(args) -> int:
+def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if args.model == "embedded":

@@ -35,7 +35,8 @@ from blackbox.errors import InputError, ModelError
 from blackbox.images import ImageView
 from blackbox.models import Target
 
-from .engine import PriceTable, QueryEngine, RetryableError
+from .engine import QueryEngine, RetryableError
+from .pricing import PriceTable
 
 PRESETS = {"gpt-vision": "gpt-4o-mini"}
 NATIVE_RESOLUTION = {"efficientnet-lite0": 224}  # our own server (blackbox serve) looks at 224 x 224
