@@ -8,7 +8,7 @@ STAMP := $(VENV)/.blackbox-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench clean llama-server-test
+.PHONY: setup demo test test-fast bench clean llama-server-test
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: $(STAMP)
 	$(VENV)/bin/blackbox sample-image coffee out/coffee.png
 	$(VENV)/bin/blackbox saliency out/coffee.png --queries 1000 --out out/coffee-saliency.png --save-map out/coffee-saliency.npy
 
+# everything, as CI runs it (prints the slowest tests and the total time)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
+
+# the edit-test loop: no tests marked slow (embedded LM, long runs) or network (loopback servers)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow and not network"
 
 bench: $(STAMP)
 	$(PY) benchmarks/saliency.py
