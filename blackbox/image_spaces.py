@@ -14,9 +14,12 @@ and report the perturbation actually delivered, which the estimator weights by.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .errors import InputError
+from .queries import KeyedInputs, keyed_points
 
 
 class PatchGrid:
@@ -187,6 +190,22 @@ class MaskSpace:
             lo = np.where(d > 0, -b / d, np.where(d < 0, (1 - b) / d, -np.inf))
         cells = np.repeat(grid_cell_ids(grid).reshape(-1), self.image.shape[2])
         self._delivery = ClampedMean(cells, d * d, np.minimum(lo, 0.0), np.maximum(hi, 0.0), grid.cells)
+
+    RENDER_VERSION = "mask-1"  # change it when render() changes what an image looks like (cache keys)
+
+    def keyed(self, points: np.ndarray) -> KeyedInputs:
+        """The images for ``points`` as keyed inputs: keys from the points (and this space's
+        image, baseline and grid), pixels rendered only for the images a model must send."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256(f"{self.RENDER_VERSION}:{self.image.shape}:{self.grid.rows}x{self.grid.cols}".encode())
+            h.update(np.ascontiguousarray(self.image).tobytes())
+            h.update(np.ascontiguousarray(self.baseline).tobytes())
+            self._fingerprint = h.hexdigest()
+        return keyed_points(points, self._fingerprint, lambda p: self.render(p)[0])
+
+    def delivered(self, points: np.ndarray) -> np.ndarray:
+        """The mask values the images for ``points`` really carry (after clipping), unrendered."""
+        return self._delivery(points)
 
     def render(self, points: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Images for mask values ``points`` (n, cells), and the mask values delivered.
