@@ -64,6 +64,11 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
     if images:
         g.add_argument("--resolution", type=positive_int, metavar="PX",
                        help="longer side of the image sent (default: the model's own, 512 for chat models)")
+        g.add_argument("--detail", choices=("low", "high", "auto"), default="low",
+                       help="image detail asked of OpenAI models (default: low; the map is computed at 512 px "
+                            "anyway). It sets the price: gpt-4o bills 85 tokens per image at low, 255 at high "
+                            "for a 512-px image; gpt-4o-mini 2833 and 8500; patch-billed models (gpt-4.1-mini/"
+                            "nano, o4-mini) bill by size whatever the detail")
         g.add_argument("--scoring", choices=("auto", "logprob", "confidence", "frequency"), default="auto",
                        help="how an answer becomes a score (default: auto = probe the endpoint)")
         g.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would spend")

@@ -21,7 +21,7 @@ def model_options(args, budget) -> dict:
         opts["api_key_env"] = args.api_key_env if args.api_key_env != "OPENAI_API_KEY" else None
     else:
         opts.update(base_url=args.base_url, api_key_env=args.api_key_env, resolution=args.resolution,
-                    scoring=args.scoring, seed=args.seed)
+                    scoring=args.scoring, seed=args.seed, detail=args.detail)
     return opts
 
 

@@ -52,7 +52,7 @@ from typing import Any, Callable, Protocol, Sequence
 from blackbox.errors import BudgetExceeded, InputError, ModelError
 from blackbox.queries import Budget
 
-from .pricing import PriceTable, default_token_estimate
+from .pricing import PriceTable, default_token_estimate, max_output_tokens
 
 
 class RetryableError(ModelError):
@@ -280,7 +280,7 @@ class QueryEngine:
     # -- budget ---------------------------------------------------------------------------------
     def _estimate(self, request: dict) -> int:
         est = self.token_estimate(request)
-        out = int(request.get("max_completion_tokens") or request.get("max_tokens") or 16) * int(request.get("n") or 1)
+        out = max_output_tokens(request)
         if self._seen_prompt_tokens:  # learned: 1.25 x the largest prompt the endpoint has billed
             est = int(self._seen_prompt_tokens * 1.25) + 16 + out
         return est
@@ -292,8 +292,8 @@ class QueryEngine:
         model = self._model_of(request)
         if model is None:
             return None
-        p = self.prices.price(model)
-        return None if p is None else tokens * max(p["input"], p["output"]) / 1e6
+        out = min(max_output_tokens(request), tokens)  # the rest of the reservation is prompt
+        return self.prices.cost(model, tokens - out, out)
 
     def _reserve_all(self, requests: list[dict]):
         held = []

@@ -36,7 +36,7 @@ from blackbox.images import ImageView
 from blackbox.models import Target
 
 from .engine import QueryEngine, RetryableError
-from .pricing import PriceTable
+from .pricing import PriceTable, default_token_estimate
 
 PRESETS = {"gpt-vision": "gpt-4o-mini"}
 NATIVE_RESOLUTION = {"efficientnet-lite0": 224}  # our own server (blackbox serve) looks at 224 x 224
@@ -126,6 +126,9 @@ class OpenAIVisionModel:
         self.query_batch_size = max(64, 2 * engine.concurrency)
         engine.validate = self._validate
         engine.model = engine.model or model
+        self._sent_sizes: dict[str, tuple[int, int]] = {}  # stand-in URL -> (width, height) sent
+        if engine.token_estimate is default_token_estimate:  # count images at the size sent
+            engine.token_estimate = lambda request: default_token_estimate(request, self._sent_sizes.get)
 
     # -- ImageModel ---------------------------------------------------------------------------
     def view(self, height: int, width: int) -> ImageView:
@@ -200,6 +203,7 @@ class OpenAIVisionModel:
         images8 = quantise(images)
         digests = [image_digest(im) for im in images8]
         by_digest = dict(zip(digests, images8))
+        self._sent_sizes = {STAND_IN + d: (im.shape[1], im.shape[0]) for d, im in by_digest.items()}
         reqs = [self.request(STAND_IN + d, label, scoring) for d in digests for _ in range(repeats)]
 
         def prepare(req: dict) -> dict:
