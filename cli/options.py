@@ -56,7 +56,8 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
                    help=f"requests in flight (default: {concurrency})")
     g.add_argument("--rpm", type=nonneg_float, metavar="N", help="proactive limit: requests per minute")
     g.add_argument("--tpm", type=nonneg_float, metavar="N", help="proactive limit: tokens per minute")
-    g.add_argument("--timeout", type=nonneg_float, default=60.0, metavar="S", help="seconds per attempt (default: 60)")
+    g.add_argument("--timeout", type=positive_float, default=60.0, metavar="S",
+                   help="wall-clock deadline per request attempt: connect + send + read (default: 60)")
     g.add_argument("--max-attempts", type=positive_int, default=6, metavar="N", help="attempts per request (default: 6)")
     g.add_argument("--max-cost", type=nonneg_float, metavar="USD",
                    help="hard cap on money spent (needs a price for the model)")
@@ -71,9 +72,13 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
                             "anyway). It sets the price: gpt-4o bills 85 tokens per image at low, 255 at high "
                             "for a 512-px image; gpt-4o-mini 2833 and 8500; patch-billed models (gpt-4.1-mini/"
                             "nano, o4-mini) bill by size whatever the detail")
-        g.add_argument("--scoring", choices=("auto", "logprob", "confidence", "frequency"), default="auto",
-                       help="how an answer becomes a score (default: auto = probe the endpoint)")
+        g.add_argument("--scoring", choices=("auto", "logodds", "logprob", "confidence", "frequency"), default="auto",
+                       help="how an answer becomes a score (default: auto = probe the endpoint, then "
+                            "logodds = log P(Yes) - log P(No) when it gives logprobs)")
         g.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would spend")
+        g.add_argument("--deadline", type=positive_float, metavar="S",
+                       help="stop the whole run after S seconds (any model): no request starts later, none "
+                            "runs past it; the result uses the queries answered by then")
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, json_help: str = "print one JSON object with the results",

@@ -30,7 +30,6 @@ DEFAULT_PRICES = {  # USD per million tokens (input, output); edit your own copy
     "gpt-5-nano": {"input": 0.05, "output": 0.40},
     "o3": {"input": 2.00, "output": 8.00},
     "o4-mini": {"input": 1.10, "output": 4.40},
-    "efficientnet-lite0": {"input": 0.0, "output": 0.0},
 }
 
 
