@@ -70,7 +70,8 @@ def _onnx_layout(shape, layout, channels, size):
     """Layout, channels and size from an ONNX input shape like ``['batch', 3, 224, 224]``."""
     dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
     if len(dims) != 4:
-        raise ModelError(f"expected a 4-D image input (batch, channels, height, width), the model's input has shape {shape}")
+        raise ModelError("expected a 4-D image input (batch, channels, height, width); "
+                         f"the model's input has shape {shape}")
     if layout is None:
         layout = "nhwc" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "nchw"
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "nchw" else (dims[3], dims[1], dims[2])
@@ -156,7 +157,8 @@ def load_model_file(spec: str, *, labels: str | os.PathLike | None = None, input
 
 def _runtime_error(exc: BaseException) -> bool:
     """An error the model runtime raised (torch's RuntimeError, onnxruntime's own types)."""
-    return isinstance(exc, (OSError, RuntimeError, ValueError, TypeError)) or type(exc).__module__.startswith("onnxruntime")
+    return (isinstance(exc, (OSError, RuntimeError, ValueError, TypeError))
+            or type(exc).__module__.startswith("onnxruntime"))
 
 
 def _open(path: str, kind: str, load):

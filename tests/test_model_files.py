@@ -185,7 +185,8 @@ def test_labels_files(tmp_path):
     assert load_labels(write("a.txt", "tench\ngoldfish\n\n")) == ["tench", "goldfish"]
     assert load_labels(write("b.json", '{"1": "goldfish", "0": "tench"}')) == ["tench", "goldfish"]
     for name, text, message in (("c.txt", "", "is empty"), ("d.txt", "a\n\nb", "label 2 is empty"),
-                                ("e.json", "[1, {}]", "JSON list of names"), ("f.json", '{"0": "a", "2": "b"}', "without gaps"),
+                                ("e.json", "[1, {}]", "JSON list of names"),
+                                ("f.json", '{"0": "a", "2": "b"}', "without gaps"),
                                 ("g.json", "[oops", "not valid JSON")):
         with pytest.raises(InputError, match=message):
             load_labels(write(name, text))

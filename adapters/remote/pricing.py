@@ -127,9 +127,9 @@ class PriceTable:
 # reservation should not fall short). Above the patch budget the bill can exceed the guide's
 # formula too: 4000 x 1474 to gpt-4.1-mini gives 1449 patches by the formula (and by OpenAI's
 # calculator) but was billed at the full 1536 (community.openai.com/t/vision-pricing-calculator-
-# inaccurate-resizing-rounding-vs-api-costs/1281361). One calculator (a64.in) counts gpt-4.1 by patches; the guide
-# and measured bills (765 + 8 tokens for a 1800 x 2400 image) put it with the tiles. The guide does
-# not say whether ``detail: low`` changes the patch count; we assume it does not.
+# inaccurate-resizing-rounding-vs-api-costs/1281361). One calculator (a64.in) counts gpt-4.1 by
+# patches; the guide and measured bills (765 + 8 tokens for a 1800 x 2400 image) put it with the
+# tiles. The guide does not say whether ``detail: low`` changes the patch count; we assume not.
 #
 # ``detail: auto`` lets the model choose low or high; the estimate assumes high.
 
