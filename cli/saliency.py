@@ -14,6 +14,7 @@ from . import remote
 from .files import check_figure_format, check_outputs, save_npy
 from .options import (ALLOCATOR_CHOICES, add_output_options, add_remote_options, nonneg_int, positive_float,
                       positive_int)
+from .options import add_model_file_options
 
 EPILOG = """\
 examples:
@@ -62,6 +63,7 @@ def add_parser(sub) -> None:
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
     add_remote_options(s)
+    add_model_file_options(s)
 
 
 def run(args) -> int:
