@@ -1,0 +1,325 @@
+"""Where the images of :func:`blackbox.explain_many` are explained: in this process, in a local
+process pool, or on a Ray cluster (:mod:`blackbox.ray_executor`, imported only when asked for).
+
+Every executor runs :func:`run_task` (one image) in a worker that has built its own model from a
+picklable description (:class:`ModelHandle`) and draws on the run's shared budget
+(:class:`~blackbox.ledger.SharedBudget` over one ledger). Remote models also share one query
+cache, and each of ``share`` workers gets ``1/share`` of the rate limits and of the concurrency.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import BlackboxError, BudgetExceeded, InputError
+from .ledger import SharedBudget, SQLiteLedger
+from .queries import Budget, QueryRunner
+
+EXECUTORS = ("serial", "pool", "ray")
+
+
+# -- the model, as workers rebuild it --------------------------------------------------------------
+class ModelHandle:
+    """What a worker needs to get the model: ``build(budget=, cache=, share=, threads=)``."""
+
+    picklable = True
+    remote = False
+
+    def __init__(self, target):
+        self.target = target
+
+    @staticmethod
+    def of(model) -> "ModelHandle":
+        if hasattr(model, "score_fn") and hasattr(model, "view"):
+            return InstanceHandle(model)
+        if hasattr(model, "build"):
+            return SpecHandle(model)
+        if callable(model):
+            return FactoryHandle(model)
+        raise InputError("model must be an image model, a model description (blackbox.adapters.model_spec) "
+                         "or a function that builds one")
+
+    def make_cache(self):
+        return None
+
+    def describe(self) -> dict:
+        return {"model": getattr(self.target, "name", None) or getattr(self.target, "__qualname__", repr(self.target))}
+
+
+class InstanceHandle(ModelHandle):
+    """A model built in this process: serial runs only (models are never pickled)."""
+
+    picklable = False
+
+    def build(self, **_):
+        return self.target
+
+
+class SpecHandle(ModelHandle):
+    """A description such as :class:`blackbox.adapters.spec.ModelSpec`."""
+
+    @property
+    def remote(self) -> bool:
+        return bool(getattr(self.target, "remote", False))
+
+    def build(self, **kwargs):
+        return self.target.build(**kwargs)
+
+    def make_cache(self):
+        return self.target.make_cache() if hasattr(self.target, "make_cache") else None
+
+    def describe(self) -> dict:
+        return self.target.describe() if hasattr(self.target, "describe") else {"model": repr(self.target)}
+
+
+class FactoryHandle(ModelHandle):
+    """A picklable zero-argument function that returns a model (e.g. the user's own torch model)."""
+
+    def build(self, **_):
+        return self.target()
+
+
+# -- one image ------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """One attempt at one image; ``owner`` names the reservations it holds in the ledger."""
+
+    name: str
+    source: str | None
+    digest: str
+    target: Any
+    pixels: np.ndarray = field(repr=False)
+    owner: str = ""
+
+
+def task_for(item, owner: str) -> Task:
+    return Task(item.name, item.source, item.digest, item.target, item.pixels(), owner)
+
+
+@dataclass
+class Job:
+    """Everything a worker needs besides the image; small and picklable."""
+
+    handle: ModelHandle
+    ledger: Any
+    queries: int
+    options: dict
+    faithfulness: int | None = None
+    progress: bool = False
+    share: int = 1
+    threads: int | None = None
+    cache: Any = None
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _tmp: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, handle: ModelHandle, budget: Budget | None, folder, **kwargs) -> "Job":
+        """A fresh ledger for this run (in the results folder, else a temporary one) whose caps are
+        what ``budget`` has left."""
+        tmp = None
+        if folder is not None:
+            path = folder.ledger_path
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(f"{path}{suffix}"):
+                    os.unlink(f"{path}{suffix}")
+        else:
+            tmp = tempfile.mkdtemp(prefix="blackbox-ledger-")
+            path = os.path.join(tmp, "budget.sqlite")
+        caps = {}
+        if budget is not None:
+            caps = {f"max_{k}": None if getattr(budget, f"max_{k}") is None
+                    else getattr(budget, f"max_{k}") - getattr(budget, k) for k in ("queries", "tokens", "cost")}
+        return cls(handle, SQLiteLedger(path, **caps), _tmp=tmp, **kwargs)
+
+    @property
+    def queries_per_image(self) -> int:
+        return self.queries + (2 * (self.faithfulness + 1) if self.faithfulness else 0)
+
+    def ledger_queries(self) -> int:
+        return int(self.ledger.totals()["queries"])
+
+    def reclaim(self, owner: str | None = None) -> None:
+        self.ledger.reclaim(owner)
+
+    def finish(self, budget: Budget | None) -> dict:
+        """Close the ledger: anything still held counts as spent; add the run's spending to ``budget``."""
+        self.ledger.reclaim(None)
+        totals = self.ledger.totals()
+        if budget is not None:
+            with budget._lock:
+                budget.queries += int(totals["queries"])
+                budget.tokens += int(totals["tokens"])
+                budget.cost += float(totals["cost"])
+        self.ledger.close()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return {k: totals[k] for k in ("queries", "tokens", "cost", "max_queries", "max_tokens", "max_cost")}
+
+
+_WORKER: dict = {}  # job key -> (model, budget): built once per worker process
+
+
+def _limit_threads(threads: int | None) -> None:
+    if not threads:
+        return
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def _worker(job: Job):
+    state = _WORKER.get(job.key)
+    if state is None:
+        _WORKER.clear()  # a long-lived (Ray) worker keeps one model, the current run's
+        budget = SharedBudget(job.ledger)
+        model = job.handle.build(budget=budget, cache=job.cache, share=job.share, threads=job.threads)
+        _limit_threads(job.threads)  # after the build: torch may have been imported by it
+        state = _WORKER[job.key] = (model, budget)
+    return state
+
+
+def run_task(job: Job, task: Task):
+    """Explain one image in a worker; every outcome comes back as an ImageResult (never pickled errors)."""
+    from .batch_results import ImageResult
+
+    def failed(status, exc):
+        return ImageResult(task.name, task.source, task.digest, status, task.target, error=str(exc),
+                           details={"kind": type(exc).__name__})
+    try:
+        model, budget = _worker(job)
+        budget.owner = task.owner
+        return explain_image(model, budget, job, task)
+    except BudgetExceeded as exc:
+        return failed("stopped", exc)
+    except InputError as exc:
+        return failed("failed", exc)
+    except BlackboxError as exc:  # the model or the endpoint: the driver stops the run
+        return failed("error", exc)
+
+
+def _usage(model) -> dict:
+    if not hasattr(model, "usage"):
+        return {}
+    u = model.usage()
+    return {"paid": u.get("sent", 0), "cached": u.get("cache_hits", 0)}
+
+
+def explain_image(model, budget: Budget, job: Job, task: Task):
+    """One image as ``blackbox.explain`` would explain it alone, plus its top-5 and (if asked)
+    its faithfulness, all paid from ``budget``."""
+    from .batch_results import ImageResult
+    from .metrics import deletion_insertion
+    from .saliency import make_baseline, saliency
+
+    started = time.perf_counter()
+    before = _usage(model)
+    batch_size = getattr(model, "query_batch_size", 32)
+    view = model.view(*task.pixels.shape[:2])
+    working = view.to_working(task.pixels)
+    target = model.resolve_target(task.target, working)
+    top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
+    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=batch_size)
+    result = saliency(runner, working, queries=job.queries, progress=job.progress, **job.options)
+    budget_stop = result.stopped is not None and not result.queries_saved
+    faithfulness = None
+    if job.faithfulness and not budget_stop:
+        prob = QueryRunner(model.score_fn(target, "prob"), budget=budget, batch_size=batch_size)
+        baseline = job.options.get("baseline", "blur")
+        baseline = baseline if isinstance(baseline, np.ndarray) else make_baseline(working, baseline)
+        faithfulness = deletion_insertion(prob, working, result.map, baseline, cells=result.grid[0],
+                                          steps=job.faithfulness).as_dict()
+    after = _usage(model)
+    details = {**result.summary(), **{k: after[k] - before.get(k, 0) for k in after}, "worker": _worker_name()}
+    return ImageResult(task.name, task.source, task.digest, "stopped" if budget_stop else "done", task.target,
+                       target.label, target.index, top5, result.queries, time.perf_counter() - started,
+                       faithfulness, details, (view.original, view.box, view.size), result.map, result.cells,
+                       result.stderr, error=result.stopped if budget_stop else None)
+
+
+def _worker_name() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# -- executors ------------------------------------------------------------------------------------
+class SerialExecutor:
+    """Here, one image after another (the model may be an instance)."""
+
+    name = "serial"
+    crash_errors: tuple = ()
+
+    def __init__(self):
+        self.slots = 1
+        self.queue = 1
+
+    def start(self, job: Job) -> None:
+        self.job = job
+
+    def submit(self, task: Task) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(run_task(self.job, task))
+        except Exception as exc:  # a bug: raised by the driver
+            future.set_exception(exc)
+        return future
+
+    def recover(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessPool:
+    """Local worker processes (spawned, one intra-op thread each). A worker that dies breaks the
+    pool: the driver reclaims what its images held, and :meth:`recover` starts a fresh pool."""
+
+    name = "pool"
+    crash_hint = ("; a script that uses a process pool must call explain_many under "
+                  "`if __name__ == \"__main__\":` (workers are spawned and import the script)")
+
+    def __init__(self, workers: int | None = None, threads: int = 1):
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.crash_errors = (BrokenProcessPool,)
+        self.slots = int(workers or os.cpu_count() or 1)
+        self.queue = 2 * self.slots
+        self.threads = threads
+        self._pool = None
+
+    def start(self, job: Job) -> None:
+        self.job = replace(job, share=self.slots, threads=self.threads)
+
+    def submit(self, task: Task) -> Future:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(run_task, self.job, task)
+
+    def recover(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
