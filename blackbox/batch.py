@@ -300,7 +300,6 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                 if fruitless_crashes >= MAX_ATTEMPTS:
                     raise ModelError(f"the {runner.name} workers keep dying before they finish an image"
                                      f"{getattr(runner, 'crash_hint', '')}")
-                runner.recover()
         return stop_reason
     finally:
         images_bar.close()

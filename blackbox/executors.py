@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import Future
@@ -279,16 +280,14 @@ class SerialExecutor:
             future.set_exception(exc)
         return future
 
-    def recover(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
 
 class ProcessPool:
-    """Local worker processes (spawned, one intra-op thread each). A worker that dies breaks the
-    pool: the driver reclaims what its images held, and :meth:`recover` starts a fresh pool."""
+    """Local worker processes (spawned; one intra-op thread each), each in a pool of its own, so
+    a worker that dies takes down only the images it held: the driver counts what they held as
+    spent and sends them again, and a fresh process takes the dead one's place."""
 
     name = "pool"
     crash_hint = ("; a script that uses a process pool must call explain_many under "
@@ -299,27 +298,41 @@ class ProcessPool:
 
         self.crash_errors = (BrokenProcessPool,)
         self.slots = int(workers or os.cpu_count() or 1)
-        self.queue = 2 * self.slots
+        self.queue = 2 * self.slots  # one image running and one waiting per worker
         self.threads = threads
-        self._pool = None
+        self._pools: list = [None] * self.slots
+        self._busy = [0] * self.slots
+        self._lock = threading.Lock()
 
     def start(self, job: Job) -> None:
         self.job = replace(job, share=self.slots, threads=self.threads)
 
-    def submit(self, task: Task) -> Future:
-        if self._pool is None:
+    def _pool(self, i: int):
+        if self._pools[i] is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(run_task, self.job, task)
+            self._pools[i] = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pools[i]
 
-    def recover(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def submit(self, task: Task) -> Future:
+        with self._lock:
+            i = min(range(self.slots), key=self._busy.__getitem__)
+            self._busy[i] += 1
+            pool = self._pool(i)
+        future = pool.submit(run_task, self.job, task)
+        future.add_done_callback(lambda f, i=i, pool=pool: self._done(f, i, pool))
+        return future
+
+    def _done(self, future: Future, i: int, pool) -> None:
+        with self._lock:
+            self._busy[i] -= 1
+            if not future.cancelled() and isinstance(future.exception(), self.crash_errors) and self._pools[i] is pool:
+                self._pools[i] = None  # its process died: the next image there starts a new one
+                threading.Thread(target=pool.shutdown, kwargs={"wait": False}, daemon=True).start()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for pool in self._pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pools = [None] * self.slots

@@ -148,9 +148,6 @@ class RayExecutor:
     def submit(self, task: Task):
         return self._run.remote(self._job, task).future()
 
-    def recover(self) -> None:
-        pass  # Ray replaces dead workers itself
-
     def close(self) -> None:
         ray = _ray()
         for actor in self._actors:
