@@ -54,7 +54,8 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
                    help=f"requests in flight (default: {concurrency})")
     g.add_argument("--rpm", type=nonneg_float, metavar="N", help="proactive limit: requests per minute")
     g.add_argument("--tpm", type=nonneg_float, metavar="N", help="proactive limit: tokens per minute")
-    g.add_argument("--timeout", type=nonneg_float, default=60.0, metavar="S", help="seconds per attempt (default: 60)")
+    g.add_argument("--timeout", type=positive_float, default=60.0, metavar="S",
+                   help="wall-clock deadline per request attempt: connect + send + read (default: 60)")
     g.add_argument("--max-attempts", type=positive_int, default=6, metavar="N", help="attempts per request (default: 6)")
     g.add_argument("--max-cost", type=nonneg_float, metavar="USD",
                    help="hard cap on money spent (needs a price for the model)")
@@ -64,9 +65,13 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
     if images:
         g.add_argument("--resolution", type=positive_int, metavar="PX",
                        help="longer side of the image sent (default: the model's own, 512 for chat models)")
-        g.add_argument("--scoring", choices=("auto", "logprob", "confidence", "frequency"), default="auto",
-                       help="how an answer becomes a score (default: auto = probe the endpoint)")
+        g.add_argument("--scoring", choices=("auto", "logodds", "logprob", "confidence", "frequency"), default="auto",
+                       help="how an answer becomes a score (default: auto = probe the endpoint, then "
+                            "logodds = log P(Yes) - log P(No) when it gives logprobs)")
         g.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would spend")
+        g.add_argument("--deadline", type=positive_float, metavar="S",
+                       help="stop the whole run after S seconds (any model): no request starts later, none "
+                            "runs past it; the result uses the queries answered by then")
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, json_help: str = "print one JSON object with the results",

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+
+from blackbox.errors import InputError
 
 from . import remote, saliency_many
 from .files import check_writable, save_npy
@@ -66,9 +69,7 @@ def run(args) -> int:
     args.image = args.image[0]
     from blackbox.adapters.registry import load_image_model
     from blackbox.images import load_image
-    from blackbox.plots import overlay, save_figure
-    from blackbox.queries import Budget, QueryRunner
-    from blackbox.saliency import saliency
+    from blackbox.queries import Budget
 
     for path, what in ((args.out, "the overlay"), (args.save_map, "the map")):
         if path:
@@ -76,8 +77,28 @@ def run(args) -> int:
     started = time.perf_counter()
     original = load_image(args.image)
     remote.check_local_options(args)
-    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost)
+    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost,
+                    max_seconds=args.deadline)
     model = load_image_model(args.model, **remote.model_options(args, budget))
+    try:
+        return _explain(args, model, original, budget, started)
+    except KeyboardInterrupt:
+        if remote.is_remote(args.model):
+            print(f"blackbox: interrupted after {budget.queries} paid requests; every answer received is "
+                  "cached: rerun the same command to resume (cached answers are not paid again)", file=sys.stderr)
+        else:
+            print("blackbox: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if hasattr(model, "close"):
+            model.close()
+
+
+def _explain(args, model, original, budget, started) -> int:
+    from blackbox.plots import overlay, save_figure
+    from blackbox.queries import QueryRunner
+    from blackbox.saliency import saliency
+
     if args.dry_run and not remote.is_remote(args.model):
         print(f"dry run: {model.name} is local and free; the run would use {args.queries} queries")
         return 0
@@ -86,14 +107,19 @@ def run(args) -> int:
     target = model.resolve_target(args.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
     if hasattr(model, "probe"):
-        model.probe(working, target.label)  # one call: which scoring the endpoint supports
+        model.probe(working, target.label)  # one paid call: which scoring the endpoint supports
+    # --queries caps billable requests: the probe and every sample count, whatever is cached
+    queries = model.queries_within(args.queries) if hasattr(model, "queries_within") else args.queries
+    if queries < 2:
+        raise InputError(f"--queries {args.queries} leaves {queries} map queries after the probe at "
+                         f"{model.requests_per_query} request(s) per query; raise --queries")
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
-    result = saliency(runner, working, queries=args.queries, method=args.method, space=args.space,
+    result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
                       progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
                       target_error=args.target_error)
     if args.dry_run:
-        report = remote.dry_run_report(model, args)
+        report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
     full_map = view.to_original(result.map)

@@ -65,9 +65,6 @@ class ResponseCache:
                     continue
         return out
 
-    def get(self, key: str) -> dict | None:
-        return self.get_many([key]).get(key)
-
     def put(self, key: str, value: dict, endpoint: str = "") -> None:
         blob = json.dumps(value, separators=(",", ":"))
         self._conn().execute("INSERT OR REPLACE INTO responses (key, endpoint, value, created) VALUES (?, ?, ?, ?)",

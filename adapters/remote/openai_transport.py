@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from blackbox.errors import InputError
+import httpx2
+import openai
 
-from .engine import EndpointRefused, RetryableError, classify_status, retry_after_seconds
+from blackbox.errors import EndpointRefused, InputError, RetryableError
+
+from .engine import classify_status, retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KINDS = ("chat", "completions")
@@ -40,10 +43,6 @@ class OpenAITransport:
 
     def __init__(self, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  kind: str = "chat", max_connections: int = 64, api_key: str | None = None):
-        from blackbox.adapters._lazy import require
-
-        openai = require("openai", "remote", "OpenAI-compatible endpoints")
-        httpx = require("httpx2", "remote", "HTTP endpoints")
         if kind not in KINDS:
             raise InputError(f"unknown request kind {kind!r} ({', '.join(KINDS)})")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -59,11 +58,9 @@ class OpenAITransport:
         self.kind = kind
         self.base_url = base_url
         self.endpoint = f"{strip_credentials(base_url)}/{'chat/completions' if kind == 'chat' else 'completions'}"
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx.Client(limits=limits)
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx2.Client(limits=limits)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, http_client=self._http)
-        self._openai = openai
-        self._httpx = httpx
         self._path = "/chat/completions" if kind == "chat" else "/completions"
 
     def redact(self, text: str) -> str:
@@ -72,12 +69,22 @@ class OpenAITransport:
             text = text.replace(self._secret, "***")
         return _KEYLIKE.sub("sk-***", text)
 
+    def model_card(self, model: str, timeout: float = 10.0) -> dict | None:
+        """``GET /models/{model}``: what the endpoint says about the model (free, not a query).
+        ``blackbox serve`` adds ``input_view`` and ``pricing``; anything that fails is None."""
+        try:
+            raw = self.client.get(f"/models/{quote(model, safe='')}", cast_to=httpx2.Response,
+                                  options={"timeout": timeout})
+            card = json.loads(raw.text)
+        except (openai.OpenAIError, ValueError):
+            return None
+        return card if isinstance(card, dict) else None
+
     def send(self, request: dict, timeout: float) -> dict:
-        openai = self._openai
         try:
             # the SDK's generic POST: its client, auth, base URL and error classes, but the request
             # dict is sent as it is (no typed re-validation of every message: half the CPU per call)
-            raw = self.client.post(self._path, cast_to=self._httpx.Response, body=request,
+            raw = self.client.post(self._path, cast_to=httpx2.Response, body=request,
                                    options={"timeout": timeout})
             text = raw.text
         except openai.APITimeoutError:
@@ -94,11 +101,11 @@ class OpenAITransport:
         try:
             body = json.loads(text)
         except ValueError:
-            raise RetryableError(f"the endpoint answered malformed JSON ({len(text)} bytes)") from None
+            raise RetryableError(f"the endpoint answered malformed JSON ({len(text)} bytes)", maybe_billed=True) from None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
             if isinstance(body, dict) and "error" in body:
                 raise EndpointRefused(f"the endpoint answered with an error: {self.redact(body['error'])}")
-            raise RetryableError("the endpoint answered JSON without 'choices'")
+            raise RetryableError("the endpoint answered JSON without 'choices'", maybe_billed=True)
         return body
 
     @staticmethod

@@ -17,7 +17,6 @@ DEFAULT_PRICES = {  # USD per million tokens (input, output); edit your own copy
     "gpt-4.1": {"input": 2.00, "output": 8.00},
     "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
     "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
-    "efficientnet-lite0": {"input": 0.0, "output": 0.0},
 }
 
 

@@ -1,13 +1,17 @@
 """``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier.
 
-``GET /v1/models`` lists ``efficientnet-lite0``; ``POST /v1/chat/completions`` takes one user
-message with a text part and an image part (a PNG/JPEG data URL) and answers closed questions
-(``POST /v1/score`` with ``{"image": data URL, "label": ...}`` -> ``{"result": {"log_prob": ..}}`` is a
-plain JSON endpoint for the generic HTTP adapter):
+``GET /v1/models`` lists ``efficientnet-lite0`` and ``GET /v1/models/efficientnet-lite0`` is its
+model card, which describes the server to clients: ``input_view`` (how the model looks at an
+image: the embedded classifier's centre crop at 224 x 224, so a client sends exactly that and the
+remote map matches the local one) and ``pricing`` (zero: it is free). ``POST /v1/chat/completions``
+takes one user message with a text part and an image part (a PNG/JPEG data URL) and answers closed
+questions (``POST /v1/score`` with ``{"image": data URL, "label": ...}`` ->
+``{"result": {"log_prob": ..}}`` is a plain JSON endpoint for the generic HTTP adapter):
 
 * "Is there a {label} in this image?" -> "Yes" / "No"; with ``logprobs`` and ``top_logprobs`` the
   first token's alternatives are ``Yes`` with log p and ``No`` with log(1 - p), where p is the
-  classifier's probability of the label (the whole received image, resized to 224 x 224);
+  classifier's probability of the label (for the received image, resized to 224 x 224 if it is
+  not already that size);
 * a question asking for a 0-100 confidence -> round(100 p) as text.
 
 With ``temperature > 0`` and ``n > 1`` answers are sampled from p (for the sampled-frequency
@@ -34,17 +38,15 @@ from typing import Callable
 
 import numpy as np
 
+from blackbox.errors import BlackboxError
+
 SERVED_NAME = "efficientnet-lite0"
 _QUESTION = re.compile(r"\bis there (?:an?\s+|any\s+|the\s+)?(.+?)\s+in (?:this|the) (?:image|picture|photo)", re.I)
 _CONFIDENCE = re.compile(r"confiden|0\s*(?:-|to)\s*100", re.I)
 
 
-class UnknownLabel(ValueError):
-    pass
-
-
 class ClassifierScorer:
-    """p(label | image) from the embedded EfficientNet-Lite0, for the whole image at 224 x 224."""
+    """p(label | image) from the embedded EfficientNet-Lite0, for the received image at 224 x 224."""
 
     name = SERVED_NAME
 
@@ -57,15 +59,15 @@ class ClassifierScorer:
         self._targets: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def input_view(self) -> dict:
+        """How the classifier looks at an image (its own view rule), for the model card."""
+        return {"kind": "center_crop", "size": int(self.model.input_size),
+                "crop_fraction": float(self.model.crop_fraction)}
+
     def index(self, label: str) -> int:
         with self._lock:
-            if label not in self._targets:
-                from blackbox.errors import BlackboxError
-
-                try:
-                    self._targets[label] = self.model.resolve_target(label).index
-                except BlackboxError as exc:
-                    raise UnknownLabel(str(exc)) from None
+            if label not in self._targets:  # an unknown label raises InputError (a 400)
+                self._targets[label] = self.model.resolve_target(label).index
             return self._targets[label]
 
     def log_prob(self, image: np.ndarray, label: str) -> float:
@@ -82,6 +84,9 @@ class BrightnessScorer:
     """A cheap deterministic stand-in (benchmarks of the HTTP path): log p = -(1 - mean brightness)."""
 
     name = "brightness"
+
+    def input_view(self) -> None:  # any view will do: clients use their default
+        return None
 
     def log_prob(self, image: np.ndarray, label: str) -> float:
         return float(-1.0 + 0.98 * image.mean())
@@ -182,11 +187,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
 
     def do_GET(self):
-        if self.path.rstrip("/") in ("/v1/models", "/models"):
+        route = self.path.rstrip("/")
+        if route in ("/v1/models", "/models"):
             if not self._authorised():
                 return
-            self._send(200, {"object": "list", "data": [
-                {"id": self.server.model_id, "object": "model", "created": 0, "owned_by": "blackbox"}]})
+            self._send(200, {"object": "list", "data": [self.server.model_card()]})
+        elif route.startswith(("/v1/models/", "/models/")):
+            if not self._authorised():
+                return
+            if route.rsplit("/", 1)[1] != self.server.model_id:
+                return self._error(404, f"The model '{route.rsplit('/', 1)[1]}' does not exist", "model_not_found")
+            self._send(200, self.server.model_card())
         elif self.path.rstrip("/") == "/v1/stats":  # request counters (tests and benchmarks)
             c = self.server.counters
             with self.server.lock:
@@ -267,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not m:
                 return self._error(400, "ask 'Is there a {label} in this image?'")
             log_yes = min(0.0, max(srv.scorer.log_prob(image, m.group(1).strip(" ?.")), -100.0))
-        except UnknownLabel as exc:
+        except BlackboxError as exc:  # an unknown label
             return self._error(400, str(exc))
         except (ValueError, TypeError, AttributeError, OSError) as exc:
             return self._error(400, f"bad request: {exc}")
@@ -316,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(raw or b"{}")
             log_p = srv.scorer.log_prob(_decode_image(body["image"]), str(body["label"]))
-        except UnknownLabel as exc:
+        except BlackboxError as exc:  # an unknown label
             return self._error(400, str(exc))
         except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
             return self._error(400, f"bad request: {exc}")
@@ -330,7 +341,8 @@ class ModelServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
-                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False):
+                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False,
+                 price: dict | None = None):
         super().__init__((host, port), _Handler)
         from blackbox import __version__
 
@@ -343,7 +355,18 @@ class ModelServer(ThreadingHTTPServer):
         self.counters = ServerCounters()
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
+        self.price = dict(price) if price is not None else {"input": 0.0, "output": 0.0}
         self._thread: threading.Thread | None = None
+
+    def model_card(self) -> dict:
+        """What this server says about its model: OpenAI's model object plus how the model looks
+        at an image and what a request costs (USD per million tokens)."""
+        card = {"id": self.model_id, "object": "model", "created": 0, "owned_by": "blackbox",
+                "pricing": {**self.price, "unit": "USD per 1M tokens"}}
+        view = self.scorer.input_view() if hasattr(self.scorer, "input_view") else None
+        if view:
+            card["input_view"] = view
+        return card
 
     def handle_error(self, request, client_address):
         import sys
