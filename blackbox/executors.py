@@ -107,7 +107,11 @@ def task_for(item, owner: str) -> Task:
 
 @dataclass
 class Job:
-    """Everything a worker needs besides the image; small and picklable."""
+    """Everything a worker needs besides the image; small and picklable.
+
+    Workers spend from a :class:`~blackbox.ledger.SharedBudget` over ``ledger``, except a model
+    instance run in this process (``ledger`` None), which spends from ``local_budget``, else
+    from the budget its query functions carry (a remote model's), else from a fresh one."""
 
     handle: ModelHandle
     ledger: Any
@@ -119,12 +123,15 @@ class Job:
     threads: int | None = None
     cache: Any = None
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    local_budget: Budget | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, handle: ModelHandle, budget: Budget | None, folder, **kwargs) -> "Job":
-        """A fresh ledger for this run (in the results folder, else a temporary one) whose caps are
-        what ``budget`` has left."""
+        """For a model description, a fresh ledger for this run (in the results folder, else a
+        temporary one) with what ``budget`` has left as its caps."""
+        if isinstance(handle, InstanceHandle):
+            return cls(handle, None, local_budget=budget, **kwargs)
         tmp = None
         if folder is not None:
             path = folder.ledger_path
@@ -138,6 +145,8 @@ class Job:
         if budget is not None:
             caps = {f"max_{k}": None if getattr(budget, f"max_{k}") is None
                     else getattr(budget, f"max_{k}") - getattr(budget, k) for k in ("queries", "tokens", "cost")}
+            left = budget.seconds_left()
+            caps["deadline"] = None if left is None else time.time() + left
         return cls(handle, SQLiteLedger(path, **caps), _tmp=tmp, **kwargs)
 
     @property
@@ -145,27 +154,53 @@ class Job:
         return self.queries + (2 * (self.faithfulness + 1) if self.faithfulness else 0)
 
     def ledger_queries(self) -> int:
-        return int(self.ledger.totals()["queries"])
+        return int(self.ledger.totals()["queries"]) if self.ledger is not None else 0
 
     def reclaim(self, owner: str | None = None) -> None:
         self.ledger.reclaim(owner)
 
     def finish(self, budget: Budget | None) -> dict:
-        """Close the ledger: anything still held counts as spent; add the run's spending to ``budget``."""
+        """What the run spent. A ledger is closed (anything still held counts as spent) and its
+        spending added to ``budget``; a local budget already counted it."""
+        if self.ledger is None:
+            worker = _WORKER.get(self.key)
+            spent = worker.spent() if worker is not None else {k: 0 for k in ("queries", "tokens", "cost")}
+            caps = worker.budget if worker is not None and worker.budget is not None else budget
+            return {**spent, **{f"max_{k}": getattr(caps, f"max_{k}", None) for k in ("queries", "tokens", "cost")}}
         self.ledger.reclaim(None)
         totals = self.ledger.totals()
         if budget is not None:
-            with budget._lock:
-                budget.queries += int(totals["queries"])
-                budget.tokens += int(totals["tokens"])
-                budget.cost += float(totals["cost"])
+            budget.record(int(totals["queries"]), int(totals["tokens"]), float(totals["cost"]))
         self.ledger.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
         return {k: totals[k] for k in ("queries", "tokens", "cost", "max_queries", "max_tokens", "max_cost")}
 
 
-_WORKER: dict = {}  # job key -> (model, budget): built once per worker process
+def _counts(budget: Budget) -> tuple:
+    return budget.queries, budget.tokens, budget.cost
+
+
+@dataclass
+class Worker:
+    """A worker's model and the budget it spends from (found at the first image when None)."""
+
+    model: Any
+    budget: Budget | None
+    before: tuple = (0, 0, 0.0)
+
+    def budget_for(self, fn) -> Budget:
+        if self.budget is None:
+            self.budget = getattr(fn, "budget", None) or Budget()
+            self.before = _counts(self.budget)
+        return self.budget
+
+    def spent(self) -> dict:
+        now = _counts(self.budget) if self.budget is not None else self.before
+        return {k: b - a for k, a, b in zip(("queries", "tokens", "cost"), self.before, now)}
+
+
+_WORKER: dict = {}  # job key -> Worker: the model is built once per worker process
 
 
 def _limit_threads(threads: int | None) -> None:
@@ -183,15 +218,21 @@ def _limit_threads(threads: int | None) -> None:
         pass
 
 
-def _worker(job: Job):
-    state = _WORKER.get(job.key)
-    if state is None:
+def _worker(job: Job) -> Worker:
+    worker = _WORKER.get(job.key)
+    if worker is None:
         _WORKER.clear()  # a long-lived (Ray) worker keeps one model, the current run's
-        budget = SharedBudget(job.ledger)
-        model = job.handle.build(budget=budget, cache=job.cache, share=job.share, threads=job.threads)
+        if job.ledger is None:
+            worker = Worker(job.handle.build(), job.local_budget)
+            if job.local_budget is not None:
+                worker.before = _counts(job.local_budget)
+        else:
+            budget = SharedBudget(job.ledger)
+            worker = Worker(job.handle.build(budget=budget, cache=job.cache, share=job.share, threads=job.threads),
+                            budget)
         _limit_threads(job.threads)  # after the build: torch may have been imported by it
-        state = _WORKER[job.key] = (model, budget)
-    return state
+        _WORKER[job.key] = worker
+    return worker
 
 
 def run_task(job: Job, task: Task):
@@ -202,9 +243,10 @@ def run_task(job: Job, task: Task):
         return ImageResult(task.name, task.source, task.digest, status, task.target, error=str(exc),
                            details={"kind": type(exc).__name__})
     try:
-        model, budget = _worker(job)
-        budget.owner = task.owner
-        return explain_image(model, budget, job, task)
+        worker = _worker(job)
+        if isinstance(worker.budget, SharedBudget):
+            worker.budget.owner = task.owner
+        return explain_image(worker, job, task)
     except BudgetExceeded as exc:
         return failed("stopped", exc)
     except InputError as exc:
@@ -220,21 +262,24 @@ def _usage(model) -> dict:
     return {"paid": u.get("sent", 0), "cached": u.get("cache_hits", 0)}
 
 
-def explain_image(model, budget: Budget, job: Job, task: Task):
+def explain_image(worker: Worker, job: Job, task: Task):
     """One image as ``blackbox.explain`` would explain it alone, plus its top-5 and (if asked)
-    its faithfulness, all paid from ``budget``."""
+    its faithfulness, all paid from the worker's budget."""
     from .batch_results import ImageResult
     from .metrics import deletion_insertion
     from .saliency import make_baseline, saliency
 
     started = time.perf_counter()
+    model = worker.model
     before = _usage(model)
     batch_size = getattr(model, "query_batch_size", 32)
     view = model.view(*task.pixels.shape[:2])
     working = view.to_working(task.pixels)
     target = model.resolve_target(task.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
-    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=batch_size)
+    fn = model.score_fn(target)
+    budget = worker.budget_for(fn)
+    runner = QueryRunner(fn, budget=budget, batch_size=batch_size)
     result = saliency(runner, working, queries=job.queries, progress=job.progress, **job.options)
     budget_stop = result.stopped is not None and not result.queries_saved
     faithfulness = None

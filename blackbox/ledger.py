@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from .queries import Budget, Reservation
 
 FIELDS = ("queries", "tokens", "cost")
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS caps (id INTEGER PRIMARY KEY CHECK (id = 0), queries INTEGER, tokens INTEGER, cost REAL)",
+    "CREATE TABLE IF NOT EXISTS caps (id INTEGER PRIMARY KEY CHECK (id = 0), queries INTEGER, tokens INTEGER, "
+    "cost REAL, deadline REAL)",
     "CREATE TABLE IF NOT EXISTS spent (id INTEGER PRIMARY KEY CHECK (id = 0), queries INTEGER NOT NULL, "
     "tokens INTEGER NOT NULL, cost REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS holds (id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, "
@@ -40,15 +42,23 @@ _SCHEMA = (
 
 
 class Ledger(Protocol):
-    """Shared caps and spending. Amounts are ``(queries, tokens, cost)``; caps may be None."""
+    """Shared caps and spending. Amounts are ``(queries, tokens, cost)``; caps may be None; the
+    deadline is a wall-clock time (``time.time()``) after which nothing more is reserved."""
 
-    def caps(self) -> tuple: ...
+    def caps(self) -> tuple:
+        """``(max_queries, max_tokens, max_cost, deadline)``."""
 
     def reserve(self, owner: str, queries: int, tokens: int, cost: float) -> int:
         """Hold an amount (raises :class:`BudgetExceeded` if it does not fit); returns a ticket."""
 
+    def grow(self, ticket: int, tokens: int, cost: float) -> None:
+        """Hold more tokens/cost under a ticket (raises :class:`BudgetExceeded` if they do not fit)."""
+
     def settle(self, ticket: int, queries: int, tokens: int, cost: float) -> None:
         """Drop the hold and add what was really spent."""
+
+    def record(self, queries: int, tokens: int, cost: float) -> None:
+        """Add spending that already happened (no cap check: it cannot be undone)."""
 
     def reclaim(self, owner: str | None = None) -> int:
         """Count the holds of ``owner`` (of everyone when None) as spent; returns how many."""
@@ -72,7 +82,8 @@ class SQLiteLedger:
     caps to the ones given."""
 
     def __init__(self, path: str | os.PathLike, max_queries: int | None = None,
-                 max_tokens: int | None = None, max_cost: float | None = None, timeout: float = 60.0):
+                 max_tokens: int | None = None, max_cost: float | None = None, deadline: float | None = None,
+                 timeout: float = 60.0):
         self.path = Path(path)
         self.timeout = timeout
         self._conn = None
@@ -82,7 +93,8 @@ class SQLiteLedger:
             with self._transaction() as conn:
                 for statement in _SCHEMA:
                     conn.execute(statement)
-                conn.execute("INSERT OR REPLACE INTO caps VALUES (0, ?, ?, ?)", (max_queries, max_tokens, max_cost))
+                conn.execute("INSERT OR REPLACE INTO caps VALUES (0, ?, ?, ?, ?)",
+                             (max_queries, max_tokens, max_cost, deadline))
         except sqlite3.DatabaseError as exc:
             raise InputError(f"budget ledger {self.path} is unusable ({exc}); remove it") from None
 
@@ -116,7 +128,7 @@ class SQLiteLedger:
 
     @staticmethod
     def _state(conn):
-        caps = conn.execute("SELECT queries, tokens, cost FROM caps WHERE id = 0").fetchone()
+        caps = conn.execute("SELECT queries, tokens, cost, deadline FROM caps WHERE id = 0").fetchone()
         spent = conn.execute("SELECT queries, tokens, cost FROM spent WHERE id = 0").fetchone()
         held = conn.execute("SELECT COALESCE(SUM(queries), 0), COALESCE(SUM(tokens), 0), "
                             "COALESCE(SUM(cost), 0.0), COUNT(*) FROM holds").fetchone()
@@ -126,14 +138,29 @@ class SQLiteLedger:
         with self._transaction() as conn:
             return tuple(self._state(conn)[0])
 
+    def _check(self, conn, amount) -> None:
+        caps, spent, held = self._state(conn)
+        if caps[3] is not None and time.time() >= caps[3]:
+            raise BudgetExceeded("deadline reached: the run's time is up (--deadline)")
+        message = exceeded_message(caps[:3], spent, held[:3], amount)
+        if message:
+            raise BudgetExceeded(message)
+
     def reserve(self, owner: str, queries: int, tokens: int = 0, cost: float = 0.0) -> int:
         with self._transaction() as conn:
-            caps, spent, held = self._state(conn)
-            message = exceeded_message(caps, spent, held[:3], (queries, tokens, cost))
-            if message:
-                raise BudgetExceeded(message)
+            self._check(conn, (queries, tokens, cost))
             return conn.execute("INSERT INTO holds (owner, queries, tokens, cost) VALUES (?, ?, ?, ?)",
                                 (owner, int(queries), int(tokens), float(cost))).lastrowid
+
+    def grow(self, ticket: int, tokens: int = 0, cost: float = 0.0) -> None:
+        with self._transaction() as conn:
+            self._check(conn, (0, tokens, cost))
+            conn.execute("UPDATE holds SET tokens = tokens + ?, cost = cost + ? WHERE id = ?",
+                         (int(tokens), float(cost), ticket))
+
+    def record(self, queries: int, tokens: int = 0, cost: float = 0.0) -> None:
+        with self._transaction() as conn:
+            self._spend(conn, queries, tokens, cost)
 
     def settle(self, ticket: int, queries: int, tokens: int = 0, cost: float = 0.0) -> None:
         with self._transaction() as conn:
@@ -158,7 +185,7 @@ class SQLiteLedger:
         with self._transaction() as conn:
             caps, spent, held = self._state(conn)
         out = {name: value for name, value in zip(FIELDS, spent)}
-        out.update({f"max_{name}": cap for name, cap in zip(FIELDS, caps)})
+        out.update({f"max_{name}": cap for name, cap in zip(FIELDS, caps)}, deadline=caps[3])
         out.update({f"held_{name}": value for name, value in zip(FIELDS, held[:3])}, holds=held[3])
         out["cost"] = round(out["cost"], 6)
         return out
@@ -184,8 +211,9 @@ class SharedBudget(Budget):
     ``owner`` names the work the reservations belong to (set per image by the executors)."""
 
     def __init__(self, ledger: Ledger, owner: str = "main"):
-        max_queries, max_tokens, max_cost = ledger.caps()
-        super().__init__(max_queries=max_queries, max_tokens=max_tokens, max_cost=max_cost)
+        max_queries, max_tokens, max_cost, deadline = ledger.caps()
+        seconds = None if deadline is None else max(0.0, deadline - time.time())
+        super().__init__(max_queries=max_queries, max_tokens=max_tokens, max_cost=max_cost, max_seconds=seconds)
         self.ledger = ledger
         self.owner = owner
 
@@ -202,6 +230,21 @@ class SharedBudget(Budget):
         ticket = self.ledger.reserve(self.owner, queries, tokens, cost)
         return Ticket(queries, tokens, cost, ticket=ticket)
 
+    def grow(self, reservation: Ticket, tokens: int = 0, cost: float = 0.0) -> None:
+        self.ledger.grow(reservation.ticket, tokens, cost)
+        reservation.tokens += tokens
+        reservation.cost += cost
+
+    def record(self, queries: int = 0, tokens: int = 0, cost: float = 0.0) -> None:
+        self.ledger.record(queries, tokens, cost)
+        self._count(queries, tokens, cost)
+
+    def _count(self, queries, tokens, cost) -> None:
+        with self._lock:
+            self.queries += queries
+            self.tokens += tokens
+            self.cost += cost
+
     def settle(self, reservation: Ticket, tokens: int | None = None, cost: float | None = None,
                queries: int | None = None) -> None:
         with self._lock:
@@ -212,12 +255,10 @@ class SharedBudget(Budget):
         t = reservation.tokens if tokens is None else tokens
         c = reservation.cost if cost is None else cost
         self.ledger.settle(reservation.ticket, q, t, c)
-        with self._lock:
-            self.queries += q
-            self.tokens += t
-            self.cost += c
+        self._count(q, t, c)
 
     def summary(self) -> dict:
         t = self.ledger.totals()
         return {"queries": t["queries"], "max_queries": self.max_queries, "tokens": t["tokens"],
-                "max_tokens": self.max_tokens, "cost": t["cost"], "max_cost": self.max_cost}
+                "max_tokens": self.max_tokens, "cost": t["cost"], "max_cost": self.max_cost,
+                "max_seconds": self.max_seconds}

@@ -67,8 +67,14 @@ class RayLedger:
     def reserve(self, owner, queries, tokens=0, cost=0.0):
         return self._call("reserve", owner, queries, tokens, cost)
 
+    def grow(self, ticket, tokens=0, cost=0.0):
+        return self._call("grow", ticket, tokens, cost)
+
     def settle(self, ticket, queries, tokens=0, cost=0.0):
         return self._call("settle", ticket, queries, tokens, cost)
+
+    def record(self, queries, tokens=0, cost=0.0):
+        return self._call("record", queries, tokens, cost)
 
     def reclaim(self, owner=None):
         return self._call("reclaim", owner)

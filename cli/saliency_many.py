@@ -75,7 +75,8 @@ def run(args) -> int:
     from blackbox.queries import Budget
 
     remote.check_local_options(args)
-    budget = Budget(max_queries=args.max_queries, max_tokens=args.max_tokens, max_cost=args.max_cost)
+    budget = Budget(max_queries=args.max_queries, max_tokens=args.max_tokens, max_cost=args.max_cost,
+                    max_seconds=args.deadline)
     model_options = remote.model_options(args, budget)
     model_options.pop("budget", None)
     if args.dry_run:
@@ -122,7 +123,8 @@ def dry_run(args, model_options: dict, budget) -> int:
     try:
         explain_many(args.image, model, queries=args.queries, targets=args.target, budget=budget,
                      progress=not args.no_progress, **saliency_options(args))
-        report = {**remote.dry_run_report(model, args), "images": images, "queries_planned": images * args.queries}
+        report = {**remote.dry_run_report(model, args, images * args.queries), "images": images,
+                  "queries_planned": images * args.queries}
     finally:
         model.close()
     print(json.dumps(report)) if args.json else remote.print_dry_run(report)
