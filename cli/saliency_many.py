@@ -52,7 +52,9 @@ def wanted(args) -> bool:
     many = len(args.image) > 1 or os.path.isdir(args.image[0]) or args.out_dir is not None
     if many:
         if args.out_dir is None:
-            raise InputError("several images give one result each: name a folder for them with --out-dir DIR")
+            what = (f"{args.image[0]} is a directory: its images give" if len(args.image) == 1
+                    else "several images give")
+            raise InputError(f"{what} one result each: name a folder for them with --out-dir DIR")
         for option, flag in ((args.out, "--out"), (args.save_map, "--save-map")):
             if option:
                 raise InputError(f"{flag} is for one image; with --out-dir each image gets NAME.png and NAME.npz")
