@@ -10,10 +10,10 @@ import numpy as np
 
 from blackbox.errors import InputError, ModelError
 
-from . import remote
+from . import remote, saliency_many
 from .files import check_figure_format, check_outputs, save_npy
-from .options import (ALLOCATOR_CHOICES, add_output_options, add_remote_options, nonneg_int, positive_float,
-                      positive_int)
+from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
+                      positive_float, positive_int)
 
 EPILOG = """\
 examples:
@@ -37,8 +37,9 @@ def add_parser(sub) -> None:
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
     s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
                        description="Compute a black-box saliency map of IMAGE for a target class.\n\nmodels:\n" + models,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
+                       epilog=EPILOG + saliency_many.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("image", metavar="IMAGE", nargs="+",
+                   help="an image file (PNG, JPEG, ...); several files or folders: see 'many images'")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL}, embedded, offline)")
     s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
@@ -62,9 +63,14 @@ def add_parser(sub) -> None:
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
     add_remote_options(s)
+    add_model_file_options(s)
+    saliency_many.add_many_options(s)
 
 
 def run(args) -> int:
+    if saliency_many.wanted(args):
+        return saliency_many.run(args)
+    args.image = args.image[0]
     from blackbox.adapters.registry import load_image_model
     from blackbox.images import load_image
     from blackbox.queries import Budget

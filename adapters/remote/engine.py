@@ -62,7 +62,7 @@ from typing import Any, Callable, Protocol, Sequence
 from blackbox.errors import BudgetExceeded, EndpointRefused, InputError, ModelError, RetryableError
 from blackbox.queries import Budget, Reservation
 
-from .pricing import PriceTable, default_token_estimate
+from .pricing import PriceTable, default_token_estimate, max_output_tokens
 
 INTERRUPT_GRACE = 0.5  # seconds answers in flight get to arrive after Ctrl-C
 
@@ -358,13 +358,12 @@ class QueryEngine:
         least twice that prompt over the largest one before (twice the growth seen)."""
         if not self._largest_prompt:
             return int(self.token_estimate(request))
-        out = int(request.get("max_completion_tokens") or request.get("max_tokens") or 16) * int(request.get("n") or 1)
-        return int(self._factor * self._largest_prompt) + 16 + out
+        return int(self._factor * self._largest_prompt) + 16 + max_output_tokens(request)
 
     def _cost_bound(self, request: dict, tokens: int) -> float | None:
         model = request.get("model") or self.model
-        p = self.prices.price(model) if model else None
-        return None if p is None else tokens * max(p["input"], p["output"]) / 1e6
+        out = min(max_output_tokens(request), tokens)  # the rest of the bound is prompt
+        return self.prices.cost(model, tokens - out, out) if model else None
 
     def _reserve(self, request: dict) -> Reservation:
         tokens = self._bound(request)
