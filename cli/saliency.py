@@ -138,10 +138,13 @@ def _explain(args, model, original, budget, started) -> int:
         report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
-    if result.queries == 0 or not np.any(result.cells) or not np.all(np.isfinite(result.map)):
-        why = f"stopped before any query of the map was answered: {result.stopped}" if result.queries == 0 \
-            else f"the map is empty (every one of the {result.queries} answered queries scored the same)"
-        raise ModelError(f"no map to write: {why}")
+    if result.queries == 0:
+        raise ModelError(f"no map to write: stopped before any query of the map was answered: {result.stopped}")
+    if not np.all(np.isfinite(result.map)):
+        raise ModelError("no map to write: the estimate is not finite")
+    if not np.any(result.cells):
+        print(f"blackbox: warning: the map is all zeros: every one of the {result.queries} answered queries "
+              "scored the same (the model did not react to any patch)", file=sys.stderr)
     full_map = view.to_original(result.map)
     if args.save_map:
         save_npy(args.save_map, full_map)
