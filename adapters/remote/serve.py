@@ -1,4 +1,5 @@
-"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier.
+"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier
+(and, for text, the embedded SmolLM2 on ``/v1/completions`` and ``/v1/chat/completions``: serve_lm.py).
 
 ``GET /v1/models`` lists ``efficientnet-lite0``; ``POST /v1/chat/completions`` takes one user
 message with a text part and an image part (a PNG/JPEG data URL) and answers closed questions
@@ -186,7 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorised():
                 return
             self._send(200, {"object": "list", "data": [
-                {"id": self.server.model_id, "object": "model", "created": 0, "owned_by": "blackbox"}]})
+                {"id": self.server.model_id, "object": "model", "created": 0, "owned_by": "blackbox"},
+                self.server.text_model.card()]})
         elif self.path.rstrip("/") == "/v1/stats":  # request counters (tests and benchmarks)
             c = self.server.counters
             with self.server.lock:
@@ -224,6 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self, raw: bytes, roll: float, number: int):
         srv = self.server
         route = self.path.rstrip("/")
+        if srv.text_model.handles(route, raw):  # the embedded LM: adapters/remote/serve_lm.py
+            if self._authorised():
+                status, payload = srv.text_model.answer(route, raw)
+                self._send(status, payload)
+            return
         if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
             return self._error(404, f"no route {self.path}")
         if not self._authorised():
@@ -330,9 +337,11 @@ class ModelServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
-                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False):
+                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False, text_model=None):
         super().__init__((host, port), _Handler)
         from blackbox import __version__
+
+        from .serve_lm import ServedLM
 
         self.scorer = scorer if scorer is not None else ClassifierScorer()
         self.faults = faults or FaultPlan()
@@ -340,6 +349,7 @@ class ModelServer(ThreadingHTTPServer):
         self.no_logprobs = no_logprobs
         self.verbose = verbose
         self.fingerprint = f"blackbox-serve-{__version__}"
+        self.text_model = text_model if text_model is not None else ServedLM(fingerprint=self.fingerprint)
         self.counters = ServerCounters()
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
