@@ -206,7 +206,7 @@ def _plain(value):
 
 
 # -- the whole run ---------------------------------------------------------------------------------
-@dataclass
+@dataclass(repr=False)
 class BatchResult:
     """One :class:`ImageResult` per image (input order), the budget spent and the run's settings.
 
@@ -224,6 +224,12 @@ class BatchResult:
 
     def __len__(self):
         return len(self.results)
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (f"<BatchResult: {c['done']} of {c['images']} images done ({c['resumed']} resumed), "
+                f"{self.spent.get('queries', 0)} queries, {self.seconds:.1f} s, executor {self.executor}>\n"
+                + self.table())
 
     def __iter__(self):
         return iter(self.results)
