@@ -30,7 +30,7 @@ def explain(image, model, target=None, **options) -> "SaliencyResult":
     ``model`` is any :class:`ImageModel` (for example
     ``blackbox.adapters.load_image_model()``, the embedded classifier); ``target`` is a label,
     a class index or None for the top class; ``options`` go to :func:`saliency`. The map at the
-    image's own resolution is ``result.full_map``.
+    image's own resolution is ``result.full_map`` (``result.display_map`` for drawing).
     """
     from .images import as_float_image
 
@@ -38,8 +38,4 @@ def explain(image, model, target=None, **options) -> "SaliencyResult":
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
     tgt = model.resolve_target(target, working)
-    result = saliency(model.score_fn(tgt), working, **options)
-    result.full_map = view.to_original(result.map)
-    result.target = tgt
-    result.view = view
-    return result
+    return saliency(model.score_fn(tgt), working, target=tgt, view=view, **options)

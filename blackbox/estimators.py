@@ -196,3 +196,16 @@ def _welford_update(est: GradientEstimate, block: np.ndarray, terms: np.ndarray)
     est.mean[block] = mean_a + delta * n_b / n
     est.m2[block] = est.m2[block] + m2_b + delta ** 2 * n_a * n_b / n
     est.count[block] = n
+
+
+class LRMean:
+    """The plain likelihood-ratio mean: unbiased, with per-coordinate standard errors from the
+    spread of its terms. The reference every other estimator is judged against."""
+
+    name = "lr"
+
+    def fit(self, est: GradientEstimate) -> tuple[np.ndarray, np.ndarray]:
+        return est.mean, est.stderr
+
+
+ESTIMATORS = {LRMean.name: LRMean}

@@ -6,11 +6,14 @@ import json
 import sys
 import time
 
-from blackbox.errors import InputError
+import numpy as np
+
+from blackbox.errors import InputError, ModelError
 
 from . import remote, saliency_many
-from .files import check_writable, save_npy
-from .options import ALLOCATOR_CHOICES, add_output_options, add_remote_options, positive_float, positive_int
+from .files import check_figure_format, check_outputs, save_npy
+from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
+                      positive_float, positive_int)
 
 EPILOG = """\
 examples:
@@ -48,7 +51,7 @@ def add_parser(sub) -> None:
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
     s.add_argument("--sigma", type=positive_float, help="noise scale (default: 0.3 in mask space, 0.1 in pixel space)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     s.add_argument("--out", metavar="PNG", help="write an overlay picture with a colour bar")
     s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
     add_output_options(s)
@@ -60,6 +63,7 @@ def add_parser(sub) -> None:
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
     add_remote_options(s)
+    add_model_file_options(s)
     saliency_many.add_many_options(s)
 
 
@@ -71,9 +75,9 @@ def run(args) -> int:
     from blackbox.images import load_image
     from blackbox.queries import Budget
 
-    for path, what in ((args.out, "the overlay"), (args.save_map, "the map")):
-        if path:
-            check_writable(path, what)
+    # everything that can be checked is checked before the first query is paid
+    check_outputs({"the overlay": args.out, "the map": args.save_map}, inputs=(args.image,))
+    check_figure_format(args.out)
     started = time.perf_counter()
     original = load_image(args.image)
     remote.check_local_options(args)
@@ -94,6 +98,17 @@ def run(args) -> int:
             model.close()
 
 
+def _check_grid(args, working) -> None:
+    """A grid and blocks that cannot give a map are refused before any query is paid."""
+    from blackbox.image_spaces import PatchGrid
+
+    height, width = working.shape[:2]
+    PatchGrid(height, width, args.grid).blocks(args.blocks)
+    if args.queries < 2 * args.blocks:
+        raise InputError(f"--blocks {args.blocks} needs at least {2 * args.blocks} queries (2 per block), "
+                         f"--queries is {args.queries}")
+
+
 def _explain(args, model, original, budget, started) -> int:
     from blackbox.plots import overlay, save_figure
     from blackbox.queries import QueryRunner
@@ -104,15 +119,16 @@ def _explain(args, model, original, budget, started) -> int:
         return 0
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
+    _check_grid(args, working)
     target = model.resolve_target(args.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
     if hasattr(model, "probe"):
         model.probe(working, target.label)  # one paid call: which scoring the endpoint supports
     # --queries caps billable requests: the probe and every sample count, whatever is cached
     queries = model.queries_within(args.queries) if hasattr(model, "queries_within") else args.queries
-    if queries < 2:
+    if queries < 2 * args.blocks:
         raise InputError(f"--queries {args.queries} leaves {queries} map queries after the probe at "
-                         f"{model.requests_per_query} request(s) per query; raise --queries")
+                         f"{model.requests_per_query} request(s) per query, fewer than 2 per block; raise --queries")
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
@@ -122,6 +138,10 @@ def _explain(args, model, original, budget, started) -> int:
         report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
+    if result.queries == 0 or not np.any(result.cells) or not np.all(np.isfinite(result.map)):
+        why = f"stopped before any query of the map was answered: {result.stopped}" if result.queries == 0 \
+            else f"the map is empty (every one of the {result.queries} answered queries scored the same)"
+        raise ModelError(f"no map to write: {why}")
     full_map = view.to_original(result.map)
     if args.save_map:
         save_npy(args.save_map, full_map)

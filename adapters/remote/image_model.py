@@ -27,6 +27,7 @@ from blackbox.images import ImageView
 from blackbox.models import Target
 
 from .engine import QueryEngine
+from .pricing import default_token_estimate
 
 DEFAULT_RESOLUTION = 512
 MAX_RESOLUTION = 4096
@@ -129,6 +130,14 @@ class RemoteImageModel:
         self.fingerprints: set[str] = set()
         self.served_models: set[str] = set()
         self.query_batch_size = max(64, 2 * engine.concurrency)
+        self._sent_sizes: dict[str, tuple[int, int]] = {}  # digest -> (width, height) of the last batch
+        if engine.token_estimate is default_token_estimate:  # price images at the size sent
+            engine.token_estimate = lambda request: default_token_estimate(request, self.sent_size)
+
+    def sent_size(self, url: str) -> tuple[int, int] | None:
+        """``(width, height)`` of an image in the batch being sent, from its placeholder."""
+        m = _STAND_IN_RE.search(url)
+        return self._sent_sizes.get(m.group(2)) if m else None
 
     @property
     def resolution(self) -> int:
@@ -177,6 +186,7 @@ class RemoteImageModel:
         images8 = quantise(images)
         digests = [image_digest(im) for im in images8]
         by_digest = dict(zip(digests, images8))
+        self._sent_sizes = {d: (im.shape[1], im.shape[0]) for d, im in by_digest.items()}
         requests = [build(d) for d in digests for _ in range(repeats)]
 
         def encode(m) -> str:
