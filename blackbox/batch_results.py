@@ -102,8 +102,7 @@ class ImageResult:
             if self.source is None:
                 raise InputError("pass the image: this result was made from an array")
             image = load_image(self.source)
-        method, space = self.details.get("method"), self.details.get("space")
-        signed = not (space == "pixel" and method in ("vanilla", "smoothgrad"))
+        signed = self.details.get("signed", True)
         title = title if title is not None else f"{self.name}: '{self.target_label}' ({self.queries} queries)"
         return overlay(image, self.full_map, title=title, signed=signed, coverage=self.image_view.coverage())
 

@@ -290,7 +290,8 @@ def explain_image(worker: Worker, job: Job, task: Task):
         faithfulness = deletion_insertion(prob, working, result.map, baseline, cells=result.grid[0],
                                           steps=job.faithfulness).as_dict()
     after = _usage(model)
-    details = {**result.summary(), **{k: after[k] - before.get(k, 0) for k in after}, "worker": _worker_name()}
+    details = {**result.summary(), "signed": result.signed, **{k: after[k] - before.get(k, 0) for k in after},
+               "worker": _worker_name()}
     return ImageResult(task.name, task.source, task.digest, "stopped" if budget_stop else "done", task.target,
                        target.label, target.index, top5, result.queries, time.perf_counter() - started,
                        faithfulness, details, (view.original, view.box, view.size), result.map, result.cells,
