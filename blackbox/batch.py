@@ -281,7 +281,8 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                         _tick(images_bar)
                     continue
                 if result.status == "error":  # the model or endpoint cannot work: stop the run
-                    raise (ModelError if result.details.get("kind") == "ModelError" else BlackboxError)(result.error)
+                    kind = {"InputError": InputError, "ModelError": ModelError}.get(result.details.get("kind"))
+                    raise (kind or BlackboxError)(result.error)
                 if result.status == "stopped":
                     stop_reason = stop_reason or result.error
                 results[item.name] = result

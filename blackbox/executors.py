@@ -244,8 +244,11 @@ def run_task(job: Job, task: Task):
                            details={"kind": type(exc).__name__})
     try:
         worker = _worker(job)
-        if isinstance(worker.budget, SharedBudget):
-            worker.budget.owner = task.owner
+    except BlackboxError as exc:  # the model cannot be built here: the driver stops the run
+        return failed("error", exc)
+    if isinstance(worker.budget, SharedBudget):
+        worker.budget.owner = task.owner
+    try:
         return explain_image(worker, job, task)
     except BudgetExceeded as exc:
         return failed("stopped", exc)
