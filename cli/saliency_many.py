@@ -125,9 +125,12 @@ def dry_run(args, model_options: dict, budget) -> int:
     try:
         explain_many(args.image, model, queries=args.queries, targets=args.target, budget=budget,
                      progress=not args.no_progress, **saliency_options(args))
-        report = {**remote.dry_run_report(model, args, images * args.queries), "images": images,
-                  "queries_planned": images * args.queries}
+        report = {**remote.dry_run_report(model, args, images * args.queries), "images": images}
     finally:
         model.close()
-    print(json.dumps(report)) if args.json else remote.print_dry_run(report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"dry run over {images} images (--queries {args.queries} each):")
+        remote.print_dry_run(report)
     return 0
