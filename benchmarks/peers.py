@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from blackbox.image_spaces import PatchGrid, grid_cell_ids
+from blackbox.image_spaces import PatchGrid
 
 
 class Oracle:
@@ -106,7 +106,7 @@ def captum_map(kind: str, prob, image: np.ndarray, baseline: np.ndarray, budget:
     if kind == "occlusion":  # one query per cell plus the unperturbed image
         grid = max(g for g in range(1, min(h, w) + 1) if g * g + 1 <= budget)
     cells = PatchGrid(h, w, grid)
-    ids = torch.from_numpy(np.broadcast_to(grid_cell_ids(cells)[:, :, None], image.shape).copy())[None].long()
+    ids = torch.from_numpy(np.broadcast_to(cells.cell_ids[:, :, None], image.shape).copy())[None].long()
     x = torch.from_numpy(image)[None]
     b = torch.from_numpy(baseline)[None]
     if kind == "occlusion":

@@ -53,7 +53,7 @@ def library_default() -> dict:
     grid = sig["grid"].default
     return {"kind": "lr", "method": sig["method"].default, "space": space,
             "grid": grid if isinstance(grid, int) else grid[0], "blocks": sig["blocks"].default,
-            "sigma": _sal_module.DEFAULT_SIGMA[space]}
+            "sigma": _sal_module.SPACES[space].default_sigma}
 
 
 def lr_name(c: dict) -> str:
@@ -63,7 +63,7 @@ def lr_name(c: dict) -> str:
 
 def main_methods(default: dict) -> list[dict]:
     g = default["grid"]
-    pixel = dict(default, space="pixel", method="vanilla", sigma=_sal_module.DEFAULT_SIGMA["pixel"])
+    pixel = dict(default, space="pixel", method="vanilla", sigma=_sal_module.SPACES["pixel"].default_sigma)
     return [
         dict(default, name="LR default: " + lr_name(default), budgets=[250, 1000, 4000]),
         {"kind": "rise", "name": "RISE s7", "budgets": [250, 1000, 4000]},

@@ -11,6 +11,7 @@ from .metrics import cosine, deletion_insertion, spearman
 from .models import Classifier, ImageModel, Target
 from .queries import Budget, QueryFunction, QueryRunner
 from .saliency import SaliencyResult, make_baseline, saliency
+from .batch import BatchResult, ImageResult, explain_many
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ __all__ = [
     "GradientEstimate", "lr_gradient", "MaskSpace", "PatchGrid", "PixelSpace", "ImageView",
     "load_image", "cosine", "deletion_insertion", "spearman", "Classifier", "ImageModel", "Target",
     "Budget", "QueryFunction", "QueryRunner", "SaliencyResult", "make_baseline", "saliency",
-    "explain",
+    "explain", "explain_many", "BatchResult", "ImageResult",
 ]
 
 
@@ -29,7 +30,7 @@ def explain(image, model, target=None, **options) -> "SaliencyResult":
     ``model`` is any :class:`ImageModel` (for example
     ``blackbox.adapters.load_image_model()``, the embedded classifier); ``target`` is a label,
     a class index or None for the top class; ``options`` go to :func:`saliency`. The map at the
-    image's own resolution is ``result.full_map``.
+    image's own resolution is ``result.full_map`` (``result.display_map`` for drawing).
     """
     from .images import as_float_image
 
@@ -37,8 +38,4 @@ def explain(image, model, target=None, **options) -> "SaliencyResult":
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
     tgt = model.resolve_target(target, working)
-    result = saliency(model.score_fn(tgt), working, **options)
-    result.full_map = view.to_original(result.map)
-    result.target = tgt
-    result.view = view
-    return result
+    return saliency(model.score_fn(tgt), working, target=tgt, view=view, **options)

@@ -1,4 +1,4 @@
-"""Errors a user can act on. The CLI prints their message as one line and exits 2."""
+"""Every error class of blackbox, in one module. The CLI prints their message as one line and exits 2."""
 
 
 class BlackboxError(Exception):
@@ -14,7 +14,7 @@ class ModelError(BlackboxError):
 
 
 class BudgetExceeded(BlackboxError):
-    """Raised *before* a query that would spend more than the budget allows."""
+    """Raised *before* a query that would spend more than the budget (or its deadline) allows."""
 
 
 class MissingDependency(BlackboxError):
@@ -28,3 +28,24 @@ class MissingDependency(BlackboxError):
         )
         self.package = package
         self.extra = extra
+
+
+class RetryableError(ModelError):
+    """One attempt at a remote request failed in a way worth retrying (429, 5xx, timeout,
+    connection, malformed or unusable answer). ``maybe_billed``: the endpoint may have charged
+    for it (it answered, or the request was sent and no answer came), so it counts as spent."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 maybe_billed: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.maybe_billed = maybe_billed
+
+
+class EndpointRefused(ModelError):
+    """The endpoint refused the request (400/401/403/404...): retrying cannot help."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

@@ -14,9 +14,14 @@ and report the perturbation actually delivered, which the estimator weights by.
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
 import numpy as np
 
 from .errors import InputError
+from .queries import KeyedInputs, keyed_points
 
 
 class PatchGrid:
@@ -39,9 +44,24 @@ class PatchGrid:
     def cells(self) -> int:
         return self.rows * self.cols
 
+    @property
+    def cell_ids(self) -> np.ndarray:
+        """``(H, W)`` array of flat cell indices."""
+        return self.row_of[:, None] * self.cols + self.col_of[None, :]
+
     def upsample(self, values: np.ndarray) -> np.ndarray:
-        """``(n, rows, cols, ...)`` cell values -> ``(n, H, W, ...)`` (nearest)."""
+        """``(n, rows, cols, ...)`` cell values -> ``(n, H, W, ...)`` (nearest: each pixel its cell's value)."""
         return values[:, self.row_of][:, :, self.col_of]
+
+    def smooth_upsample(self, cells: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """``(rows, cols)`` cell values -> ``(height, width)`` (default: the grid's H x W), bilinear
+        between cell centres (constant beyond the outer centres). For display: a map drawn as a
+        checkerboard of cells reads as noise."""
+        height = self.height if height is None else height
+        width = self.width if width is None else width
+        rows = _interpolation(self.row_edges, height / self.height)
+        cols = _interpolation(self.col_edges, width / self.width)
+        return (rows @ np.asarray(cells, dtype=np.float64) @ cols.T).astype(np.float32)
 
     def pool(self, images: np.ndarray) -> np.ndarray:
         """``(n, H, W, ...)`` -> per-cell means ``(n, rows, cols, ...)``."""
@@ -49,6 +69,18 @@ class PatchGrid:
                                  self.col_edges[:-1], axis=2)
         shape = (1, self.rows, self.cols) + (1,) * (images.ndim - 3)
         return summed / self.cell_pixels.reshape(shape)
+
+    def laplacian(self) -> np.ndarray:
+        """``(cells, cells)`` graph Laplacian of the 4-neighbour grid: ``g' L g`` is the sum of
+        squared differences between neighbouring cells (a smoothness penalty)."""
+        ids = np.arange(self.cells).reshape(self.rows, self.cols)
+        pairs = np.concatenate([np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1),
+                                np.stack([ids[:-1].ravel(), ids[1:].ravel()], 1)])
+        out = np.zeros((self.cells, self.cells))
+        np.add.at(out, (pairs[:, 0], pairs[:, 1]), -1.0)
+        np.add.at(out, (pairs[:, 1], pairs[:, 0]), -1.0)
+        out[np.diag_indices(self.cells)] = -out.sum(axis=1)
+        return out
 
     def blocks(self, k: int) -> list[np.ndarray]:
         """Split the cells into ``k`` spatially contiguous tiles (flat cell indices)."""
@@ -65,9 +97,20 @@ class PatchGrid:
                 for i in range(kr) for j in range(kc)]
 
 
-def grid_cell_ids(grid: "PatchGrid") -> np.ndarray:
-    """(H, W) array of flat cell indices."""
-    return grid.row_of[:, None] * grid.cols + grid.col_of[None, :]
+def _interpolation(edges: np.ndarray, scale: float) -> np.ndarray:
+    """``(n_out, cells)`` linear interpolation weights between the centres of cells with these
+    ``edges``, for ``n_out = round(edges[-1] * scale)`` output pixels."""
+    centres = (edges[:-1] + edges[1:]) / 2 * scale
+    pixels = np.arange(int(round(edges[-1] * scale))) + 0.5
+    hi = np.clip(np.searchsorted(centres, pixels), 1, max(len(centres) - 1, 1))
+    lo = hi - 1
+    if len(centres) == 1:
+        return np.ones((len(pixels), 1))
+    t = np.clip((pixels - centres[lo]) / (centres[hi] - centres[lo]), 0.0, 1.0)
+    out = np.zeros((len(pixels), len(centres)))
+    out[np.arange(len(pixels)), lo] = 1 - t
+    out[np.arange(len(pixels)), hi] += t
+    return out
 
 
 def quantize(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -125,13 +168,43 @@ class ClampedMean:
             return np.where(self.total > 0, (up - down) / self.total, u)
 
 
+@dataclass
+class Probe:
+    """What a space hands an estimator: the query function over its coordinates (returning the
+    scores and the perturbation actually delivered), the centre the noise is added to (or a
+    fresh centre per direction, ``center_fn``, as on the path of Integrated Gradients), and the
+    coordinate blocks perturbed one at a time."""
+
+    f: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    center: np.ndarray
+    blocks: list[np.ndarray]
+    center_fn: Callable[[np.random.Generator, int], np.ndarray] | None = None
+
+
+@dataclass
+class Attribution:
+    """An estimate read back as a map: per cell, its standard error, and per working pixel."""
+
+    cells: np.ndarray
+    stderr: np.ndarray
+    pixels: np.ndarray
+    signed: bool
+
+
 class PixelSpace:
-    """Additive per-patch noise on pixel values. Coordinates: one offset per cell (x channel)."""
+    """Additive per-patch noise on pixel values. Coordinates: one offset per cell (x channel).
+
+    Measures sensitivity to brightness changes; vanilla and SmoothGrad maps are gradient
+    magnitudes (summed over channels), IG and gradient x input are signed attributions."""
 
     name = "pixel"
+    default_sigma = 0.1
+    default_smooth = 0.15
 
-    def __init__(self, image: np.ndarray, grid: PatchGrid, per_channel: bool = False):
+    def __init__(self, image: np.ndarray, grid: PatchGrid, per_channel: bool = False,
+                 baseline: np.ndarray | None = None):
         self.image = np.asarray(image, dtype=np.float32)
+        self.baseline = self.image if baseline is None else _same_shape(baseline, self.image)
         self.grid = grid
         self.per_channel = per_channel
         self.channels = self.image.shape[2] if per_channel else 1
@@ -140,7 +213,7 @@ class PixelSpace:
         self._delivery = self._clamps(self.image)
 
     def _clamps(self, base: np.ndarray) -> ClampedMean:
-        cell = (grid_cell_ids(self.grid)[:, :, None] * self.channels
+        cell = (self.grid.cell_ids[:, :, None] * self.channels
                 + (np.arange(base.shape[2]) if self.per_channel else np.zeros(base.shape[2], int))[None, None, :])
         return ClampedMean(cell.reshape(-1), np.ones(base.size), -base.reshape(-1), 1.0 - base.reshape(-1), self.dim)
 
@@ -158,21 +231,67 @@ class PixelSpace:
             delivered = delivered.mean(axis=3, keepdims=True)
         return images, delivered.reshape(n, -1)
 
-    def cell_gradient(self, flat: np.ndarray) -> np.ndarray:
-        """Per-cell gradient (rows, cols, channels) from a flat estimate."""
-        return flat.reshape(self.grid.rows, self.grid.cols, self.channels)
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike, channel by channel."""
+        return np.kron(self.grid.laplacian(), np.eye(self.channels))
+
+    def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
+        """Offsets around the image; on the IG path one extra coordinate, never perturbed, carries
+        the path position alpha (the offsets are then added to ``baseline + alpha (image - baseline)``)."""
+        if method.center == "half":
+            raise InputError(f"{method.name} mixes patches with the baseline: use it in mask space")
+        blocks = [np.concatenate([b * self.channels + c for c in range(self.channels)]) for b in cell_blocks]
+        if not method.path:
+            def f(points):
+                images, delivered = self.render(points)
+                return score(images), delivered
+            return Probe(f, self.center, blocks)
+        diff = self.image - self.baseline
+
+        def f_path(points):
+            alpha = points[:, -1].astype(np.float32)[:, None, None, None]
+            images, delivered = self.render(points[:, :-1], base=self.baseline[None] + alpha * diff[None])
+            return score(images), np.concatenate([delivered, points[:, -1:]], axis=1)
+
+        def center_fn(rng, n):
+            c = np.zeros((n, self.dim + 1))
+            c[:, -1] = rng.random(n)
+            return c
+        return Probe(f_path, np.zeros(self.dim + 1), blocks, center_fn)
+
+    def attribution(self, method, flat: np.ndarray, flat_err: np.ndarray) -> Attribution:
+        shape = (self.grid.rows, self.grid.cols, self.channels)
+        g, g_err = flat[:self.dim].reshape(shape), flat_err[:self.dim].reshape(shape)  # d score / d offset
+        grid = self.grid
+        # per-pixel gradient: a cell offset moves every pixel of the cell (and channel)
+        per_pixel = grid.upsample(g[None])[0] / grid.upsample(grid.cell_pixels[None, :, :, None])[0]
+        if self.channels == 1:
+            per_pixel = per_pixel / self.image.shape[2]
+        if method.times_input:
+            pixels = (per_pixel * (self.image - self.baseline)).sum(axis=2)
+            cells = grid.pool(pixels[None, :, :, None])[0, :, :, 0] * grid.cell_pixels
+        else:
+            pixels = (np.abs(per_pixel).sum(axis=2) if self.channels > 1
+                      else np.abs(per_pixel[:, :, 0]) * self.image.shape[2])
+            cells = np.abs(g).sum(axis=2)
+        return Attribution(cells, np.sqrt((g_err ** 2).sum(axis=2)), np.asarray(pixels, dtype=np.float32),
+                           signed=method.times_input)
 
 
 class MaskSpace:
-    """Per-patch mixing between a baseline and the image. Coordinates: one ``m`` per cell."""
+    """Per-patch mixing between a baseline and the image. Coordinates: one ``m`` per cell.
+
+    Every method gives a signed attribution: the effect on the score of removing each patch."""
 
     name = "mask"
+    default_sigma = 0.3
+    default_smooth = 0.5
 
-    def __init__(self, image: np.ndarray, grid: PatchGrid, baseline: np.ndarray):
+    def __init__(self, image: np.ndarray, grid: PatchGrid, baseline: np.ndarray, per_channel: bool = False):
+        if per_channel:
+            raise InputError("mask space has one coordinate per patch; per-channel noise is for pixel space")
         self.image = np.asarray(image, dtype=np.float32)
-        self.baseline = np.asarray(baseline, dtype=np.float32)
-        if self.baseline.shape != self.image.shape:
-            raise InputError("the baseline must have the image's shape")
+        self.baseline = _same_shape(baseline, self.image)
         self.grid = grid
         self.dim = grid.cells
         self.center = np.ones(self.dim)
@@ -185,8 +304,20 @@ class MaskSpace:
         with np.errstate(divide="ignore", invalid="ignore"):
             hi = np.where(d > 0, (1 - b) / d, np.where(d < 0, -b / d, np.inf))
             lo = np.where(d > 0, -b / d, np.where(d < 0, (1 - b) / d, -np.inf))
-        cells = np.repeat(grid_cell_ids(grid).reshape(-1), self.image.shape[2])
+        cells = np.repeat(grid.cell_ids.reshape(-1), self.image.shape[2])
         self._delivery = ClampedMean(cells, d * d, np.minimum(lo, 0.0), np.maximum(hi, 0.0), grid.cells)
+
+    RENDER_VERSION = "mask-1"  # change it when render() changes what an image looks like (cache keys)
+
+    def keyed(self, points: np.ndarray) -> KeyedInputs:
+        """The images for ``points`` as keyed inputs: keys from the points (and this space's
+        image, baseline and grid), pixels rendered only for the images a model must send."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256(f"{self.RENDER_VERSION}:{self.image.shape}:{self.grid.rows}x{self.grid.cols}".encode())
+            h.update(np.ascontiguousarray(self.image).tobytes())
+            h.update(np.ascontiguousarray(self.baseline).tobytes())
+            self._fingerprint = h.hexdigest()
+        return keyed_points(points, self._fingerprint, lambda p: self.render(p)[0])
 
     def render(self, points: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Images for mask values ``points`` (n, cells), and the mask values delivered.
@@ -203,3 +334,42 @@ class MaskSpace:
         np.rint(out, out=out)
         np.multiply(out, np.float32(1 / 255), out=out)
         return out, self._delivery(points)
+
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike."""
+        return self.grid.laplacian()
+
+    def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
+        """Masks around ``m = 1`` (the image), on the IG path around ``m = alpha`` (one random
+        alpha per direction, shared by all patches), or around ``m = 1/2`` (half removed)."""
+        buffer = [None]  # one reusable image buffer: the score function consumes images at once
+
+        def f(points):
+            if getattr(score, "accepts_keys", False):  # a content-cached model: cached answers need no pixels
+                return score(self.keyed(points)), self._delivery(points)
+            images, delivered = self.render(points, out=buffer[0])
+            buffer[0] = images
+            return score(images), delivered
+
+        center_fn = None
+        if method.path:
+            def center_fn(rng, n):
+                return np.repeat(rng.random((n, 1)), self.dim, axis=1)
+        center = np.full(self.dim, 0.5) if method.center == "half" else self.center
+        return Probe(f, center, list(cell_blocks), center_fn)
+
+    def attribution(self, method, flat: np.ndarray, flat_err: np.ndarray) -> Attribution:
+        shape = (self.grid.rows, self.grid.cols)
+        cells = flat.reshape(shape)
+        return Attribution(cells, flat_err.reshape(shape), self.grid.upsample(cells[None])[0].astype(np.float32),
+                           signed=True)
+
+
+SPACES = {space.name: space for space in (MaskSpace, PixelSpace)}
+
+
+def _same_shape(baseline: np.ndarray, image: np.ndarray) -> np.ndarray:
+    baseline = np.asarray(baseline, dtype=np.float32)
+    if baseline.shape != image.shape:
+        raise InputError("the baseline must have the image's shape")
+    return baseline

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
-from . import remote
-from .files import check_writable, save_npy
-from .options import ALLOCATOR_CHOICES, add_output_options, add_remote_options, positive_float, positive_int
+import numpy as np
+
+from blackbox.errors import InputError, ModelError
+
+from . import remote, saliency_many
+from .files import check_figure_format, check_outputs, save_npy
+from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
+                      positive_float, positive_int)
 
 EPILOG = """\
 examples:
@@ -31,8 +37,9 @@ def add_parser(sub) -> None:
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
     s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
                        description="Compute a black-box saliency map of IMAGE for a target class.\n\nmodels:\n" + models,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
+                       epilog=EPILOG + saliency_many.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("image", metavar="IMAGE", nargs="+",
+                   help="an image file (PNG, JPEG, ...); several files or folders: see 'many images'")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL}, embedded, offline)")
     s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
@@ -44,7 +51,7 @@ def add_parser(sub) -> None:
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
     s.add_argument("--sigma", type=positive_float, help="noise scale (default: 0.3 in mask space, 0.1 in pixel space)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     s.add_argument("--out", metavar="PNG", help="write an overlay picture with a colour bar")
     s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
     add_output_options(s)
@@ -56,41 +63,85 @@ def add_parser(sub) -> None:
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
     add_remote_options(s)
+    add_model_file_options(s)
+    saliency_many.add_many_options(s)
 
 
 def run(args) -> int:
+    if saliency_many.wanted(args):
+        return saliency_many.run(args)
+    args.image = args.image[0]
     from blackbox.adapters.registry import load_image_model
     from blackbox.images import load_image
-    from blackbox.plots import overlay, save_figure
-    from blackbox.queries import Budget, QueryRunner
-    from blackbox.saliency import saliency
+    from blackbox.queries import Budget
 
-    for path, what in ((args.out, "the overlay"), (args.save_map, "the map")):
-        if path:
-            check_writable(path, what)
+    # everything that can be checked is checked before the first query is paid
+    check_outputs({"the overlay": args.out, "the map": args.save_map}, inputs=(args.image,))
+    check_figure_format(args.out)
     started = time.perf_counter()
     original = load_image(args.image)
     remote.check_local_options(args)
-    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost)
+    budget = Budget(max_queries=args.queries, max_tokens=args.max_tokens, max_cost=args.max_cost,
+                    max_seconds=args.deadline)
     model = load_image_model(args.model, **remote.model_options(args, budget))
+    try:
+        return _explain(args, model, original, budget, started)
+    except KeyboardInterrupt:
+        if remote.is_remote(args.model):
+            print(f"blackbox: interrupted after {budget.queries} paid requests; every answer received is "
+                  "cached: rerun the same command to resume (cached answers are not paid again)", file=sys.stderr)
+        else:
+            print("blackbox: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if hasattr(model, "close"):
+            model.close()
+
+
+def _check_grid(args, working) -> None:
+    """A grid and blocks that cannot give a map are refused before any query is paid."""
+    from blackbox.image_spaces import PatchGrid
+
+    height, width = working.shape[:2]
+    PatchGrid(height, width, args.grid).blocks(args.blocks)
+    if args.queries < 2 * args.blocks:
+        raise InputError(f"--blocks {args.blocks} needs at least {2 * args.blocks} queries (2 per block), "
+                         f"--queries is {args.queries}")
+
+
+def _explain(args, model, original, budget, started) -> int:
+    from blackbox.plots import overlay, save_figure
+    from blackbox.queries import QueryRunner
+    from blackbox.saliency import saliency
+
     if args.dry_run and not remote.is_remote(args.model):
         print(f"dry run: {model.name} is local and free; the run would use {args.queries} queries")
         return 0
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
+    _check_grid(args, working)
     target = model.resolve_target(args.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
     if hasattr(model, "probe"):
-        model.probe(working, target.label)  # one call: which scoring the endpoint supports
+        model.probe(working, target.label)  # one paid call: which scoring the endpoint supports
+    # --queries caps billable requests: the probe and every sample count, whatever is cached
+    queries = model.queries_within(args.queries) if hasattr(model, "queries_within") else args.queries
+    if queries < 2 * args.blocks:
+        raise InputError(f"--queries {args.queries} leaves {queries} map queries after the probe at "
+                         f"{model.requests_per_query} request(s) per query, fewer than 2 per block; raise --queries")
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
-    result = saliency(runner, working, queries=args.queries, method=args.method, space=args.space,
+    result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
                       progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
                       target_error=args.target_error)
     if args.dry_run:
-        report = remote.dry_run_report(model, args)
+        report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
+    if result.queries == 0 or not np.any(result.cells) or not np.all(np.isfinite(result.map)):
+        why = f"stopped before any query of the map was answered: {result.stopped}" if result.queries == 0 \
+            else f"the map is empty (every one of the {result.queries} answered queries scored the same)"
+        raise ModelError(f"no map to write: {why}")
     full_map = view.to_original(result.map)
     if args.save_map:
         save_npy(args.save_map, full_map)

@@ -16,11 +16,13 @@ def run_cli(*args, cwd=None):
                           text=True, timeout=300, cwd=cwd, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
-def test_saliency_end_to_end(tmp_path, coffee_png):
+def test_saliency_end_to_end(tmp_path, coffee_png, capsys):
     out, npy = tmp_path / "coffee-saliency.png", tmp_path / "map.npy"
-    proc = run_cli("saliency", coffee_png, "--queries", 200, "--grid", 7, "--out", out, "--save-map", npy, "--json")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    code = main(["saliency", str(coffee_png), "--queries", "200", "--grid", "7", "--out", str(out),
+                 "--save-map", str(npy), "--json", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
     for key in ("model", "target_label", "target_index", "top5", "queries_used", "seconds"):
         assert key in report
     assert report["model"] == "efficientnet-lite0"
@@ -33,13 +35,19 @@ def test_saliency_end_to_end(tmp_path, coffee_png):
         assert im.size[0] > 300
 
 
-def test_help_teaches_the_options():
-    proc = run_cli("saliency", "--help")
-    assert proc.returncode == 0
+def _help(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_teaches_the_options(capsys):
+    text = _help(capsys, "saliency")
     for option in ("--model", "--target", "--queries", "--method", "--grid", "--blocks", "--seed", "--out",
-                   "--save-map", "--json", "gpt-vision"):
-        assert option in proc.stdout
-    assert "saliency" in run_cli("--help").stdout
+                   "--save-map", "--json", "gpt-vision", "--deadline"):
+        assert option in text
+    assert "saliency" in _help(capsys)
 
 
 def _bad_inputs(tmp_path, coffee_png):

@@ -87,3 +87,19 @@ def test_failed_local_call_is_released_and_bad_outputs_are_caught():
         QueryRunner(lambda x: np.ones(1))(np.ones((3, 1)))
     with pytest.raises(ModelError, match="non-finite"):
         QueryRunner(lambda x: np.full(len(x), np.nan))(np.ones((3, 1)))
+
+
+def test_deadline_stops_reservations_and_late_spending_is_still_recorded():
+    import time
+
+    budget = Budget(max_queries=10, max_seconds=0.2)
+    r = budget.reserve(2)
+    budget.grow(r, tokens=5)
+    time.sleep(0.25)
+    assert budget.seconds_left() <= 0
+    with pytest.raises(BudgetExceeded, match="deadline"):
+        budget.reserve(1)
+    budget.settle(r, tokens=7)
+    budget.record(1, tokens=3)  # an answer that arrived after its reservation was given back
+    assert budget.queries == 3 and budget.tokens == 10
+    assert Budget().seconds_left() is None

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from blackbox.adapters.remote.cache import ResponseCache
-from blackbox.adapters.remote.engine import EndpointRefused, PriceTable, QueryEngine
+from blackbox.adapters.remote.engine import QueryEngine
+from blackbox.adapters.remote.pricing import PriceTable
+from blackbox.errors import EndpointRefused
 from blackbox.adapters.remote.openai_transport import OpenAITransport
-from blackbox.adapters.remote.openai_vision import OpenAIVisionModel, png_data_url, yes_logprob
+from blackbox.adapters.remote.image_model import png_data_url
+from blackbox.adapters.remote.openai_vision import OpenAIVisionModel, yes_logprob, yes_no_logodds
 from blackbox.adapters.remote.serve import BrightnessScorer, FaultPlan, ModelServer
 from blackbox.errors import BudgetExceeded, InputError, ModelError
 from blackbox.queries import Budget, QueryRunner
@@ -59,9 +62,11 @@ def images(n, seed=0, size=16):
     return np.round(rng.random((n, size, size, 3)) * 255).astype(np.float32) / 255
 
 
-def truth(imgs):
-    """What the server's scorer gives for each image (after the PNG round trip, which is exact)."""
-    return -1.0 + 0.98 * imgs.astype(np.float64).reshape(len(imgs), -1).mean(axis=1)
+def truth(imgs, scoring="logodds"):
+    """What the server's scorer gives for each image (after the PNG round trip, which is exact):
+    log p, and the default score log p - log(1 - p)."""
+    log_p = -1.0 + 0.98 * imgs.astype(np.float64).reshape(len(imgs), -1).mean(axis=1)
+    return log_p if scoring == "logprob" else log_p - np.log1p(-np.exp(log_p))
 
 
 def test_yes_logprob_sums_case_and_whitespace_variants():
@@ -73,6 +78,22 @@ def test_yes_logprob_sums_case_and_whitespace_variants():
         == pytest.approx(np.log(0.02))
 
 
+def test_logodds_is_yes_minus_no_with_a_floor_for_the_missing_side():
+    top = [{"token": "Yes", "logprob": np.log(0.6)}, {"token": "no", "logprob": np.log(0.3)},
+           {"token": " No", "logprob": np.log(0.05)}]
+    assert yes_no_logodds(top) == pytest.approx(np.log(0.6 / 0.35))
+    # a saturated model: log P(yes) is ~0 for every image, the log-odds still tell them apart
+    sure = [{"token": "Yes", "logprob": np.log(0.999)}, {"token": "No", "logprob": np.log(0.0009)}]
+    surer = [{"token": "Yes", "logprob": np.log(0.9999)}, {"token": "No", "logprob": np.log(0.00009)}]
+    assert yes_no_logodds(surer) - yes_no_logodds(sure) == pytest.approx(np.log(10), abs=0.01)
+    # 'no' missing: bounded by the smallest listed probability and the leftover mass (0.01)
+    assert yes_no_logodds([{"token": "Yes", "logprob": np.log(0.95)}, {"token": "The", "logprob": np.log(0.04)}]) \
+        == pytest.approx(np.log(0.95 / 0.01))
+    # both words listed with probability ~0 still give a finite score
+    tiny = [{"token": "Yes", "logprob": -1e308}, {"token": "maybe", "logprob": 0.0}]
+    assert np.isfinite(yes_no_logodds(tiny))
+
+
 def test_scores_match_the_server_and_requests_run_concurrently(server_factory):
     srv = server_factory(latency=0.05)
     model = vision(srv)
@@ -80,7 +101,7 @@ def test_scores_match_the_server_and_requests_run_concurrently(server_factory):
     fn = model.score_fn(model.resolve_target("cat"))
     values = fn(x)
     np.testing.assert_allclose(values, truth(x), atol=1e-6)
-    assert model.scoring == "logprob" and model.capabilities["top_logprobs"] == 2
+    assert model.scoring == "logodds" and model.capabilities["top_logprobs"] == 2
     assert srv.counters.max_in_flight >= 4  # concurrency really happened
     # the probe asked about the first image, so the batch found that answer in the cache
     assert srv.counters.answered == 32 and srv.counters.duplicate_paid == 0
@@ -96,7 +117,7 @@ def test_429_with_retry_after_is_honoured_and_every_attempt_counted(server_facto
     srv = server_factory(first=("rate_limit",), retry_after=0.6, rate_limit=0.2, seed=3)
     model = vision(srv)
     t0 = time.perf_counter()
-    model.engine.submit(model.request(png_data_url(images(1, seed=5)[0]), "cat", "logprob"))
+    model.engine.submit(model.request(png_data_url(images(1, seed=5)[0]), "cat", "logodds"))
     assert time.perf_counter() - t0 >= 0.55  # waited the server's Retry-After, not the 10 ms backoff
     x = images(40, seed=1)
     values = model.score_fn(model.resolve_target("cat"))(x)
@@ -145,9 +166,11 @@ def test_malformed_json_and_missing_logprobs_are_retried_not_cached(server_facto
     # the probe itself hits both faults: the malformed answer is retried, the answer without
     # logprobs would look like "no logprobs"; scoring pinned to logprob rejects and retries it
     model.scoring = "logprob"
-    np.testing.assert_allclose(model.score_fn(model.resolve_target("cat"))(x), truth(x), atol=1e-6)
+    np.testing.assert_allclose(model.score_fn(model.resolve_target("cat"))(x), truth(x, "logprob"), atol=1e-6)
     s = model.engine.stats
     assert s.unusable == 1 and s.failed_attempts == 2 and s.sent == 1
+    # both faulty answers were 200s, so they may have been billed: three paid requests in all
+    assert model.engine.budget.queries == 3
     cached = ResponseCache().stats()["entries"]
     assert cached == 1
     model.close()
@@ -161,7 +184,7 @@ def test_endpoint_without_logprobs_falls_back_with_a_warning(server_factory):
     x = images(4)
     values = model.score_fn(model.resolve_target("cat"))(x)
     assert model.scoring == "confidence" and warnings and "no logprobs" in warnings[0]
-    expected = np.log((np.round(100 * np.exp(truth(x))) + 0.5) / 101)
+    expected = np.log((np.round(100 * np.exp(truth(x, "logprob"))) + 0.5) / 101)
     np.testing.assert_allclose(values, expected, atol=1e-6)
     # 3 replicas per image are distinct cache entries (not collapsed) plus the probe
     assert srv.counters.answered == 4 * 3 + 1
@@ -210,10 +233,11 @@ def test_rerun_pays_nothing_and_replicas_are_not_collapsed(server_factory):
     paid = srv.counters.answered
     m1.close()
     m2 = vision(srv)  # a new process would see the same file
-    m2.scoring, m2.capabilities = "logprob", {"probed": False}
+    m2.scoring, m2.capabilities = "logodds", {"probed": False}
     v2 = m2.score_fn(m2.resolve_target("cat"))(x)
     assert np.array_equal(v1, v2) and srv.counters.answered == paid and m2.engine.stats.cache_hits == 20
-    reqs, prepare = m2._requests(x[:1], "cat", "logprob")
+    assert m2.engine.budget.queries == 0  # cached answers are not billable
+    reqs, prepare = m2._requests(x[:1], "cat", "logodds")
     m2.engine.map(reqs * 3, [0, 0, 1], prepare=prepare)  # replica 1 is a deliberate repeat
     assert srv.counters.answered == paid + 1
     m2.close()
@@ -229,11 +253,11 @@ def test_dry_run_sends_nothing_and_estimates(server_factory):
     model.close()
 
 
-def test_standalone_engine_counts_queries_and_refuses_a_batch_that_does_not_fit(server_factory):
+def test_the_engine_counts_every_billable_request_and_refuses_a_batch_that_does_not_fit(server_factory):
     srv = server_factory()
     budget = Budget(max_queries=5)
-    model = vision(srv, budget=budget, count_queries=True)
-    reqs, prepare = model._requests(images(8), "cat", "logprob")
+    model = vision(srv, budget=budget)
+    reqs, prepare = model._requests(images(8), "cat", "logodds")
     with pytest.raises(BudgetExceeded):
         model.engine.map(reqs, prepare=prepare)
     assert srv.counters.requests == 0 and budget.queries == 0  # nothing sent, nothing held
@@ -291,3 +315,82 @@ def test_cache_survives_concurrent_writer_processes(tmp_path):
     got = cache.get_many([f"k{i}" for i in range(600)])
     assert len(got) == 600 and got["k599"]["body"]["i"] == 599
     assert cache.clear() == 600 and cache.stats()["entries"] == 0
+
+
+def test_one_counter_the_runner_adopts_the_engine_budget_and_every_billable_attempt_counts(server_factory):
+    srv = server_factory(first=("rate_limit", "server_error", "missing_logprobs"), retry_after=0.01)
+    budget = Budget(max_queries=10)
+    model = vision(srv, budget=budget)
+    fn = model.score_fn(model.resolve_target("cat"))
+    assert fn.budget is budget
+    with pytest.raises(InputError, match="own Budget"):
+        QueryRunner(fn, budget=Budget(max_queries=10))
+    runner = QueryRunner(fn, batch_size=4)  # adopts the engine's budget, counts nothing itself
+    assert runner.budget is budget
+    model.scoring = "logodds"
+    runner(images(4))
+    # 429 and 500 are not billable; the answer without logprobs was paid and retried
+    assert srv.counters.by_status[429] == srv.counters.by_status[500] == 1
+    assert budget.queries == 5 and srv.counters.answered == 4 and runner.record.queries == 4
+    runner(images(4))  # cached: nothing billable
+    assert budget.queries == 5
+    with pytest.raises(BudgetExceeded):  # 6 more requests do not fit in the 5 left: nothing is sent
+        fn(images(6, seed=3))
+    assert srv.counters.requests == 7 and budget.queries == 5
+    model.close()
+
+
+def test_the_server_describes_its_view_and_price_in_its_model_card(model, tmp_path):
+    """`blackbox serve` is not special-cased: the client learns the embedded classifier's view
+    (centre crop at 224) and its zero price from the model card."""
+    from blackbox.adapters.remote.openai_vision import openai_vision_model
+    from blackbox.adapters.remote.pricing import DEFAULT_PRICES
+    from blackbox.adapters.remote.serve import ClassifierScorer
+
+    assert "efficientnet-lite0" not in DEFAULT_PRICES
+    srv = ModelServer(scorer=ClassifierScorer(model)).start()
+    try:
+        remote = openai_vision_model("openai:efficientnet-lite0", base_url=srv.url, cache=False,
+                                     budget=Budget(max_cost=0.01))  # a money cap needs a price: the card's
+        assert remote.view(400, 600) == model.view(400, 600)
+        assert remote.engine.prices.price("efficientnet-lite0") == {"input": 0.0, "output": 0.0}
+        assert remote.provenance()["view"]["kind"] == "center_crop" and remote.provenance()["model_card"]
+        remote.close()
+        wider = openai_vision_model("openai:efficientnet-lite0", base_url=srv.url, cache=False, resolution=320)
+        assert wider.view(400, 600).size == (320, 320)  # the user's resolution wins, the crop stays
+        wider.close()
+    finally:
+        srv.stop()
+    other = ModelServer(scorer=BrightnessScorer(), model_id=MODEL).start()  # describes no view
+    try:
+        plain = openai_vision_model(f"openai:{MODEL}", base_url=other.url, cache=False)
+        assert plain.view(400, 600).size == (341, 512) and plain.view_rule.kind == "full"
+        plain.close()
+    finally:
+        other.stop()
+
+
+def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkeypatch):
+    """Map queries reach a remote model as keyed inputs (keys from the points that render them):
+    a rerun finds every answer by key, so no image is rendered, encoded or hashed again."""
+    from blackbox.image_spaces import MaskSpace
+    from blackbox.saliency import saliency
+
+    srv = server_factory()
+    image = images(1, seed=11, size=32)[0]
+    first = vision(srv)
+    a = saliency(QueryRunner(first.score_fn(first.resolve_target("cat")), batch_size=16), image,
+                 queries=96, grid=4, seed=0)
+    first.close()
+    paid = srv.counters.answered
+    assert paid == 96 and srv.counters.duplicate_paid == 0  # the probe asked about the first image
+    renders = []
+    original = MaskSpace.render
+    monkeypatch.setattr(MaskSpace, "render", lambda self, *a, **k: renders.append(1) or original(self, *a, **k))
+    again = vision(srv)
+    again.scoring = "logodds"
+    b = saliency(QueryRunner(again.score_fn(again.resolve_target("cat")), batch_size=16), image,
+                 queries=96, grid=4, seed=0)
+    assert renders == [] and srv.counters.answered == paid and again.engine.budget.queries == 0
+    np.testing.assert_array_equal(a.cells, b.cells)
+    again.close()

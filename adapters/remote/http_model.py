@@ -17,26 +17,24 @@ and is read from the environment variable named by ``api_key_env`` (spec key or
 ``--api-key-env``); headers are never part of the cache key. ``score_path`` is a dotted path into
 the answer (list indices as numbers: ``choices.0.score``). ``transform``: ``none`` (the value is
 already a log-probability or any score) or ``log`` (the value is a probability; its log is used).
-``usage_path`` (optional) points at ``{prompt_tokens, completion_tokens}``.
+``usage_path`` (optional) points at ``{prompt_tokens, completion_tokens}``. ``view``
+(``full``, default, or ``center_crop``) and ``crop_fraction`` say how the endpoint looks at an
+image (see :class:`~blackbox.adapters.remote.image_model.ViewRule`); ``model`` names the price.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 
+import httpx2
 import numpy as np
 
-from blackbox.errors import InputError, ModelError
-from blackbox.images import ImageView
-from blackbox.models import Target
+from blackbox.errors import InputError, ModelError, RetryableError
 
-from .engine import QueryEngine, RetryableError, classify_status, retry_after_seconds
-from .openai_vision import STAND_IN, image_digest, png_data_url, quantise
+from .engine import QueryEngine, classify_status, retry_after_seconds
+from .http_limits import failure, limited_client, parse_json, request_limits
+from .image_model import RemoteImageModel, ViewRule, stand_in
 from .openai_transport import strip_credentials
-
-
-_STAND_IN_RE = re.compile(re.escape(STAND_IN) + r"(b64:)?([0-9a-f]{64})")
 
 
 def lookup(body, path: str):
@@ -65,47 +63,44 @@ def fill(template, values: dict):
 
 
 class HTTPTransport:
-    """POST a JSON request to one URL with httpx2; no retries here (the engine owns them)."""
+    """POST a JSON request to one URL with httpx2; no retries here (the engine owns them).
+    ``timeout`` is a wall-clock deadline per attempt; answers are limited in size."""
 
     def __init__(self, url: str, headers: dict | None = None, max_connections: int = 64,
                  usage_path: str | None = None, secret: str | None = None):
-        import httpx2
-
         if not url.startswith(("http://", "https://")):
             raise InputError(f"endpoint url must start with http:// or https://, got {url!r}")
         self.url = url
         self.endpoint = strip_credentials(url)
         self.usage_path = usage_path
         self._secret = secret
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx2.Client(headers=headers or {}, limits=limits)
-        self._httpx = httpx2
+        self._client = limited_client(max_connections, headers)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
     def send(self, request: dict, timeout: float) -> dict:
-        httpx2 = self._httpx
-        try:
-            r = self._client.post(self.url, json=request, timeout=timeout)
-        except httpx2.TimeoutException:
-            raise RetryableError(f"no answer within {timeout:g} s (timeout)", maybe_billed=True) from None
-        except httpx2.TransportError as exc:
-            raise RetryableError(f"connection error: {self._redact(type(exc).__name__)}") from None
+        with request_limits(timeout) as limits:
+            try:
+                r = self._client.post(self.url, json=request, timeout=timeout)
+            except httpx2.HTTPError as exc:
+                raise failure(exc, limits, timeout) from None
         if r.status_code >= 400:
             try:
-                err = r.json().get("error", r.text)
+                err = parse_json(r.content)
+                err = err.get("error", r.text) if isinstance(err, dict) else r.text
                 message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             except ValueError:
                 message = r.text
             raise classify_status(r.status_code, self._redact(message[:300]),
                                   retry_after_seconds(r.headers.get("retry-after")))
         try:
-            body = r.json()
-        except ValueError:
-            raise RetryableError(f"the endpoint answered malformed JSON ({len(r.content)} bytes)") from None
+            body = parse_json(r.content)
+        except ValueError as exc:
+            raise RetryableError(f"the endpoint answered malformed JSON ({str(exc)[:80]}; {len(r.content)} bytes)",
+                                 maybe_billed=True) from None
         if not isinstance(body, dict):
-            raise RetryableError("the endpoint answered JSON that is not an object")
+            raise RetryableError("the endpoint answered JSON that is not an object", maybe_billed=True)
         return body
 
     def usage(self, body: dict):
@@ -113,73 +108,39 @@ class HTTPTransport:
             return None
         try:
             u = lookup(body, self.usage_path)
-            return int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
-        except (KeyError, TypeError, ValueError):
+            prompt, completion = int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+        return (prompt, completion) if prompt >= 0 and completion >= 0 else None
 
     def close(self):
         self._client.close()
 
 
-class HTTPImageModel:
+class HTTPImageModel(RemoteImageModel):
     """An image model behind a JSON endpoint: template in, score at ``score_path`` out."""
 
-    def __init__(self, spec: dict, engine: QueryEngine, name: str = "http"):
+    def __init__(self, spec: dict, engine: QueryEngine, name: str = "http", view_rule: ViewRule | None = None):
+        super().__init__(engine, name, view_rule or spec_view(spec, name))
         self.spec = spec
-        self.engine = engine
-        self.name = name
         self.template = spec["request"]
         self.score_path = spec["score_path"]
         self.transform = spec.get("transform", "none")
         if self.transform not in ("none", "log"):
             raise InputError(f"spec transform must be 'none' or 'log', got {self.transform!r}")
-        self.resolution = int(spec.get("resolution", 512))
-        self.query_batch_size = max(64, 2 * engine.concurrency)
-        engine.validate = self._validate
-
-    def view(self, height: int, width: int) -> ImageView:
-        return ImageView.full(height, width, self.resolution)
-
-    def resolve_target(self, target, image=None) -> Target:
-        if target is None or not str(target).strip():
-            raise InputError(f"model {self.name} needs a target, e.g. --target \"espresso\"")
-        return Target(None, str(target).strip())
-
-    def request(self, image: np.ndarray, label: str) -> dict:
-        url = png_data_url(image)
-        return fill(self.template, {"image_data_url": url, "image_base64": url.split(",", 1)[1], "target": label})
-
-    def _requests(self, images: np.ndarray, label: str):
-        """Requests keyed by image content hashes; ``prepare`` encodes only what is sent."""
-        images8 = quantise(images)
-        digests = [image_digest(im) for im in images8]
-        by_digest = dict(zip(digests, images8))
-        reqs = [fill(self.template, {"image_data_url": STAND_IN + d, "image_base64": STAND_IN + "b64:" + d,
-                                     "target": label}) for d in digests]
-
-        def swap(node):
-            if isinstance(node, dict):
-                return {k: swap(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [swap(v) for v in node]
-            if isinstance(node, str) and STAND_IN in node:
-                def encode(m):
-                    url = png_data_url(by_digest[m.group(2)])
-                    return url.split(",", 1)[1] if m.group(1) else url
-                return _STAND_IN_RE.sub(encode, node)
-            return node
-        return reqs, swap
 
     def _value(self, body: dict) -> float:
         try:
             value = float(lookup(body, self.score_path))
         except KeyError as exc:
-            keys = ", ".join(list(body)[:8]) if isinstance(body, dict) else type(body).__name__
+            keys = ", ".join(map(str, list(body)[:8])) if isinstance(body, dict) else type(body).__name__
             raise ModelError(f"score path {self.score_path!r} not found in the answer (missing {exc}; "
                              f"top-level keys: {keys})") from None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RetryableError(f"the value at {self.score_path!r} is not a number") from None
         if self.transform == "log":
+            if not 0 <= value <= 1:
+                raise RetryableError(f"the value at {self.score_path!r} is not a probability: {value!r}")
             value = float(np.log(max(value, 1e-12)))
         if not np.isfinite(value):
             raise RetryableError(f"the value at {self.score_path!r} is not finite")
@@ -188,29 +149,27 @@ class HTTPImageModel:
     def _validate(self, request: dict, body: dict) -> None:
         self._value(body)
 
-    def score_fn(self, target: Target, kind: str = "logprob"):
-        def fn(images):
-            reqs, prepare = self._requests(np.asarray(images), target.label)
-            responses = self.engine.map(reqs, prepare=prepare)
-            if self.engine.dry_run:
-                return np.zeros(len(images))
-            values = np.asarray([self._value(r.body) for r in responses])
-            return values if kind == "logprob" else np.exp(values)
-        return fn
+    def scores(self, images, label: str) -> np.ndarray:
+        def build(digest: str) -> dict:
+            return fill(self.template, {"image_data_url": stand_in(digest),
+                                        "image_base64": stand_in(digest, bare_base64=True), "target": label})
+        responses = self.query(images, build, self._validate)
+        if self.engine.dry_run:
+            return np.zeros(len(images))
+        for r in responses:
+            self.note(r.body)
+        return np.asarray([self._value(r.body) for r in responses])
 
-    def usage(self) -> dict:
-        u = self.engine.stats.as_dict()
-        u["budget"] = self.engine.budget.summary()
-        return u
+    def _provenance_extra(self) -> dict:
+        return {"scoring": f"score_path {self.score_path}", "transform": self.transform}
 
-    def provenance(self) -> dict:
-        from blackbox import __version__
 
-        return {"model": self.name, "endpoint": self.engine.transport.endpoint, "scoring": f"score_path {self.score_path}",
-                "transform": self.transform, "resolution": self.resolution, "blackbox_version": __version__}
-
-    def close(self):
-        self.engine.close()
+def spec_view(spec: dict, where: str, resolution: int | None = None) -> ViewRule:
+    """The view a spec describes: ``resolution`` (default 512; the user's wins), ``view`` (full or
+    center_crop) and ``crop_fraction``."""
+    return ViewRule.parse({"kind": spec.get("view", "full"), "size": spec.get("resolution", 512),
+                           "crop_fraction": spec.get("crop_fraction", 224 / 256)}, f"endpoint spec {where}",
+                          resolution)
 
 
 def load_spec(path: str) -> dict:
@@ -221,15 +180,26 @@ def load_spec(path: str) -> dict:
             spec = json.load(fh)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read endpoint spec {path}: {exc}") from None
-    missing = [k for k in ("url", "request", "score_path") if k not in (spec if isinstance(spec, dict) else {})]
+    if not isinstance(spec, dict):
+        raise InputError(f"endpoint spec {path} must be a JSON object with url, request and score_path")
+    missing = [k for k in ("url", "request", "score_path") if k not in spec]
     if missing:
         raise InputError(f"endpoint spec {path} lacks {', '.join(missing)}")
+    for key in ("url", "score_path"):
+        if not isinstance(spec[key], str) or not spec[key].strip():
+            raise InputError(f"endpoint spec {path}: {key!r} must be a non-empty string")
+    if not isinstance(spec["request"], (dict, list)):
+        raise InputError(f"endpoint spec {path}: 'request' must be a JSON object (the request template)")
+    if not isinstance(spec.get("headers") or {}, dict):
+        raise InputError(f"endpoint spec {path}: 'headers' must be an object of strings")
+    spec_view(spec, path)  # a bad resolution/view is reported now, before anything is sent
     return spec
 
 
 def http_image_model(spec_path: str, *, budget=None, cache: bool = True, concurrency: int = 16,
                      rpm=None, tpm=None, timeout: float = 60.0, max_attempts: int = 6, prices=None,
-                     dry_run: bool = False, api_key_env: str | None = None, **engine_options) -> HTTPImageModel:
+                     dry_run: bool = False, api_key_env: str | None = None, resolution: int | None = None,
+                     **engine_options) -> HTTPImageModel:
     spec = load_spec(spec_path)
     headers = dict(spec.get("headers") or {})
     key_env = api_key_env or spec.get("api_key_env")
@@ -239,11 +209,12 @@ def http_image_model(spec_path: str, *, budget=None, cache: bool = True, concurr
             raise InputError(f"the endpoint spec needs an API key: set the environment variable "
                              f"{key_env or '(name it with --api-key-env)'}")
         headers = {k: str(v).replace("{api_key}", secret) for k, v in headers.items()}
-    if any("{api_key}" in json.dumps(spec["request"]) for _ in [0]):
+    if "{api_key}" in json.dumps(spec["request"]):
         raise InputError("put {api_key} in 'headers', not in the request template (requests are cached)")
     transport = HTTPTransport(spec["url"], headers, max_connections=max(concurrency, 8),
                               usage_path=spec.get("usage_path"), secret=secret)
     engine = QueryEngine(transport, budget=budget, cache=cache, concurrency=concurrency,
                          rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts, prices=prices,
                          model=spec.get("model"), dry_run=dry_run, **engine_options)
-    return HTTPImageModel(spec, engine, name=f"http:{os.path.basename(spec_path)}")
+    return HTTPImageModel(spec, engine, name=f"http:{os.path.basename(spec_path)}",
+                          view_rule=spec_view(spec, spec_path, resolution))

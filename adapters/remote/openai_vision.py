@@ -1,29 +1,28 @@
 """Vision chat models (GPT-vision, any OpenAI-compatible server) as image query functions.
 
-The scalar per image is log P("Yes") for the closed question "Is there a {target} in this image?
-Answer Yes or No.", read from the first answer token's ``top_logprobs`` and summed over the case
-and whitespace variants of "yes" (" Yes", "YES", "yes." ...). If "yes" is not among the top-k
-alternatives, P(yes) is bounded by the smallest listed probability and by the mass left over, and
-that bound is used.
+The question is closed: "Is there a {target} in this image? Answer Yes or No." The default score
+(``logodds``) is log P(Yes) - log P(No), read from the first answer token's ``top_logprobs`` and
+summed over the case and whitespace variants of each word (" Yes", "YES", "no." ...). Log-odds do
+not saturate when the model is sure (log P(Yes) sits near 0 for every image that shows the
+target). A side missing from the top-k is bounded by the smallest listed probability and by the
+mass left over (the floor). ``logprob`` keeps log P(Yes) alone.
 
-Capability probe: before spending, one request (the first image, with ``logprobs`` and
-``top_logprobs``) shows whether the endpoint returns logprobs for image inputs. If it does not,
-a fallback is used, with a warning:
+Capability probe: before spending on the map, one request (the first image, with ``logprobs`` and
+``top_logprobs``) shows whether the endpoint returns logprobs for image inputs. It counts as one
+billable request. Without logprobs a fallback is used, with a warning; it costs ``samples``
+requests per image (``--queries`` caps them all):
 
 * ``confidence`` (default fallback): ask for a 0-100 confidence, ``samples`` times (replicas at
   temperature 1), score = log((mean + 0.5) / 101); coarse, so use a larger sigma;
 * ``frequency``: ask the Yes/No question ``samples`` times at temperature 1, score =
   log((yes + 0.5) / (samples + 1)).
 
-Images are sent as PNG data URLs at a fixed resolution (``ImageView.full``: the whole image, longer
-side ``resolution``). The saliency spaces already clip and 8-bit-quantise what they render, and PNG
-is lossless, so what is sent is exactly what the estimator weighted.
+What the endpoint looks at comes from its model card when it describes itself (``blackbox
+serve`` does: a centre crop at 224, like the embedded classifier), else the whole image, longer
+side 512 (``--resolution`` changes the size).
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import math
 import re
 import sys
@@ -31,88 +30,76 @@ from typing import Callable
 
 import numpy as np
 
-from blackbox.errors import InputError, ModelError
-from blackbox.images import ImageView
-from blackbox.models import Target
+from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.queries import KeyedInputs
 
-from .engine import QueryEngine, RetryableError
+from .engine import QueryEngine
+from .image_model import RemoteImageModel, ViewRule, stand_in
 from .pricing import PriceTable
 
 PRESETS = {"gpt-vision": "gpt-4o-mini"}
-NATIVE_RESOLUTION = {"efficientnet-lite0": 224}  # our own server (blackbox serve) looks at 224 x 224
-DEFAULT_RESOLUTION = 512
 QUESTION = "Is there a {label} in this image? Answer Yes or No."
 CONFIDENCE_QUESTION = ("Is there a {label} in this image? Give your confidence that there is, as a number "
                        "from 0 to 100. Answer with the number only.")
-SCORINGS = ("auto", "logprob", "confidence", "frequency")
+SCORINGS = ("auto", "logodds", "logprob", "confidence", "frequency")
+LOGPROB_SCORINGS = ("logodds", "logprob")
+FLOOR = 1e-12  # the smallest probability a missing answer word is given
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def _is_yes(token: str) -> bool:
-    return token.strip().strip(".!,:;\"'").lower() == "yes"
+def _word(token: str) -> str:
+    return token.strip().strip(".!,:;\"'").lower()
+
+
+def yes_no_logprobs(top: list[dict]) -> tuple[float, float]:
+    """(log P(yes), log P(no)) from a first-token ``top_logprobs`` list, each summed over the
+    case/whitespace variants; a word not listed is bounded by the smallest listed probability and
+    by the mass left over (never below ``FLOOR``)."""
+    if not top:
+        raise ValueError("empty top_logprobs")
+    probs = [(_word(t["token"]), math.exp(t["logprob"])) for t in top]
+    smallest = min(p for _, p in probs)
+    rest = max(1.0 - sum(p for _, p in probs), 0.0)
+    bound = min(smallest, rest) if rest > 0 else smallest
+
+    def log_p(word: str) -> float:
+        p = sum(q for w, q in probs if w == word)
+        return math.log(min(max(p if p > 0 else bound, FLOOR), 1.0))
+    return log_p("yes"), log_p("no")
 
 
 def yes_logprob(top: list[dict]) -> float:
-    """log P(yes) from a first-token ``top_logprobs`` list, summed over case/whitespace variants."""
-    if not top:
-        raise ValueError("empty top_logprobs")
-    probs = [(t.get("token", ""), math.exp(float(t["logprob"]))) for t in top]
-    yes = sum(p for tok, p in probs if _is_yes(tok))
-    if yes > 0:
-        return math.log(min(yes, 1.0))
-    rest = max(1.0 - sum(p for _, p in probs), 0.0)
-    bound = min(min(p for _, p in probs), rest) if rest > 0 else min(p for _, p in probs)
-    return math.log(max(bound, 1e-12))
+    """log P(yes) alone (see :func:`yes_no_logprobs`)."""
+    return yes_no_logprobs(top)[0]
 
 
-def quantise(images: np.ndarray) -> np.ndarray:
-    """[0, 1] float images -> uint8 (what is sent; the saliency spaces already render on this grid)."""
-    x = np.multiply(images, np.float32(255.0), dtype=np.float32)
-    x += np.float32(0.5)  # round half up; values rendered on the 8-bit grid are never at .5
-    np.clip(x, 0.0, 255.0, out=x)
-    return x.astype(np.uint8)
-
-
-def image_digest(image8: np.ndarray) -> str:
-    """A content hash of an 8-bit image (the cache key holds this, not the encoded image)."""
-    h = hashlib.sha256(str(image8.shape).encode())
-    h.update(np.ascontiguousarray(image8).tobytes())
-    return h.hexdigest()
-
-
-STAND_IN = "blackbox-image-sha256:"
-
-
-def png_data_url(image: np.ndarray) -> str:
-    """An ``(H, W, 3)`` image ([0, 1] float or uint8) as a PNG data URL (8 bits, lossless)."""
-    from PIL import Image
-
-    arr = image if image.dtype == np.uint8 else quantise(image)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def yes_no_logodds(top: list[dict]) -> float:
+    """log P(yes) - log P(no) (see :func:`yes_no_logprobs`)."""
+    log_yes, log_no = yes_no_logprobs(top)
+    return log_yes - log_no
 
 
 def _warn(message: str) -> None:
     print(f"blackbox: warning: {message}", file=sys.stderr, flush=True)
 
 
-class OpenAIVisionModel:
+class OpenAIVisionModel(RemoteImageModel):
     """An OpenAI-compatible vision chat model as an :class:`~blackbox.models.ImageModel`.
 
-    ``engine`` carries cache, budget, retries and concurrency (see ``engine.py``). The model
-    exposes ``query_batch_size`` so a QueryRunner hands it enough images to keep
-    ``concurrency`` requests in flight."""
+    ``engine`` carries cache, budget, retries and concurrency (see ``engine.py``)."""
 
-    def __init__(self, model: str, engine: QueryEngine, *, resolution: int | None = None,
-                 scoring: str = "auto", top_logprobs: int = 5, samples: int = 5, detail: str = "auto",
-                 seed: int | None = 0, name: str | None = None, warn: Callable[[str], None] = _warn):
+    def __init__(self, model: str, engine: QueryEngine, *, view_rule: ViewRule | None = None,
+                 resolution: int | None = None, card: dict | None = None, scoring: str = "auto",
+                 top_logprobs: int = 5, samples: int = 5, detail: str = "auto", seed: int | None = 0,
+                 name: str | None = None, warn: Callable[[str], None] = _warn):
         if scoring not in SCORINGS:
             raise InputError(f"unknown scoring {scoring!r} ({', '.join(SCORINGS)})")
+        if samples < 1:
+            raise InputError(f"samples must be >= 1, got {samples}")
+        if view_rule is None:
+            view_rule = ViewRule.parse((card or {}).get("input_view"), f"the model card of {model}", resolution)
+        super().__init__(engine, name or f"openai:{model}", view_rule, card)
         self.model = model
-        self.name = name or f"openai:{model}"
-        self.engine = engine
-        self.resolution = int(resolution or NATIVE_RESOLUTION.get(model, DEFAULT_RESOLUTION))
         self.requested_scoring = scoring
         self.scoring = None if scoring == "auto" else scoring
         self.top_logprobs = int(top_logprobs)
@@ -121,33 +108,20 @@ class OpenAIVisionModel:
         self.seed = seed
         self.warn = warn
         self.capabilities: dict = {}
-        self.fingerprints: set[str] = set()
-        self.served_models: set[str] = set()
-        self.query_batch_size = max(64, 2 * engine.concurrency)
-        engine.validate = self._validate
         engine.model = engine.model or model
 
-    # -- ImageModel ---------------------------------------------------------------------------
-    def view(self, height: int, width: int) -> ImageView:
-        return ImageView.full(height, width, self.resolution)
+    @property
+    def probe_requests(self) -> int:
+        return 0 if self.requested_scoring in ("confidence", "frequency") else 1
 
-    def resolve_target(self, target, image=None) -> Target:
-        if target is None or not str(target).strip():
-            raise InputError(f"model {self.name} needs a free-text target, e.g. --target \"espresso\"")
-        return Target(None, str(target).strip())
+    @property
+    def requests_per_query(self) -> int:
+        return self.samples if self.scoring in ("confidence", "frequency") else 1
 
-    def score_fn(self, target: Target, kind: str = "logprob"):
-        if kind not in ("logprob", "prob"):
-            raise ValueError(f"unknown score kind {kind!r} (logprob or prob)")
-        label = target.label
-
-        def fn(images: np.ndarray) -> np.ndarray:
-            images = np.asarray(images)
-            if self.scoring is None:
-                self.probe(images[0], label)
-            values = self.scores(images, label)
-            return values if kind == "logprob" else np.exp(values)
-        return fn
+    def as_probability(self, values: np.ndarray) -> np.ndarray:
+        if (self.scoring or "logodds") == "logodds":
+            return 1.0 / (1.0 + np.exp(-values))
+        return np.exp(values)
 
     # -- requests -----------------------------------------------------------------------------
     def request(self, url: str, label: str, scoring: str) -> dict:
@@ -157,7 +131,7 @@ class OpenAIVisionModel:
                    {"type": "text", "text": question},
                    {"type": "image_url", "image_url": {"url": url, "detail": self.detail}}]}],
                "max_tokens": 1 if scoring != "confidence" else 4}
-        if scoring == "logprob":
+        if scoring in LOGPROB_SCORINGS:
             req.update(temperature=0, logprobs=True, top_logprobs=self.top_logprobs)
         else:
             req.update(temperature=1.0)
@@ -165,71 +139,46 @@ class OpenAIVisionModel:
             req["seed"] = int(self.seed)
         return req
 
+    def _requests(self, images: np.ndarray, label: str, scoring: str, repeats: int = 1):
+        return self.encoded_requests(images, lambda d: self.request(stand_in(d), label, scoring), repeats)
+
     def probe(self, image: np.ndarray, label: str) -> str:
         """One call: does the endpoint give first-token logprobs for image inputs? Choose scoring."""
-        if self.scoring is not None and self.capabilities:
+        if self.capabilities or self.scoring in ("confidence", "frequency"):
             return self.scoring
-        reqs, prepare = self._requests(np.asarray(image)[None], label, "logprob")
-        validate, self.engine.validate = self.engine.validate, None  # a probe may lack logprobs
-        try:
-            body = self.engine.map(reqs, prepare=prepare)[0].body
-        finally:
-            self.engine.validate = validate
+        reqs, prepare = self._requests(np.asarray(image)[None], label, "logodds")
+        body = self.engine.map(reqs, prepare=prepare, validate=_validate_probe)[0].body
         if body is None:  # dry run and not cached: counted as a request that would be sent
-            self.scoring = self.scoring or "logprob"
+            self.scoring = self.scoring or "logodds"
             self.capabilities = {"probed": False, "note": "dry run: assumed logprobs are available"}
             return self.scoring
-        self._note(body)
+        self.note(body)
         top = _top_logprobs(body)
-        caps = {"probed": True, "logprobs": top is not None, "top_logprobs": len(top) if top else 0}
-        self.capabilities = caps
+        self.capabilities = {"probed": True, "logprobs": top is not None, "top_logprobs": len(top) if top else 0}
         if self.scoring is None:
             if top:
-                self.scoring = "logprob"
+                self.scoring = "logodds"
             else:
                 self.scoring = "confidence"
                 self.warn(f"{self.name} returned no logprobs for image inputs; falling back to a verbalised "
-                          f"0-100 confidence averaged over {self.samples} samples (coarse: consider a larger --sigma)")
-        elif self.scoring == "logprob" and not top:
+                          f"0-100 confidence averaged over {self.samples} samples per image (each a paid "
+                          "request; coarse: consider a larger --sigma)")
+        elif not top:
             raise ModelError(f"{self.name} returned no logprobs for image inputs; use scoring 'confidence' or 'frequency'")
         return self.scoring
 
-    def _requests(self, images: np.ndarray, label: str, scoring: str, repeats: int = 1):
-        """Requests that carry each image's content hash; ``prepare`` swaps in the PNG data URL
-        (in the engine's worker threads, only for requests that are really sent)."""
-        images8 = quantise(images)
-        digests = [image_digest(im) for im in images8]
-        by_digest = dict(zip(digests, images8))
-        reqs = [self.request(STAND_IN + d, label, scoring) for d in digests for _ in range(repeats)]
-
-        def prepare(req: dict) -> dict:
-            text, image_part = req["messages"][0]["content"]
-            url = image_part["image_url"]["url"]
-            if not url.startswith(STAND_IN):
-                return req
-            sent = dict(req)
-            sent["messages"] = [{"role": "user", "content": [text, {"type": "image_url", "image_url": {
-                **image_part["image_url"], "url": png_data_url(by_digest[url[len(STAND_IN):]])}}]}]
-            return sent
-        return reqs, prepare
-
-    def scores(self, images: np.ndarray, label: str) -> np.ndarray:
-        scoring = self.scoring or "logprob"
-        if scoring == "logprob":
-            reqs, prepare = self._requests(images, label, scoring)
-            responses = self.engine.map(reqs, prepare=prepare)
-            if self.engine.dry_run:
-                return np.zeros(len(images))
-            out = []
-            for r in responses:
-                self._note(r.body)
-                out.append(yes_logprob(_top_logprobs(r.body)))
-            return np.asarray(out)
-        k = self.samples
-        reqs, prepare = self._requests(images, label, scoring, repeats=k)
-        responses = self.engine.map(reqs, [i % k for i in range(len(reqs))], prepare=prepare)
+    def scores(self, images, label: str) -> np.ndarray:
+        if self.scoring is None:
+            self.probe(images.build([0])[0] if isinstance(images, KeyedInputs) else images[0], label)
+        scoring = self.scoring
+        k = 1 if scoring in LOGPROB_SCORINGS else self.samples
+        responses = self.query(images, lambda d: self.request(stand_in(d), label, scoring), self._validate, k)
         if self.engine.dry_run:
             return np.zeros(len(images))
+        for r in responses:
+            self.note(r.body)
+        if k == 1:
+            return np.asarray([self._score(r.body, scoring) for r in responses])
         out = []
         for i in range(len(images)):
             texts = [_content(r.body) for r in responses[i * k:(i + 1) * k]]
@@ -237,48 +186,44 @@ class OpenAIVisionModel:
                 mean = float(np.mean([_confidence(t) for t in texts]))
                 out.append(math.log((mean + 0.5) / 101.0))
             else:
-                yes = sum(_is_yes(t.split()[0]) if t.split() else False for t in texts)
+                yes = sum(_word(t.split()[0]) == "yes" if t.split() else False for t in texts)
                 out.append(math.log((yes + 0.5) / (k + 1.0)))
-        for r in responses:
-            self._note(r.body)
         return np.asarray(out)
 
+    @staticmethod
+    def _score(body: dict | None, scoring: str) -> float:
+        top = _top_logprobs(body)
+        if top is None:
+            raise RetryableError("the answer has no usable first-token top_logprobs")
+        return yes_no_logodds(top) if scoring == "logodds" else yes_logprob(top)
+
     def _validate(self, request: dict, body: dict) -> None:
-        """Reject (and so retry) answers that cannot be scored."""
+        """Reject (so retry, and never cache) answers that cannot be scored."""
         if request.get("logprobs"):
-            if _top_logprobs(body) is None:
-                raise RetryableError("the answer has no first-token top_logprobs")
+            self._score(body, "logodds")
         elif "0 to 100" in str(request["messages"][0]["content"][0].get("text", "")):
             if _NUMBER.search(_content(body)) is None:
                 raise RetryableError("the answer has no number")
 
-    def _note(self, body: dict | None) -> None:
-        if body:
-            if body.get("system_fingerprint"):
-                self.fingerprints.add(str(body["system_fingerprint"]))
-            if body.get("model"):
-                self.served_models.add(str(body["model"]))
+    def _provenance_extra(self) -> dict:
+        return {"requested_model": self.model, "scoring": self.scoring or self.requested_scoring,
+                "capabilities": self.capabilities, "request_seed": self.seed,
+                "question": (CONFIDENCE_QUESTION if self.scoring == "confidence" else QUESTION)}
 
-    # -- reporting ----------------------------------------------------------------------------
-    def usage(self) -> dict:
-        u = self.engine.stats.as_dict()
-        u["budget"] = self.engine.budget.summary()
-        return u
 
-    def provenance(self) -> dict:
-        from blackbox import __version__
-
-        return {"model": self.model, "served_models": sorted(self.served_models),
-                "system_fingerprint": sorted(self.fingerprints), "endpoint": self.engine.transport.endpoint,
-                "scoring": self.scoring or self.requested_scoring, "capabilities": self.capabilities,
-                "question": (CONFIDENCE_QUESTION if self.scoring == "confidence" else QUESTION),
-                "resolution": self.resolution, "request_seed": self.seed, "blackbox_version": __version__}
-
-    def close(self):
-        self.engine.close()
+def _validate_probe(request: dict, body: dict) -> None:
+    """A probe answer may lack logprobs (that is what it finds out), but listed ones must be valid."""
+    try:
+        listed = body["choices"][0].get("logprobs")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RetryableError("the answer has no choices") from None
+    if listed and _top_logprobs(body) is None:
+        raise RetryableError("the answer lists logprobs that are not valid log-probabilities")
 
 
 def _top_logprobs(body: dict | None):
+    """The first token's alternatives as ``[{"token", "logprob"}]``, or None when absent or when
+    any value is not a log-probability (finite and <= 0)."""
     try:
         top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     except (KeyError, IndexError, TypeError):
@@ -286,9 +231,12 @@ def _top_logprobs(body: dict | None):
     if not isinstance(top, list) or not top:
         return None
     try:
-        return [{"token": str(t["token"]), "logprob": float(t["logprob"])} for t in top]
+        out = [{"token": str(t["token"]), "logprob": float(t["logprob"])} for t in top]
     except (KeyError, TypeError, ValueError):
         return None
+    if not all(math.isfinite(t["logprob"]) and t["logprob"] <= 1e-6 for t in out):
+        return None
+    return out
 
 
 def _content(body: dict | None) -> str:
@@ -300,7 +248,8 @@ def _content(body: dict | None) -> str:
 
 def _confidence(text: str) -> float:
     m = _NUMBER.search(text)
-    return float(np.clip(float(m.group()), 0.0, 100.0)) if m else 50.0
+    value = float(m.group()) if m else 50.0
+    return float(np.clip(value, 0.0, 100.0)) if math.isfinite(value) else 50.0
 
 
 def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -308,7 +257,8 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
                         tpm: float | None = None, timeout: float = 60.0, max_attempts: int = 6,
                         prices: str | PriceTable | None = None, dry_run: bool = False,
                         max_wait: float = 60.0, backoff: float = 0.5, **options) -> OpenAIVisionModel:
-    """Build the model for ``gpt-vision`` or ``openai:<model>`` with its engine."""
+    """Build the model for ``gpt-vision`` or ``openai:<model>`` with its engine. The endpoint's
+    model card (if it has one) sets the view and, when the price table has none, the price."""
     from .openai_transport import OpenAITransport
 
     if name in PRESETS:
@@ -319,7 +269,21 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
         raise InputError(f"expected gpt-vision or openai:<model>, got {name!r}")
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="chat",
                                 max_connections=max(concurrency, 8))
+    card = transport.model_card(model, timeout=min(timeout, 10.0))
+    table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
+    described = _card_price((card or {}).get("pricing"))
+    if described is not None and table.price(model) is None:
+        table.table[model] = described
     engine = QueryEngine(transport, budget=budget, cache=cache,
                          concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts,
-                         prices=prices, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
-    return OpenAIVisionModel(model, engine, name=name if name in PRESETS else None, **options)
+                         prices=table, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
+    return OpenAIVisionModel(model, engine, card=card, name=name if name in PRESETS else None, **options)
+
+
+def _card_price(pricing) -> dict | None:
+    """``{"input": .., "output": ..}`` in USD per million tokens from a model card, if valid."""
+    try:
+        price = {"input": float(pricing["input"]), "output": float(pricing["output"])}
+    except (TypeError, KeyError, ValueError):
+        return None
+    return price if all(math.isfinite(v) and v >= 0 for v in price.values()) else None

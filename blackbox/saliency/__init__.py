@@ -1,0 +1,152 @@
+"""Black-box saliency maps from forward queries only.
+
+A map is composed of small parts, each replaceable on its own:
+
+* a **space** (what is perturbed; :mod:`blackbox.image_spaces`): ``mask`` (default; per-patch
+  mixing with a blurred baseline: the effect of removing each patch) or ``pixel`` (per-patch
+  additive brightness noise). The space renders queries, reports the perturbation delivered
+  and reads an estimate back as a map;
+* a **method** (:mod:`blackbox.saliency.methods`): where the noise is centred and what the map
+  multiplies the gradient by (vanilla, SmoothGrad, Integrated Gradients, gradient x input);
+* an **estimator** (how the answers are explained; :mod:`blackbox.estimators`): the plain
+  likelihood-ratio mean;
+* a **sampler**: one pass with a fixed allocation across blocks, or rounds rationed by an
+  allocator (:mod:`blackbox.rationing`).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..estimators import ESTIMATORS, Regression, lr_gradient
+from ..image_spaces import SPACES, PatchGrid
+from ..images import ImageView, as_float_image, blur
+from ..queries import Budget, QueryRunner
+from ..rationing import rationed_gradient
+from .methods import METHODS, Method
+from .result import SaliencyResult
+
+__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "make_baseline", "saliency"]
+
+
+def make_baseline(image: np.ndarray, kind: str = "blur", radius: float | None = None) -> np.ndarray:
+    """The 'removed' image: a strong blur (default), the mean colour, or black."""
+    if kind == "blur":
+        return blur(image, radius if radius is not None else max(image.shape[:2]) / 16)
+    if kind == "mean":
+        return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32).copy()
+    if kind == "black":
+        return np.zeros_like(image)
+    raise InputError(f"unknown baseline {kind!r} (blur, mean or black)")
+
+
+def saliency(
+    score: Callable[[np.ndarray], np.ndarray] | QueryRunner,
+    image: np.ndarray,
+    *,
+    queries: int = 1000,
+    method: str = "ig",
+    space: str = "mask",
+    estimator: str = "lr",
+    grid: int | tuple[int, int] = 14,
+    blocks: int = 1,
+    sigma: float | None = None,
+    smooth: float | None = None,
+    per_channel: bool = False,
+    control: str = "antithetic",
+    noise: str | None = None,
+    smoothness: float | None = 0.3,
+    baseline: str | np.ndarray = "blur",
+    allocation: np.ndarray | None = None,
+    seed: int | None = 0,
+    budget: Budget | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    allocator: str | None = None,
+    rounds: int | None = None,
+    target_error: float | None = None,
+    target: object | None = None,
+    view: ImageView | None = None,
+) -> SaliencyResult:
+    """Explain ``score`` (images -> one float each, e.g. a target log-probability) at ``image``.
+
+    ``image`` is the working image the model sees, ``(H, W, 3)`` in [0, 1] (or uint8).
+    ``score`` may be a plain function or a :class:`QueryRunner` (to share a budget and counters).
+    Spends at most ``queries`` queries; if a budget runs out first, the map built from the
+    queries already answered is returned with ``stopped`` set.
+    ``allocator`` (``uniform``, ``neyman``, ``flops``) rations the budget across the ``blocks``
+    in ``rounds`` (default 4); ``target_error`` stops once the relative standard error of the
+    estimate is at or below it (see :mod:`blackbox.rationing`), reporting ``queries_saved``.
+    ``target`` (what the map explains) and ``view`` (how the working image was cut from the
+    original) are kept in the result, which maps itself back to the original with ``view``.
+    """
+    method_def = _choose(METHODS, method, "method")
+    space_cls = _choose(SPACES, space, "space")
+    explainer = _estimator(estimator, smoothness)
+    if not isinstance(queries, (int, np.integer)) or queries < 2:
+        raise InputError(f"queries must be a whole number >= 2, got {queries}")
+    image = as_float_image(image)
+    rows, cols = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
+    cell_grid = PatchGrid(image.shape[0], image.shape[1], int(rows), int(cols))
+    cell_blocks = cell_grid.blocks(blocks)
+    base = as_float_image(baseline if isinstance(baseline, np.ndarray) else make_baseline(image, baseline))
+    perturbed = space_cls(image, cell_grid, baseline=base, per_channel=per_channel)
+    sigma = method_def.sigma(perturbed, sigma, smooth)
+    sample = _sampler(allocation, allocator, rounds, target_error)
+    runner = _runner(score, budget, batch_size)
+    if progress:
+        runner.start_progress(queries, f"saliency ({method}, {space})")
+    q0, m0, t0 = runner.record.queries, runner.record.model_seconds, time.perf_counter()
+    try:
+        probe = perturbed.probe(method_def, runner, cell_blocks)
+        est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control,
+                     noise=noise or method_def.noise, blocks=probe.blocks, seed=np.random.default_rng(seed),
+                     center_fn=probe.center_fn, keep_samples=explainer.keep_samples)
+        attribution = perturbed.attribution(method_def, *explainer.fit(est, perturbed.prior()))
+    finally:
+        if progress:
+            runner.close()
+    return SaliencyResult(
+        map=attribution.pixels, cells=attribution.cells, stderr=attribution.stderr, method=method,
+        space=space, estimator=estimator, cell_grid=cell_grid, blocks=blocks, sigma=sigma,
+        signed=attribution.signed, queries=runner.record.queries - q0, seconds=time.perf_counter() - t0,
+        model_seconds=runner.record.model_seconds - m0, stopped=est.stopped,
+        queries_saved=int(est.extras.get("queries_saved", 0)), allocator=est.extras.get("allocator"),
+        estimate=est, target=target, view=view)
+
+
+def _choose(options: dict, name: str, what: str):
+    if name not in options:
+        raise InputError(f"unknown {what} {name!r}; choose from {', '.join(options)}")
+    return options[name]
+
+
+def _estimator(name: str, smoothness: float | None):
+    cls = _choose(ESTIMATORS, name, "estimator")
+    if cls is Regression:
+        if smoothness is not None and smoothness < 0:
+            raise InputError(f"smoothness must be >= 0 (or None to choose it by cross-validation), got {smoothness}")
+        return Regression(smoothness)
+    return cls()
+
+
+def _runner(score, budget: Budget | None, batch_size: int) -> QueryRunner:
+    if isinstance(score, QueryRunner):
+        if budget is not None:
+            raise InputError("pass the budget to the QueryRunner, not to saliency()")
+        return score
+    return QueryRunner(score, budget=budget, batch_size=batch_size)
+
+
+def _sampler(allocation, allocator: str | None, rounds: int | None, target_error: float | None):
+    """One pass with a fixed allocation across blocks, or rounds rationed by an allocator."""
+    if allocator is None and rounds is None and target_error is None:
+        return functools.partial(lr_gradient, allocation=allocation)
+    if allocation is not None:
+        raise InputError("pass either a fixed allocation or an allocator, not both")
+    return functools.partial(rationed_gradient, allocator=allocator or "uniform", rounds=rounds or 4,
+                             target_error=target_error)
