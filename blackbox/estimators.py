@@ -241,21 +241,21 @@ class Regression:
 
     The LR mean treats the share of every other coordinate in ``r_i`` as noise, so each
     coordinate's variance carries the sum of all squared gradient entries; least squares removes
-    that cross-talk (LIME and KernelSHAP are regressions too). The fit is regularised by a
-    prior ``g' (P + ridge I) g`` with ``P`` the space's smoothness penalty (neighbouring cells
-    alike; plain ridge without one), weighted by ``smoothness`` times the data's weight per
-    coordinate (``trace(Z'Z) / d``). ``smoothness=None`` chooses the weight by generalised
-    cross-validation from ``GCV_GRID``. Standard errors come from the residuals and the
-    regularised normal equations (they leave out the prior's bias).
+    that cross-talk (LIME and KernelSHAP are regressions too). The fit is regularised by
+    ``w (smoothness g' P g + ridge |g|^2)`` with ``P`` the space's smoothness penalty (the sum of
+    squared differences between neighbouring cells) and ``w = trace(Z'Z) / d``, the data's weight
+    per coordinate, so both numbers are relative to the data. ``smoothness=None`` chooses it by
+    generalised cross-validation from ``GCV_GRID``. Standard errors come from the residuals and
+    the regularised normal equations (they leave out the prior's bias).
     """
 
     name = "ridge"
     keep_samples = True
-    GCV_GRID = tuple(10.0 ** np.arange(-3, 1.01, 0.25))
+    GCV_GRID = tuple(10.0 ** np.arange(-3, 1.01, 0.5))
 
-    def __init__(self, smoothness: float | None = 0.3, ridge: float = 0.01):
-        if smoothness is not None and smoothness < 0:
-            raise ValueError("smoothness must be >= 0")
+    def __init__(self, smoothness: float | None = 0.3, ridge: float = 0.003):
+        if (smoothness is not None and smoothness < 0) or ridge < 0:
+            raise ValueError("smoothness and ridge must be >= 0")
         self.smoothness, self.ridge = smoothness, ridge
 
     def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -265,35 +265,23 @@ class Regression:
         dim = z.shape[1]
         if len(r) == 0:
             return np.zeros(dim), np.full(dim, np.inf)
-        penalty = np.zeros((dim, dim))
+        smooth = np.zeros((dim, dim))
         if prior is not None:
-            k = len(prior)
-            penalty[:k, :k] = prior
-        penalty += self.ridge * np.eye(dim)
-        gram = z.T @ z
+            smooth[:len(prior), :len(prior)] = prior
+        gram, zr = z.T @ z, z.T @ r
         weight = max(float(np.trace(gram)) / dim, 1e-300)
-        # one generalised eigenproblem serves every prior weight: with penalty = R'R,
-        # gram = R' V diag(mu) V' R, so (gram + w penalty)^-1 = W diag(1 / (mu + w)) W', W = R^-1 V
-        chol = np.linalg.cholesky(penalty)
-        inv_chol = np.linalg.inv(chol)  # penalty = chol chol', so R = chol'
-        mu, v = np.linalg.eigh(inv_chol @ gram @ inv_chol.T)
-        mu = np.maximum(mu, 0.0)
-        w_mat = inv_chol.T @ v
-        projected = w_mat.T @ (z.T @ r)
-        candidates = self.GCV_GRID if self.smoothness is None else (self.smoothness,)
         best = None
-        for lam in candidates:
-            shrink = mu / (mu + lam * weight)
-            g = w_mat @ (projected / (mu + lam * weight))
+        for lam in self.GCV_GRID if self.smoothness is None else (self.smoothness,):
+            inverse = np.linalg.pinv(gram + weight * (lam * smooth + self.ridge * np.eye(dim)), hermitian=True)
+            g = inverse @ zr
             residual = r - z @ g
-            rss = float(residual @ residual)
-            dof = float(shrink.sum())
-            gcv = rss / max(len(r) - dof, 1e-9) ** 2
+            dof = float(np.sum(inverse * gram))  # trace(inverse @ gram): both symmetric
+            gcv = float(residual @ residual) / max(len(r) - dof, 1e-9) ** 2
             if best is None or gcv < best[0]:
-                best = (gcv, lam, g, rss, dof)
-        _, lam, g, rss, dof = best
+                best = (gcv, lam, g, float(residual @ residual), dof, inverse)
+        _, lam, g, rss, dof, inverse = best
         noise = rss / max(len(r) - dof, 1.0)
-        var = noise * (w_mat ** 2 @ (mu / (mu + lam * weight) ** 2))
+        var = noise * np.einsum("ij,jk,ki->i", inverse, gram, inverse)
         est.extras["smoothness"] = lam
         return g, np.sqrt(np.maximum(var, 0.0))
 

@@ -70,6 +70,15 @@ class PatchGrid:
         shape = (1, self.rows, self.cols) + (1,) * (images.ndim - 3)
         return summed / self.cell_pixels.reshape(shape)
 
+    def coarsened(self, factor: int) -> tuple["PatchGrid", np.ndarray]:
+        """A grid ``factor`` times coarser over the same image, and for every cell of this grid
+        the coarse cell that holds its centre (flat indices)."""
+        coarse = PatchGrid(self.height, self.width, -(-self.rows // factor), -(-self.cols // factor))
+        centre_rows = (self.row_edges[:-1] + self.row_edges[1:]) // 2
+        centre_cols = (self.col_edges[:-1] + self.col_edges[1:]) // 2
+        parent = coarse.row_of[centre_rows][:, None] * coarse.cols + coarse.col_of[centre_cols][None, :]
+        return coarse, parent.reshape(-1)
+
     def laplacian(self) -> np.ndarray:
         """``(cells, cells)`` graph Laplacian of the 4-neighbour grid: ``g' L g`` is the sum of
         squared differences between neighbouring cells (a smoothness penalty)."""
@@ -338,6 +347,10 @@ class MaskSpace:
     def prior(self) -> np.ndarray:
         """Smoothness penalty over the coordinates: neighbouring cells alike."""
         return self.grid.laplacian()
+
+    def on_grid(self, grid: PatchGrid) -> "MaskSpace":
+        """The same image and baseline on another grid."""
+        return MaskSpace(self.image, grid, self.baseline)
 
     def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
         """Masks around ``m = 1`` (the image), on the IG path around ``m = alpha`` (one random
