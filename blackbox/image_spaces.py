@@ -14,12 +14,14 @@ and report the perturbation actually delivered, which the estimator weights by.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .queries import KeyedInputs, keyed_points
 
 
 class PatchGrid:
@@ -67,6 +69,18 @@ class PatchGrid:
                                  self.col_edges[:-1], axis=2)
         shape = (1, self.rows, self.cols) + (1,) * (images.ndim - 3)
         return summed / self.cell_pixels.reshape(shape)
+
+    def laplacian(self) -> np.ndarray:
+        """``(cells, cells)`` graph Laplacian of the 4-neighbour grid: ``g' L g`` is the sum of
+        squared differences between neighbouring cells (a smoothness penalty)."""
+        ids = np.arange(self.cells).reshape(self.rows, self.cols)
+        pairs = np.concatenate([np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1),
+                                np.stack([ids[:-1].ravel(), ids[1:].ravel()], 1)])
+        out = np.zeros((self.cells, self.cells))
+        np.add.at(out, (pairs[:, 0], pairs[:, 1]), -1.0)
+        np.add.at(out, (pairs[:, 1], pairs[:, 0]), -1.0)
+        out[np.diag_indices(self.cells)] = -out.sum(axis=1)
+        return out
 
     def blocks(self, k: int) -> list[np.ndarray]:
         """Split the cells into ``k`` spatially contiguous tiles (flat cell indices)."""
@@ -217,9 +231,15 @@ class PixelSpace:
             delivered = delivered.mean(axis=3, keepdims=True)
         return images, delivered.reshape(n, -1)
 
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike, channel by channel."""
+        return np.kron(self.grid.laplacian(), np.eye(self.channels))
+
     def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
         """Offsets around the image; on the IG path one extra coordinate, never perturbed, carries
         the path position alpha (the offsets are then added to ``baseline + alpha (image - baseline)``)."""
+        if method.center == "half":
+            raise InputError(f"{method.name} mixes patches with the baseline: use it in mask space")
         blocks = [np.concatenate([b * self.channels + c for c in range(self.channels)]) for b in cell_blocks]
         if not method.path:
             def f(points):
@@ -287,6 +307,18 @@ class MaskSpace:
         cells = np.repeat(grid.cell_ids.reshape(-1), self.image.shape[2])
         self._delivery = ClampedMean(cells, d * d, np.minimum(lo, 0.0), np.maximum(hi, 0.0), grid.cells)
 
+    RENDER_VERSION = "mask-1"  # change it when render() changes what an image looks like (cache keys)
+
+    def keyed(self, points: np.ndarray) -> KeyedInputs:
+        """The images for ``points`` as keyed inputs: keys from the points (and this space's
+        image, baseline and grid), pixels rendered only for the images a model must send."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256(f"{self.RENDER_VERSION}:{self.image.shape}:{self.grid.rows}x{self.grid.cols}".encode())
+            h.update(np.ascontiguousarray(self.image).tobytes())
+            h.update(np.ascontiguousarray(self.baseline).tobytes())
+            self._fingerprint = h.hexdigest()
+        return keyed_points(points, self._fingerprint, lambda p: self.render(p)[0])
+
     def render(self, points: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Images for mask values ``points`` (n, cells), and the mask values delivered.
 
@@ -303,12 +335,18 @@ class MaskSpace:
         np.multiply(out, np.float32(1 / 255), out=out)
         return out, self._delivery(points)
 
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike."""
+        return self.grid.laplacian()
+
     def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
-        """Masks around ``m = 1`` (the image), or on the IG path around ``m = alpha`` (one random
-        alpha per direction, shared by all patches)."""
+        """Masks around ``m = 1`` (the image), on the IG path around ``m = alpha`` (one random
+        alpha per direction, shared by all patches), or around ``m = 1/2`` (half removed)."""
         buffer = [None]  # one reusable image buffer: the score function consumes images at once
 
         def f(points):
+            if getattr(score, "accepts_keys", False):  # a content-cached model: cached answers need no pixels
+                return score(self.keyed(points)), self._delivery(points)
             images, delivered = self.render(points, out=buffer[0])
             buffer[0] = images
             return score(images), delivered
@@ -317,7 +355,8 @@ class MaskSpace:
         if method.path:
             def center_fn(rng, n):
                 return np.repeat(rng.random((n, 1)), self.dim, axis=1)
-        return Probe(f, self.center, list(cell_blocks), center_fn)
+        center = np.full(self.dim, 0.5) if method.center == "half" else self.center
+        return Probe(f, center, list(cell_blocks), center_fn)
 
     def attribution(self, method, flat: np.ndarray, flat_err: np.ndarray) -> Attribution:
         shape = (self.grid.rows, self.grid.cols)

@@ -121,6 +121,11 @@ class Response:
     cost: float | None = 0.0
     attempts: int = 0
 
+    @classmethod
+    def from_cache(cls, value: dict) -> "Response":
+        return cls(value["body"], True, value.get("prompt_tokens", 0), value.get("completion_tokens", 0),
+                   value.get("cost"), 0)
+
 
 @dataclass
 class EngineStats:
@@ -299,8 +304,7 @@ class QueryEngine:
         answers: dict[str, Response] = {}
         if self.cache is not None:
             for key, value in self.cache.get_many(list(unique)).items():
-                answers[key] = Response(value["body"], True, value.get("prompt_tokens", 0),
-                                        value.get("completion_tokens", 0), value.get("cost"), 0)
+                answers[key] = Response.from_cache(value)
         misses = [k for k in unique if k not in answers]
         self.stats.add(requested=len(unique), cache_hits=len(unique) - len(misses))
         if misses and self.dry_run:
@@ -313,6 +317,26 @@ class QueryEngine:
             self._send_batch([(k, unique[k]) for k in misses], answers, _Batch(prepare, validate))
         self.stats.add(seconds=time.perf_counter() - t0)
         return [answers[k] for k in keys]
+
+    def lookup(self, requests: Sequence[dict], replicas: Sequence[int] | None = None) -> list[Response | None]:
+        """Cached answers only (None where there is none); nothing is sent or reserved."""
+        replicas = list(replicas) if replicas is not None else [0] * len(requests)
+        keys = [request_key(self.transport.endpoint, r, k) for r, k in zip(requests, replicas)]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        self.stats.add(requested=len(found), cache_hits=len(found))
+        return [Response.from_cache(found[k]) if k in found else None for k in keys]
+
+    def remember(self, requests: Sequence[dict], replicas: Sequence[int], responses: Sequence[Response]) -> None:
+        """Store answers under other requests too (aliases: e.g. an image known by the points
+        that render it as well as by its pixels), so :meth:`lookup` finds them."""
+        if self.cache is None:
+            return
+        for request, replica, r in zip(requests, replicas, responses):
+            if r is not None and r.body is not None:
+                self.cache.put(request_key(self.transport.endpoint, request, replica),
+                               {"body": r.body, "prompt_tokens": r.prompt_tokens,
+                                "completion_tokens": r.completion_tokens, "cost": r.cost},
+                               endpoint=self.transport.endpoint)
 
     def close(self):
         """Stop the engine's threads; never waits on an attempt still in flight."""

@@ -149,12 +149,11 @@ class HTTPImageModel(RemoteImageModel):
     def _validate(self, request: dict, body: dict) -> None:
         self._value(body)
 
-    def scores(self, images: np.ndarray, label: str) -> np.ndarray:
+    def scores(self, images, label: str) -> np.ndarray:
         def build(digest: str) -> dict:
             return fill(self.template, {"image_data_url": stand_in(digest),
                                         "image_base64": stand_in(digest, bare_base64=True), "target": label})
-        reqs, prepare = self.encoded_requests(images, build)
-        responses = self.engine.map(reqs, prepare=prepare, validate=self._validate)
+        responses = self.query(images, build, self._validate)
         if self.engine.dry_run:
             return np.zeros(len(images))
         for r in responses:

@@ -25,6 +25,7 @@ import numpy as np
 from blackbox.errors import InputError
 from blackbox.images import ImageView
 from blackbox.models import Target
+from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
 from .pricing import default_token_estimate
@@ -167,10 +168,11 @@ class RemoteImageModel:
             raise ValueError(f"unknown score kind {kind!r} (logprob or prob)")
         label = target.label
 
-        def fn(images: np.ndarray) -> np.ndarray:
-            values = self.scores(np.asarray(images), label)
+        def fn(images: np.ndarray | KeyedInputs) -> np.ndarray:
+            values = self.scores(images if isinstance(images, KeyedInputs) else np.asarray(images), label)
             return values if kind == "logprob" else self.as_probability(values)
         fn.budget = self.engine.budget  # metered: the engine counts the requests
+        fn.keyed = True  # takes KeyedInputs: images are rendered only for requests really sent
         return fn
 
     def scores(self, images: np.ndarray, label: str) -> np.ndarray:
@@ -180,6 +182,28 @@ class RemoteImageModel:
         return np.exp(values)
 
     # -- requests -------------------------------------------------------------------------------
+    def query(self, images: np.ndarray | KeyedInputs, build: Callable[[str], dict], validate,
+              repeats: int = 1) -> list:
+        """The engine's answers for ``build(digest) -> request`` per image, ``repeats`` replicas
+        each. Keyed inputs are looked up by their keys first (a cached rerun renders nothing);
+        only the images not answered yet are rendered, and they are asked by pixel content (two
+        inputs that render alike are paid once), then remembered under their keys too."""
+        replicas = [i % repeats for i in range(len(images) * repeats)]
+        if not isinstance(images, KeyedInputs):
+            requests, prepare = self.encoded_requests(images, build, repeats)
+            return self.engine.map(requests, replicas, prepare=prepare, validate=validate)
+        aliases = [build(key) for key in images.keys for _ in range(repeats)]
+        answers = self.engine.lookup(aliases, replicas)
+        missing = sorted({i // repeats for i, a in enumerate(answers) if a is None})
+        if missing:
+            requests, prepare = self.encoded_requests(images.build(missing), build, repeats)
+            fresh = self.engine.map(requests, replicas[:len(requests)], prepare=prepare, validate=validate)
+            slots = [i * repeats + r for i in missing for r in range(repeats)]
+            for slot, answer in zip(slots, fresh):
+                answers[slot] = answer
+            self.engine.remember([aliases[s] for s in slots], [replicas[s] for s in slots], fresh)
+        return answers
+
     def encoded_requests(self, images: np.ndarray, build: Callable[[str], dict], repeats: int = 1):
         """``build(digest) -> request`` per image (``repeats`` times each), and the ``prepare``
         that swaps every placeholder for the encoded image when a request is really sent."""

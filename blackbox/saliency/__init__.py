@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..estimators import ESTIMATORS, lr_gradient
+from ..estimators import ESTIMATORS, Regression, lr_gradient
 from ..image_spaces import SPACES, PatchGrid
 from ..images import ImageView, as_float_image, blur
 from ..queries import Budget, QueryRunner
@@ -58,7 +58,8 @@ def saliency(
     smooth: float | None = None,
     per_channel: bool = False,
     control: str = "antithetic",
-    noise: str = "gaussian",
+    noise: str | None = None,
+    smoothness: float | None = 0.3,
     baseline: str | np.ndarray = "blur",
     allocation: np.ndarray | None = None,
     seed: int | None = 0,
@@ -85,7 +86,7 @@ def saliency(
     """
     method_def = _choose(METHODS, method, "method")
     space_cls = _choose(SPACES, space, "space")
-    explainer = _choose(ESTIMATORS, estimator, "estimator")()
+    explainer = _estimator(estimator, smoothness)
     if not isinstance(queries, (int, np.integer)) or queries < 2:
         raise InputError(f"queries must be a whole number >= 2, got {queries}")
     image = as_float_image(image)
@@ -102,9 +103,10 @@ def saliency(
     q0, m0, t0 = runner.record.queries, runner.record.model_seconds, time.perf_counter()
     try:
         probe = perturbed.probe(method_def, runner, cell_blocks)
-        est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control, noise=noise,
-                     blocks=probe.blocks, seed=np.random.default_rng(seed), center_fn=probe.center_fn)
-        attribution = perturbed.attribution(method_def, *explainer.fit(est))
+        est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control,
+                     noise=noise or method_def.noise, blocks=probe.blocks, seed=np.random.default_rng(seed),
+                     center_fn=probe.center_fn, keep_samples=explainer.keep_samples)
+        attribution = perturbed.attribution(method_def, *explainer.fit(est, perturbed.prior()))
     finally:
         if progress:
             runner.close()
@@ -121,6 +123,15 @@ def _choose(options: dict, name: str, what: str):
     if name not in options:
         raise InputError(f"unknown {what} {name!r}; choose from {', '.join(options)}")
     return options[name]
+
+
+def _estimator(name: str, smoothness: float | None):
+    cls = _choose(ESTIMATORS, name, "estimator")
+    if cls is Regression:
+        if smoothness is not None and smoothness < 0:
+            raise InputError(f"smoothness must be >= 0 (or None to choose it by cross-validation), got {smoothness}")
+        return Regression(smoothness)
+    return cls()
 
 
 def _runner(score, budget: Budget | None, batch_size: int) -> QueryRunner:
