@@ -27,9 +27,9 @@ many images:
   blackbox saliency photos/ --model gpt-vision --target cat --out-dir out/ --max-cost 2 --dry-run
   Several IMAGEs (files or folders of images) or --out-dir explain them all, --queries map
   queries each, with one budget (--max-queries/--max-tokens/--max-cost/--deadline cap the whole
-  run) and write OUT/NAME.json, NAME.npz (the map) and NAME.png per image plus OUT/summary.json. Rerun the same command to finish an
-  interrupted run: images already done are skipped and a remote model's answered queries come
-  from the cache.
+  run) and write OUT/NAME.json, NAME.npz (the map) and NAME.png per image plus OUT/summary.json.
+  Rerun the same command to finish an interrupted run: images already done are skipped and a
+  remote model's answered queries come from the cache.
 """
 
 
