@@ -1,18 +1,29 @@
-"""Saliency benchmark: black-box LR saliency against RISE, occlusion, KernelSHAP and LIME.
+"""Saliency benchmark: the library's default map against its peers at equal query budgets.
 
-Real photos bundled in packages, the embedded EfficientNet-Lite0 (ONNX runtime), target = the
-top-1 class, equal query budgets. Every map is judged by deletion / insertion AUC (the target's
-probability while 14x14 cells are removed into / inserted from a blurred copy, most salient
-first), by its per-cell agreement with white-box maps from torch autograd on the twin model, by
-queries per second and by the share of wall time spent outside the model's forward pass.
+Real photos that ship inside installed packages, the embedded EfficientNet-Lite0 (ONNX runtime),
+target = the top-1 class, one blurred copy as the baseline for every method. Each map is judged
+by deletion and insertion AUC (the target's probability while the 14x14 cells are removed into /
+inserted from the blurred copy, most salient first), by the rank correlation of its 14x14 cell
+map between two seeds, and by its rank correlation with white-box Integrated Gradients on the
+same cells and baseline (torch autograd on the model's twin). Means come with bootstrap 95%
+intervals over photos.
 
-    python benchmarks/saliency.py              # the full table -> benchmarks/results/saliency.{md,json}
-    python benchmarks/saliency.py --quick      # tuning sweep on 2 held-out photos at 1000 queries
-    python benchmarks/saliency.py --budgets 4000 --merge   # add a column to the saved results
+Quality (any time; runs in parts, one part file per photo, merged at the end):
 
-Peers run through Captum on the same network (the ONNX export of the torch twin, 5x faster than
-eager torch on this CPU) with the same grid cells as feature mask and the blurred copy as
-baseline; every method's model evaluations are counted and held to the budget.
+    python benchmarks/saliency.py --photos coffee chelsea      # parts for these photos
+    python benchmarks/saliency.py                              # every table photo (resumes parts)
+    python benchmarks/saliency.py --combine                    # parts -> results/saliency.{md,json}
+    python benchmarks/saliency.py --set tuning                 # candidates on the tuning photos
+    python benchmarks/saliency.py --set tuning --combine       # -> results/saliency.tuning.{md,json}
+
+Timing (only on an idle machine: queries/s, library overhead, the demo's seconds):
+
+    python benchmarks/saliency.py --timing                     # -> results/saliency.timing.{md,json}
+
+Peers (see peers.py): RISE, occlusion, KernelSHAP, LIME (Captum's sparse default and ridge),
+HSIC attribution and Sobol attribution. Every method's model evaluations are counted and held to
+the budget; answers are cached per image, so a method's smaller budgets replay the first queries
+of its largest run without paying again (the maps are those of separate runs).
 """
 from __future__ import annotations
 
@@ -20,7 +31,9 @@ import argparse
 import inspect
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,295 +41,348 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers import Oracle, captum_map, rise, whitebox_maps  # noqa: E402
+import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
-import importlib  # noqa: E402
-
-_sal_module = importlib.import_module("blackbox.saliency")
 from blackbox.image_spaces import PatchGrid  # noqa: E402
-from blackbox.images import as_float_image  # noqa: E402
+from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
-from blackbox.metrics import cosine, deletion_insertion, spearman  # noqa: E402
-from blackbox.sample_images import load_sample  # noqa: E402
+from blackbox.sample_images import SAMPLE_IMAGES, load_sample  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MAIN_PHOTOS = ["coffee", "chelsea", "rocket", "china", "flower"]
-SWEEP_PHOTOS = ["astronaut", "grace_hopper"]  # held out from the main table
+PARTS = RESULTS / "saliency-parts"
+# the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
+TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
+# photos that chose the default, kept out of the table: scikit-image's cameraman (a tripod),
+# coins, a wall clock and the Hubble deep field (real photos; the first three are greyscale)
+TUNING_PHOTOS = ["camera", "coins", "clock", "hubble_deep_field"]
+BUDGETS = [250, 500, 1000, 4000]
+TARGET_BUDGETS = [250, 500, 1000]
+SEED_BUDGET = 1000  # the budget at which two seeds are compared
 METRIC_CELLS = 14
 BATCH = 64
+DEFAULT = "default"
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A real photo from an installed package as uint8 (H, W, 3)."""
+    if name in SAMPLE_IMAGES:
+        return load_sample(name)
+    from skimage import data
+
+    image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
 
 
 def library_default() -> dict:
+    """The keyword defaults of blackbox.saliency() that shape a map."""
     sig = inspect.signature(saliency).parameters
-    space = sig["space"].default
-    grid = sig["grid"].default
-    return {"kind": "lr", "method": sig["method"].default, "space": space,
-            "grid": grid if isinstance(grid, int) else grid[0], "blocks": sig["blocks"].default,
-            "sigma": _sal_module.SPACES[space].default_sigma}
+    keys = ("method", "space", "estimator", "grid", "blocks", "sigma", "smoothness", "noise")
+    return {k: sig[k].default for k in keys}
 
 
-def lr_name(c: dict) -> str:
-    name = f"LR {c['space']} {c['method']} g{c['grid']} s{c['sigma']:g}"
-    return name + (f" K{c['blocks']}" if c.get("blocks", 1) > 1 else "")
+def describe(options: dict) -> str:
+    o = {**library_default(), **options}
+    text = f"{o['method']} {o['space']} g{o['grid']} {o['estimator']}"
+    if o["estimator"] == "ridge":
+        text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
+    if o.get("sigma") is not None:
+        text += f" s{o['sigma']}"
+    if o.get("noise"):
+        text += f" {o['noise']}"
+    if o.get("refine"):
+        text += " coarse-to-fine"
+    return text
 
 
-def main_methods(default: dict) -> list[dict]:
-    g = default["grid"]
-    pixel = dict(default, space="pixel", method="vanilla", sigma=_sal_module.SPACES["pixel"].default_sigma)
+def table_specs() -> list[dict]:
+    both = {SEED_BUDGET: [0, 1]}
     return [
-        dict(default, name="LR default: " + lr_name(default), budgets=[250, 1000, 4000]),
-        {"kind": "rise", "name": "RISE s7", "budgets": [250, 1000, 4000]},
-        {"kind": "occlusion", "name": "occlusion (finest grid in budget)", "budgets": [250, 1000]},
-        {"kind": "kernelshap", "name": f"KernelSHAP g{g}", "grid": g, "budgets": [250, 1000]},
-        {"kind": "lime", "name": f"LIME g{g}", "grid": g, "budgets": [250, 1000]},
-        dict(pixel, name=lr_name(pixel), budgets=[250, 1000]),
-        dict(default, blocks=4, name=lr_name(dict(default, blocks=4)), budgets=[250, 1000]),
+        {"name": DEFAULT, "kind": "lr", "options": {}, "seeds": both},
+        {"name": "LR mean over the default's queries", "kind": "lr", "options": {"estimator": "lr"}},
+        {"name": "previous default: ig mask g14 lr", "kind": "lr",
+         "options": {"method": "ig", "estimator": "lr", "grid": 14}, "budgets": TARGET_BUDGETS},
+        {"name": "RISE 7x7", "kind": "rise", "seeds": both},
+        {"name": "occlusion (finest grid in budget)", "kind": "occlusion"},
+        {"name": "KernelSHAP g14", "kind": "kernelshap", "seeds": both},
+        {"name": "LIME g14 (lasso, Captum default)", "kind": "lime"},
+        {"name": "LIME g14 (ridge)", "kind": "lime-ridge"},
+        {"name": "HSIC g8", "kind": "hsic"},
+        {"name": "Sobol (Jansen, finest grid in budget)", "kind": "sobol"},
     ]
 
 
-def sweep_methods() -> list[dict]:
-    out = []
-    for method, space, grid, sigma, blocks in [
-        ("ig", "mask", 14, 0.3, 1), ("ig", "mask", 14, 0.15, 1),
-        ("ig", "mask", 10, 0.3, 1), ("ig", "mask", 7, 0.3, 1), ("vanilla", "mask", 14, 0.3, 1),
-        ("smoothgrad", "mask", 14, 0.3, 1), ("vanilla", "pixel", 14, 0.1, 1),
-    ]:
-        c = {"kind": "lr", "method": method, "space": space, "grid": grid, "sigma": sigma, "blocks": blocks}
-        out.append(dict(c, name=lr_name(c), budgets=[1000]))
-    out.append({"kind": "rise", "name": "RISE s7", "budgets": [1000]})
-    return out
+CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the same queries for free
+    {"method": "ig", "estimator": "lr", "grid": 14},
+    {"method": "ig", "estimator": "ridge", "grid": 14},
+    {"method": "banzhaf", "estimator": "lr", "grid": 14},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": None},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 1.0},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 3.0},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 10, "smoothness": 0.3},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3, "refine": True},
+    {"method": "ig", "estimator": "ridge", "grid": 14, "refine": True},
+]
 
 
-def compute_map(spec: dict, oracle: Oracle, image, baseline, budget: int, seed: int):
-    """Returns (map, extra-info dict)."""
-    if spec["kind"] == "lr":
-        r = saliency(oracle.logp, image, queries=budget, method=spec["method"], space=spec["space"],
-                     grid=spec["grid"], blocks=spec.get("blocks", 1), sigma=spec["sigma"], seed=seed,
-                     batch_size=BATCH)
-        return r.map, {"lib_overhead": round(r.overhead, 4)}
-    if spec["kind"] == "rise":
-        return rise(oracle.prob, image, baseline, budget, s=7, seed=seed, batch=BATCH), {}
-    sal, grid = captum_map(spec["kind"], oracle.prob, image, baseline, budget, spec.get("grid", 14),
-                           seed=seed, batch=BATCH)
-    return sal, {"grid": grid}
+def tuning_specs() -> list[dict]:
+    both = {SEED_BUDGET: [0, 1]}
+    out = [{"name": describe(c), "kind": "lr", "options": c, "seeds": both, "budgets": TARGET_BUDGETS}
+           for c in CANDIDATES]
+    return out + [dict(s, budgets=TARGET_BUDGETS) for s in table_specs()
+                  if s["kind"] not in ("lr",)]
 
 
-def pooled(m, cells):
-    return cells.pool(np.asarray(m, dtype=np.float64)[None, :, :, None])[0, :, :, 0]
+def compute_map(spec: dict, oracle: peers.Oracle, image, baseline, budget: int, seed: int) -> np.ndarray:
+    kind = spec["kind"]
+    if kind == "lr":
+        return saliency(oracle.logp, image, queries=budget, seed=seed, batch_size=BATCH, **spec["options"]).map
+    if kind == "rise":
+        return peers.rise(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
+    if kind == "hsic":
+        return peers.hsic(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
+    if kind == "sobol":
+        return peers.sobol(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
+    grid = peers.occlusion_grid(budget, min(image.shape[:2])) if kind == "occlusion" else METRIC_CELLS
+    return peers.captum_map(kind, oracle.prob, image, baseline, budget, grid, seed=seed, batch=BATCH)
 
 
-def run_photo(photo, model, specs, budgets, steps, seed, log):
-    image = as_float_image(load_sample(photo))
-    work = model.view(*image.shape[:2]).to_working(image)
-    target = model.resolve_target(None, work)
-    oracle = Oracle(model, target.index)
-    base = make_baseline(work)
-    cells = PatchGrid(work.shape[0], work.shape[1], METRIC_CELLS)
-    t0 = time.perf_counter()
-    cache = cache_dir("benchmarks") / f"whitebox-{photo}-{target.index}-{seed}.npz"
-    if cache.exists():
-        wb = dict(np.load(cache))
-    else:
-        wb = whitebox_maps(model.reference, work, base, target.index, seed=seed)
-        np.savez(cache, **wb)
-    log(f"[{photo}] target {target.label!r} p={float(oracle.prob(work[None])[0]):.3f}; white-box maps "
-        f"{time.perf_counter() - t0:.1f}s")
-    wb_cells = {k: pooled(v, cells) for k, v in wb.items()}
-    rows = []
+class Photo:
+    """One photo as the model sees it, its target, baseline and white-box reference maps."""
 
-    def judge(sal):
-        f = deletion_insertion(oracle.prob, work, sal, base, cells=METRIC_CELLS, steps=steps, batch_size=BATCH)
-        c = pooled(sal, cells)
-        agree = {f"rho_{k}": round(spearman(c, v), 4) for k, v in wb_cells.items()}
-        agree["cos_ig"] = round(cosine(c, wb_cells["ig"]), 4)
-        return {"deletion": round(f.deletion_auc, 5), "insertion": round(f.insertion_auc, 5), **agree}
+    def __init__(self, name: str, model):
+        image = load_photo(name)
+        self.name = name
+        self.work = model.view(*image.shape[:2]).to_working(image)
+        self.target = model.resolve_target(None, self.work)
+        self.oracle = peers.Oracle(model, self.target.index)
+        self.baseline = make_baseline(self.work)
+        self.cells = PatchGrid(self.work.shape[0], self.work.shape[1], METRIC_CELLS)
+        path = cache_dir("benchmarks") / f"whitebox32-{name}-{self.target.index}.npz"
+        if not path.exists():
+            np.savez(path, **peers.whitebox_maps(model.reference, self.work, self.baseline, self.target.index))
+        self.whitebox = {k: self.pooled(v) for k, v in np.load(path).items()}
 
-    for name in ("gradient", "smoothgrad", "ig"):
-        rows.append({"photo": photo, "target": target.label, "method": f"white-box {name} (torch autograd)",
-                     "budget": None, **judge(wb[name])})
+    def pooled(self, saliency_map) -> np.ndarray:
+        return self.cells.pool(np.asarray(saliency_map, dtype=np.float64)[None, :, :, None])[0, :, :, 0]
+
+    def judge(self, saliency_map) -> dict:
+        f = deletion_insertion(self.oracle.prob, self.work, saliency_map, self.baseline, cells=METRIC_CELLS,
+                               steps=28, batch_size=BATCH)
+        cells = self.pooled(saliency_map)
+        return {"deletion": round(f.deletion_auc, 5), "insertion": round(f.insertion_auc, 5),
+                "rho_ig": round(spearman(cells, self.whitebox["ig"]), 4),
+                "rho_gradient": round(spearman(cells, self.whitebox["gradient"]), 4),
+                "cells": np.round(cells, 7).tolist()}
+
+
+def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Path, log) -> None:
+    rows = json.loads(part.read_text()) if part.exists() else []
+    done = {(r["method"], r["budget"], r["seed"]) for r in rows}
+    photo = Photo(name, model)
+    log(f"[{name}] target {photo.target.label!r} p={float(photo.oracle.prob(photo.work[None])[0]):.3f}")
     for spec in specs:
-        for budget in sorted((b for b in spec["budgets"] if b in budgets), reverse=True):
-            oracle.reset()
-            t0 = time.perf_counter()
-            sal, extra = compute_map(spec, oracle, work, base, budget, seed)
-            wall = time.perf_counter() - t0
-            spent, forwards, model_s, harness = oracle.evals, oracle.forwards, oracle.model_seconds, oracle.harness_seconds
-            assert spent <= budget, f"{spec['name']} spent {spent} > {budget}"
-            # a real speed measurement only if (nearly) every query reached the model; the model time
-            # of the few cached repeats (e.g. the unperturbed image) is added back at the measured rate
-            timed = forwards >= 0.95 * spent
-            model_s = model_s * spent / max(forwards, 1)
-            row = {"photo": photo, "target": target.label, "method": spec["name"], "budget": budget,
-                   "queries": spent, "seconds": round(wall, 2),
-                   "qps": round(spent / wall, 1) if timed else None,
-                   "overhead": round(max(0.0, 1 - model_s / max(wall - harness, 1e-9)), 4) if timed else None,
-                   **extra, **judge(sal)}
-            rows.append(row)
-            log(f"[{photo}] {spec['name']:<44} {budget:>5}q del {row['deletion']:.4f} ins {row['insertion']:.4f} "
-                f"rho_ig {row['rho_ig']:+.2f} {wall:6.1f}s" + (f" ovh {row['overhead']:.1%}" if timed else " (cached)"))
-    return rows
+        for budget in sorted((b for b in spec.get("budgets", BUDGETS) if b in budgets), reverse=True):
+            for seed in spec.get("seeds", {}).get(budget, [0]):
+                if (spec["name"], budget, seed) in done:
+                    continue
+                photo.oracle.reset()
+                t0 = time.perf_counter()
+                sal = compute_map(spec, photo.oracle, photo.work, photo.baseline, budget, seed)
+                wall = time.perf_counter() - t0
+                assert photo.oracle.evals <= budget, f"{spec['name']} spent {photo.oracle.evals} > {budget}"
+                row = {"photo": name, "target": photo.target.label, "method": spec["name"], "budget": budget,
+                       "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),
+                       **photo.judge(sal)}
+                rows.append(row)
+                part.write_text(json.dumps(rows))  # every row at once: an interrupted run keeps its work
+                log(f"[{name}] {spec['name'][:52]:<52} {budget:>5}q s{seed} del {row['deletion']:.4f} "
+                    f"ins {row['insertion']:.4f} rho_ig {row['rho_ig']:+.2f} ({wall:.0f}s)")
+
+
+# ---------------------------------------------------------------- summaries
+def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fmt(stat, digits: int = 4) -> str:
+    mean, lo, hi = stat
+    return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
+    by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
+    return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    rise = {(r["photo"], r["budget"]): r["deletion"] for r in rows if r["method"].startswith("RISE")}
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["budget"]), []).append(r)
     out = []
-    for (method, budget), rs in groups.items():
-        vs = [(r["deletion"] < rise[(r["photo"], budget)]) for r in rs if (r["photo"], budget) in rise]
-        timed = [r for r in rs if r.get("qps") is not None]
-        out.append({
-            "method": method, "budget": budget, "photos": len(rs),
-            "deletion": float(np.mean([r["deletion"] for r in rs])),
-            "insertion": float(np.mean([r["insertion"] for r in rs])),
-            "beats_rise": None if method.startswith("RISE") or not vs else f"{sum(vs)}/{len(vs)}",
-            "rho_ig": float(np.mean([r["rho_ig"] for r in rs])),
-            "rho_gradient": float(np.mean([r["rho_gradient"] for r in rs])),
-            "rho_smoothgrad": float(np.mean([r["rho_smoothgrad"] for r in rs])),
-            "cos_ig": float(np.mean([r["cos_ig"] for r in rs])),
-            "qps": float(np.mean([r["qps"] for r in timed])) if timed else None,
-            "overhead": float(np.mean([r["overhead"] for r in timed])) if timed else None,
-        })
-    out.sort(key=lambda s: (s["budget"] is not None, s["budget"] or 0, s["deletion"]))
+    keys = dict.fromkeys((r["method"], r["budget"]) for r in rows)
+    for method, budget in keys:
+        rs = [r for r in rows if r["method"] == method and r["budget"] == budget and r["seed"] == 0]
+        out.append({"method": method, "budget": budget, "photos": len(rs),
+                    **{k: bootstrap([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
+                    "seed_rho": bootstrap(seed_pairs(rows, method, budget))})
+    out.sort(key=lambda s: (s["budget"], s["deletion"][0]))
     return out
 
 
-def table(summary: list[dict]) -> str:
-    head = ("| budget | method | photos | deletion AUC (lower better) | insertion AUC (higher better) "
-            "| beats RISE on deletion | rho vs WB IG | rho vs WB grad | rho vs WB SmoothGrad | cos vs WB IG "
-            "| queries/s | overhead |")
-    lines = [head, "|" + "---|" * 12]
+def summary_table(summary: list[dict]) -> str:
+    lines = ["| budget | method | photos | deletion AUC (lower better) | insertion AUC (higher better) "
+             "| rho vs white-box IG | seed-to-seed rho |", "|---|---|---|---|---|---|---|"]
     for s in summary:
-        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        lines.append(f"| {s['budget'] or 'white-box'} | {s['method']} | {s['photos']} | {s['deletion']:.4f} "
-                     f"| {s['insertion']:.4f} | {s['beats_rise'] or '-'} | {s['rho_ig']:+.2f} "
-                     f"| {s['rho_gradient']:+.2f} | {s['rho_smoothgrad']:+.2f} | {s['cos_ig']:+.2f} "
-                     f"| {fmt(s['qps'], '.0f')} | {fmt(s['overhead'], '.1%')} |")
+        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {fmt(s['deletion'])} | "
+                     f"{fmt(s['insertion'])} | {fmt(s['rho_ig'], 2)} | {fmt(s['seed_rho'], 2)} |")
     return "\n".join(lines)
 
 
-def per_photo(rows: list[dict], budgets) -> str:
+def target_check(rows: list[dict], default: str) -> str:
+    """The default against every peer, paired by photo: mean difference with a bootstrap interval."""
+    lines = ["| budget | peer | deletion: default - peer | default lower on | insertion: default - peer "
+             "| default higher on |", "|---|---|---|---|---|---|"]
+    for b in TARGET_BUDGETS:
+        mine = {r["photo"]: r for r in rows if r["method"] == default and r["budget"] == b and r["seed"] == 0}
+        others = dict.fromkeys(r["method"] for r in rows if r["budget"] == b and r["method"] != default)
+        for peer in others:
+            theirs = {r["photo"]: r for r in rows if r["method"] == peer and r["budget"] == b and r["seed"] == 0}
+            common = [p for p in mine if p in theirs]
+            if not common:
+                continue
+            dd = [mine[p]["deletion"] - theirs[p]["deletion"] for p in common]
+            di = [mine[p]["insertion"] - theirs[p]["insertion"] for p in common]
+            lines.append(f"| {b} | {peer} | {fmt(bootstrap(dd))} | {sum(d < 0 for d in dd)}/{len(common)} "
+                         f"| {fmt(bootstrap(di))} | {sum(d > 0 for d in di)}/{len(common)} |")
+    return "\n".join(lines)
+
+
+def per_photo(rows: list[dict], key: str, budgets) -> str:
     photos = list(dict.fromkeys(r["photo"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["budget"] is not None))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = []
     for b in budgets:
-        lines += [f"\nDeletion AUC per photo at {b} queries:\n", "| method | " + " | ".join(photos) + " |",
+        lines += [f"\n{key} per photo at {b} queries:\n", "| method | " + " | ".join(photos) + " |",
                   "|---|" + "---|" * len(photos)]
         for m in methods:
-            vals = {r["photo"]: r["deletion"] for r in rows if r["method"] == m and r["budget"] == b}
+            vals = {r["photo"]: r[key] for r in rows if r["method"] == m and r["budget"] == b and r["seed"] == 0}
             if vals:
                 lines.append(f"| {m} | " + " | ".join(f"{vals[p]:.4f}" if p in vals else "-" for p in photos) + " |")
     return "\n".join(lines)
 
 
-def target_check(rows: list[dict]) -> str:
-    """Default vs each peer on the photos both were measured on (paired: same photos, same budget)."""
-    lines = ["| budget | peer | common photos | default deletion AUC | peer deletion AUC | default lower on |",
-             "|---|---|---|---|---|---|"]
-    for b in sorted({r["budget"] for r in rows if r["budget"] is not None}):
-        mine = {r["photo"]: r["deletion"] for r in rows if r["method"].startswith("LR default") and r["budget"] == b}
-        peers = dict.fromkeys(r["method"] for r in rows if r["budget"] == b and not r["method"].startswith("LR"))
-        for peer in peers:
-            theirs = {r["photo"]: r["deletion"] for r in rows if r["method"] == peer and r["budget"] == b}
-            common = [ph for ph in mine if ph in theirs]
-            if common:
-                wins = sum(mine[ph] < theirs[ph] for ph in common)
-                lines.append(f"| {b} | {peer} | {len(common)} | {np.mean([mine[ph] for ph in common]):.4f} "
-                             f"| {np.mean([theirs[ph] for ph in common]):.4f} | {wins}/{len(common)} |")
-    return "\n".join(lines)
+def combine(which: str, log) -> None:
+    rows = []
+    for part in sorted(PARTS.glob(f"{which}-*.json")):
+        rows += json.loads(part.read_text())
+    if not rows:
+        raise SystemExit(f"no part files for {which!r} under {PARTS}")
+    photos = list(dict.fromkeys(r["photo"] for r in rows))
+    budgets = sorted({r["budget"] for r in rows})
+    stem = "saliency" if which == "table" else f"saliency.{which}"
+    summary = summarise(rows)
+    default = describe({})
+    md = [f"# Saliency benchmark ({which})\n",
+          f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
+          f"{', '.join(photos)}. Written by `python benchmarks/saliency.py{' --set ' + which if which != 'table' else ''}"
+          f" --combine` from the part files under `benchmarks/results/saliency-parts/`.\n",
+          f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults).",
+          "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed into "
+          "(inserted from) the blurred copy, most salient first (cells ranked by the map's mean over each cell); "
+          "AUC on a normalised axis, 29 points per curve.",
+          "- rho vs white-box IG: Spearman correlation over the 14x14 cells with Integrated Gradients by torch "
+          "autograd (32 midpoint path points from the same blurred baseline, removal convention "
+          "grad . (x - baseline) summed per cell).",
+          f"- seed-to-seed rho: Spearman correlation of the 14x14 cell maps of seeds 0 and 1 (at {SEED_BUDGET} "
+          "queries, where measured).",
+          "- Intervals: percentile bootstrap 95% intervals of the mean over photos (2000 resamples).",
+          "- Peers: RISE (7x7 masks, p = 0.5, own implementation), occlusion / KernelSHAP / LIME from Captum on "
+          "the same 14x14 cells (occlusion on the finest grid its budget allows), HSIC (8x8) and Sobol "
+          "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "
+          "library's maps the log-probability (its default score). All use the same blurred baseline.\n",
+          "## Means over photos\n", summary_table(summary),
+          "\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
+          per_photo(rows, "deletion", budgets), per_photo(rows, "insertion", budgets),
+          per_photo(rows, "rho_ig", budgets)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
+    slim = [{k: v for k, v in r.items() if k != "cells"} for r in rows]
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"default": default, "photos": photos, "summary": summary, "rows": slim}, indent=1))
+    log(f"wrote {RESULTS / stem}.md and .json ({len(rows)} rows)")
+
+
+# ---------------------------------------------------------------- timing (idle machine only)
+def timing(model, log) -> None:
+    """Queries/s and library overhead at 1000 queries (no cache), and the demo command's seconds."""
+    rows = []
+    for name in ("coffee", "chelsea"):
+        photo = Photo(name, model)
+        oracle = peers.Oracle(model, photo.target.index, cache=False)
+        for spec in table_specs():
+            if spec["kind"] == "lr" and spec["name"] != DEFAULT:
+                continue
+            oracle.reset()
+            t0 = time.perf_counter()
+            compute_map(spec, oracle, photo.work, photo.baseline, SEED_BUDGET, 0)
+            wall = time.perf_counter() - t0
+            rows.append({"photo": name, "method": spec["name"], "queries": oracle.evals, "seconds": round(wall, 2),
+                         "queries_per_s": round(oracle.evals / wall, 1),
+                         "overhead": round(1 - oracle.model_seconds / wall, 4)})
+            log(f"[{name}] {spec['name']:<44} {rows[-1]['queries_per_s']:6.1f} q/s overhead {rows[-1]['overhead']:.1%}")
+    with tempfile.TemporaryDirectory() as tmp:
+        from PIL import Image
+
+        Image.fromarray(load_sample("coffee")).save(f"{tmp}/coffee.png")
+        cli = [str(Path(sys.executable).with_name("blackbox")), "saliency", f"{tmp}/coffee.png", "--queries", "1000",
+               "--out", f"{tmp}/out.png", "--save-map", f"{tmp}/map.npy", "--json", "--no-progress"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cli, capture_output=True, text=True, check=True)
+        demo = {"wall_seconds": round(time.perf_counter() - t0, 2), **json.loads(proc.stdout.strip().splitlines()[-1])}
+    log(f"demo: {demo['wall_seconds']} s wall, {demo['seconds']} s in the command, overhead {demo['overhead']:.1%}")
+    md = ["# Saliency timing (idle machine)\n", "Written by `python benchmarks/saliency.py --timing`: 1000 queries per "
+          "map, no answer cache; overhead = share of wall time outside the model's forward pass.\n",
+          "| photo | method | queries | seconds | queries/s | overhead |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['photo']} | {r['method']} | {r['queries']} | {r['seconds']} | {r['queries_per_s']} | "
+           f"{r['overhead']:.1%} |" for r in rows]
+    md += [f"\n`blackbox saliency coffee.png --queries 1000 --out ... --save-map ...` (what `make demo` runs): "
+           f"{demo['wall_seconds']} s wall including start-up, {demo['seconds']} s reported by the command, "
+           f"library overhead {demo['overhead']:.1%} (the share of the saliency run outside the model)."]
+    (RESULTS / "saliency.timing.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "saliency.timing.json").write_text(json.dumps({"rows": rows, "demo": demo}, indent=1))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tuning sweep: 2 held-out photos, 1000 queries")
-    p.add_argument("--photos", nargs="+")
-    p.add_argument("--budgets", nargs="+", type=int)
-    p.add_argument("--only", nargs="+", help="run only methods whose name contains one of these")
-    p.add_argument("--metric-steps", type=int, default=28,
-                   help="points on each deletion/insertion curve (default 28: every 7th of the 196 cells)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--merge", action="store_true", help="merge into the saved results instead of replacing them")
-    p.add_argument("--part", help="write rows to a part file (for runs in parallel processes); no table")
-    p.add_argument("--combine", action="store_true", help="merge the saved results and all part files into the table")
+    p.add_argument("--set", choices=("table", "tuning"), default="table",
+                   help="table: the benchmark photos and peers; tuning: default candidates on the tuning photos")
+    p.add_argument("--photos", nargs="+", help="only these photos (one part file each)")
+    p.add_argument("--budgets", nargs="+", type=int, default=BUDGETS)
+    p.add_argument("--only", nargs="+", help="only methods whose name contains one of these")
+    p.add_argument("--combine", action="store_true", help="merge the part files into the tables")
+    p.add_argument("--timing", action="store_true", help="timing part (run alone on an idle machine)")
     args = p.parse_args(argv)
-
-    from blackbox.adapters import load_image_model
-
-    default = library_default()
-    if args.quick:
-        specs, photos, budgets, stem = sweep_methods(), args.photos or SWEEP_PHOTOS, args.budgets or [1000], "saliency.sweep"
-    else:
-        specs, photos, budgets, stem = main_methods(default), args.photos or MAIN_PHOTOS, args.budgets or [250, 1000, 4000], "saliency"
-    if args.only:
-        specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
     t0 = time.perf_counter()
     log = lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True)  # noqa: E731
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath = RESULTS / f"{stem}.json"
-    old = json.loads(jpath.read_text())["rows"] if (args.merge or args.combine) and jpath.exists() else []
-    parts = cache_dir("benchmarks", "parts")
     if args.combine:
-        new = []
-        for part in sorted(parts.glob(f"{stem}-*.json"), key=lambda q: q.stat().st_mtime):
-            rows = json.loads(part.read_text())
-            keys = {(r["photo"], r["method"], r["budget"]) for r in rows}
-            new = [r for r in new if (r["photo"], r["method"], r["budget"]) not in keys] + rows
-        return write(args, None, default, old, new, stem, t0, log)
+        return combine(args.set, log)
+    from blackbox.adapters import load_image_model
+
     model = load_image_model()
     model.batch_size = BATCH
-    new = []
-    for photo in photos:  # results are written after every photo, so a cut-short run keeps its work
-        new += run_photo(photo, model, specs, budgets, args.metric_steps, args.seed, log)
-        if args.part:
-            (parts / f"{stem}-{args.part}.json").write_text(json.dumps(new, indent=1))
-        else:
-            write(args, model, default, old, new, stem, t0, log)
-
-
-def write(args, model, default, old, new, stem, t0, log):
-    jpath = RESULTS / f"{stem}.json"
-    new_keys = {(r["photo"], r["method"], r["budget"]) for r in new}
-    rows = [r for r in old if (r["photo"], r["method"], r["budget"]) not in new_keys] + new
-    summary = summarise(rows)
-    budgets_all = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    meta = {"model": "efficientnet-lite0", "photos": list(dict.fromkeys(r["photo"] for r in rows)),
-            "library_default": default, "metric_cells": METRIC_CELLS, "metric_steps": args.metric_steps,
-            "seed": args.seed, "seconds_this_run": round(time.perf_counter() - t0, 1),
-            "cpu": os.cpu_count()}
-    jpath.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
-    text = table(summary)
-    print("\n" + text)
-    md = [f"# Saliency benchmark{' (tuning sweep)' if args.quick else ''}\n",
-          f"Model {meta['model']} (embedded, ONNX runtime), target = top-1 class, photos: {', '.join(meta['photos'])}. "
-          f"Generated by `python benchmarks/saliency.py{' --quick' if args.quick else ''}` "
-          f"(last run {meta['seconds_this_run']:.0f} s on {meta['cpu']} shared cores).\n",
-          "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed "
-          f"into (inserted from) a blurred copy, most salient first; AUC on a normalised axis, curve sampled at "
-          f"{args.metric_steps + 1} points.",
-          "- Agreement: Spearman rho / cosine per 14x14 cell against white-box maps from torch autograd on the "
-          "twin model, all in the removal convention grad . (x - blurred) (IG from the blurred copy, "
-          "SmoothGrad sigma 0.15, 16 samples each).",
-          "- beats RISE: photos where the method's deletion AUC is lower than RISE's at the same budget.",
-          "- queries/s and overhead (share of wall time outside the model's forward pass) come from runs whose "
-          "queries were all answered by the model; a smaller budget replaying a prefix of a larger run's "
-          "queries from the cache gets '-'.",
-          "- LR = likelihood-ratio estimates from forward queries only (blackbox.saliency); g = grid, s = sigma, "
-          "K = blocks. Peers: RISE (own implementation, 7x7 masks, p=0.5, blurred fill), occlusion / KernelSHAP / "
-          "LIME from Captum with the grid cells as features and the blurred copy as baseline.",
-          "- Coverage: the `photos` column says on how many photos a row was measured; rows with fewer photos "
-          "were cut to fit the run time on a heavily shared 2-core machine (parts run with `--part`, merged "
-          "with `--combine`). Compare means only between rows with the same photos (the per-photo tables below).\n",
-          text, "\n## Target check: the default against each peer on the same photos\n", target_check(rows),
-          per_photo(rows, budgets_all)]
-    sweep = RESULTS / "saliency.sweep.json"
-    if not args.quick and sweep.exists():
-        s = json.loads(sweep.read_text())
-        md += [f"\n## Tuning sweep that chose the default ({', '.join(s['meta']['photos'])}, held out from the "
-               "table above)\n", table(s["summary"])]
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    log(f"wrote {jpath} and {stem}.md")
+    if args.timing:
+        return timing(model, log)
+    specs = table_specs() if args.set == "table" else tuning_specs()
+    if args.only:
+        specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
+    PARTS.mkdir(parents=True, exist_ok=True)
+    for name in args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS):
+        run_photo(name, model, specs, args.budgets, PARTS / f"{args.set}-{name}.json", log)
 
 
 if __name__ == "__main__":

@@ -238,16 +238,13 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
     """Keep the workers busy, write each result as it arrives, retry images whose worker died.
 
     Returns why the run stopped short (budget), or None."""
-    from tqdm.auto import tqdm
-
     pending = deque(todo)
     running: dict = {}
     attempts: Counter = Counter()
     stop_reason = None
     fruitless_crashes = 0  # worker deaths since an image last finished
-    images_bar = tqdm(total=len(todo), desc="images", unit="img", disable=not progress, dynamic_ncols=True)
-    queries_bar = (tqdm(total=len(todo) * job.queries_per_image, desc="queries", unit="q", disable=not progress,
-                        dynamic_ncols=True) if runner.name != "serial" else None)
+    images_bar = _bar(progress, len(todo), "images", "img")
+    queries_bar = _bar(progress and runner.name != "serial", len(todo) * job.queries_per_image, "queries", "q")
     spent_at_start = job.ledger_queries()
     try:
         while pending or running:
@@ -259,13 +256,13 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                 except InputError as exc:  # unreadable file: this image fails, the run goes on
                     results[item.name] = ImageResult(item.name, item.source, item.digest, "failed",
                                                      item.target, error=str(exc))
-                    images_bar.update(1)
+                    _tick(images_bar)
                     continue
                 running[runner.submit(task)] = (item, task)
             if not running:
                 break
             done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            if queries_bar is not None:
+            if queries_bar is not None:  # what the workers spent, read from the shared ledger
                 queries_bar.n = min(queries_bar.total, job.ledger_queries() - spent_at_start)
                 queries_bar.refresh()
             crashed = False
@@ -281,10 +278,11 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                     else:
                         results[item.name] = ImageResult(item.name, item.source, item.digest, "failed", item.target,
                                                          error=f"the worker died {MAX_ATTEMPTS} times on this image")
-                        images_bar.update(1)
+                        _tick(images_bar)
                     continue
                 if result.status == "error":  # the model or endpoint cannot work: stop the run
-                    raise (ModelError if result.details.get("kind") == "ModelError" else BlackboxError)(result.error)
+                    kind = {"InputError": InputError, "ModelError": ModelError}.get(result.details.get("kind"))
+                    raise (kind or BlackboxError)(result.error)
                 if result.status == "stopped":
                     stop_reason = stop_reason or result.error
                 results[item.name] = result
@@ -294,7 +292,7 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                         folder.save(result, settings)
                     if overlays and result.map is not None:
                         folder.save_overlay(result, task.pixels if item.source is None else None)
-                images_bar.update(1)
+                _tick(images_bar)
             if crashed:
                 fruitless_crashes += 1
                 if fruitless_crashes >= MAX_ATTEMPTS:
@@ -302,6 +300,19 @@ def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settin
                                      f"{getattr(runner, 'crash_hint', '')}")
         return stop_reason
     finally:
-        images_bar.close()
-        if queries_bar is not None:
-            queries_bar.close()
+        for bar in (images_bar, queries_bar):
+            if bar is not None:
+                bar.close()
+
+
+def _bar(show: bool, total: int, what: str, unit: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True)
+
+
+def _tick(bar) -> None:
+    if bar is not None:
+        bar.update(1)

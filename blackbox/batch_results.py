@@ -102,8 +102,7 @@ class ImageResult:
             if self.source is None:
                 raise InputError("pass the image: this result was made from an array")
             image = load_image(self.source)
-        method, space = self.details.get("method"), self.details.get("space")
-        signed = not (space == "pixel" and method in ("vanilla", "smoothgrad"))
+        signed = self.details.get("signed", True)
         title = title if title is not None else f"{self.name}: '{self.target_label}' ({self.queries} queries)"
         return overlay(image, self.full_map, title=title, signed=signed, coverage=self.image_view.coverage())
 
@@ -206,7 +205,7 @@ def _plain(value):
 
 
 # -- the whole run ---------------------------------------------------------------------------------
-@dataclass
+@dataclass(repr=False)
 class BatchResult:
     """One :class:`ImageResult` per image (input order), the budget spent and the run's settings.
 
@@ -224,6 +223,12 @@ class BatchResult:
 
     def __len__(self):
         return len(self.results)
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (f"<BatchResult: {c['done']} of {c['images']} images done ({c['resumed']} resumed), "
+                f"{self.spent.get('queries', 0)} queries, {self.seconds:.1f} s, executor {self.executor}>\n"
+                + self.table())
 
     def __iter__(self):
         return iter(self.results)

@@ -32,6 +32,24 @@ CONTROLS = ("antithetic", "baseline", "none")
 
 
 @dataclass
+class Samples:
+    """The raw material of an estimate, kept for estimators that fit all of it at once: per
+    direction, the perturbation delivered (``(n, d)``; for antithetic pairs half the difference of
+    the two delivered points) and the response (half the difference of the two answers, or the
+    answer minus the control ``f(c)``)."""
+
+    directions: np.ndarray
+    responses: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+    @classmethod
+    def join(cls, parts: Sequence["Samples"]) -> "Samples":
+        return cls(np.concatenate([p.directions for p in parts]), np.concatenate([p.responses for p in parts]))
+
+
+@dataclass
 class GradientEstimate:
     """A gradient estimate with its per-coordinate standard error.
 
@@ -47,6 +65,7 @@ class GradientEstimate:
     stopped: str | None = None  # why the estimate stopped short of its plan (e.g. budget)
     block_variance: np.ndarray | None = None  # per-query variance of each block's estimate
     extras: dict = field(default_factory=dict)
+    samples: Samples | None = field(default=None, repr=False)  # with keep_samples=True
 
     @property
     def grad(self) -> np.ndarray:
@@ -66,9 +85,10 @@ class GradientEstimate:
             frac = np.where(n > 0, n2 / np.maximum(n, 1), 0.0)
         mean = self.mean + delta * frac
         m2 = self.m2 + other.m2 + delta ** 2 * np.where(n > 0, n1 * n2 / np.maximum(n, 1), 0.0)
+        kept = [e.samples for e in (self, other) if e.samples is not None]
         return GradientEstimate(mean, m2, n, self.queries + other.queries,
                                 self.f0 if self.f0 is not None else other.f0,
-                                other.stopped or self.stopped)
+                                other.stopped or self.stopped, samples=Samples.join(kept) if kept else None)
 
     @classmethod
     def empty(cls, dim: int) -> "GradientEstimate":
@@ -104,6 +124,7 @@ def lr_gradient(
     f0: float | None = None,
     chunk: int = 64,
     center_fn: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+    keep_samples: bool = False,
 ) -> GradientEstimate:
     """Estimate ``grad f`` at ``center`` (a flat vector) with ``queries`` forward queries.
 
@@ -113,6 +134,7 @@ def lr_gradient(
     ``center_fn(rng, n)``, when given, draws a fresh centre per direction (an ``(n, d)`` array),
     as Integrated Gradients does with a random path position per query; the baseline control
     variate is then unavailable.
+    ``keep_samples`` keeps every direction and response in ``est.samples`` (for :class:`Regression`).
     If the budget runs out part-way, the estimate built from the queries already answered is
     returned with ``stopped`` set, so nothing paid for is lost.
     """
@@ -140,6 +162,7 @@ def lr_gradient(
     est = GradientEstimate.empty(dim)
     est.block_variance = np.full(len(blocks), np.nan)
     used = 0
+    kept: list[Samples] = []
     try:
         if control == "baseline" and f0 is None:
             values, _ = _evaluate(f, center[None, :])
@@ -165,14 +188,16 @@ def lr_gradient(
                     values, delivered = _evaluate(f, np.concatenate([plus, minus]))
                     used += 2 * m
                     fp, fm = values[:m], values[m:]
-                    dz = (delivered[:m, block] - delivered[m:, block]) / 2.0
-                    terms = (fp - fm)[:, None] * dz / (2.0 * sigma ** 2)
+                    moved = (delivered[:m] - delivered[m:]) / 2.0
+                    response = (fp - fm) / 2.0
                 else:
                     values, delivered = _evaluate(f, plus)
                     used += m
-                    dz = delivered[:, block] - np.asarray(centers)[:, block]
-                    ref = f0 if control == "baseline" else 0.0
-                    terms = (values - ref)[:, None] * dz / sigma ** 2
+                    moved = delivered - np.asarray(centers)
+                    response = values - (f0 if control == "baseline" else 0.0)
+                terms = response[:, None] * moved[:, block] / sigma ** 2
+                if keep_samples:
+                    kept.append(Samples(moved, response))
                 _welford_update(est, block, terms)
                 block_terms.append(terms)
             all_terms = np.concatenate(block_terms)
@@ -181,6 +206,8 @@ def lr_gradient(
     except BudgetExceeded as exc:
         est.stopped = str(exc)
     est.queries = used
+    if keep_samples:
+        est.samples = Samples.join(kept) if kept else Samples(np.zeros((0, dim)), np.zeros(0))
     return est
 
 
@@ -203,9 +230,60 @@ class LRMean:
     spread of its terms. The reference every other estimator is judged against."""
 
     name = "lr"
+    keep_samples = False
 
-    def fit(self, est: GradientEstimate) -> tuple[np.ndarray, np.ndarray]:
+    def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         return est.mean, est.stderr
 
 
-ESTIMATORS = {LRMean.name: LRMean}
+class Regression:
+    """Least squares over the same queries: fit every response ``r_i ~ z_i . g``.
+
+    The LR mean treats the share of every other coordinate in ``r_i`` as noise, so each
+    coordinate's variance carries the sum of all squared gradient entries; least squares removes
+    that cross-talk (LIME and KernelSHAP are regressions too). The fit is regularised by
+    ``w (smoothness g' P g + ridge |g|^2)`` with ``P`` the space's smoothness penalty (the sum of
+    squared differences between neighbouring cells) and ``w = trace(Z'Z) / d``, the data's weight
+    per coordinate, so both numbers are relative to the data. ``smoothness=None`` chooses it by
+    generalised cross-validation from ``GCV_GRID``. Standard errors come from the residuals and
+    the regularised normal equations (they leave out the prior's bias).
+    """
+
+    name = "ridge"
+    keep_samples = True
+    GCV_GRID = tuple(10.0 ** np.arange(-3, 1.01, 0.5))
+
+    def __init__(self, smoothness: float | None = 0.3, ridge: float = 0.003):
+        if (smoothness is not None and smoothness < 0) or ridge < 0:
+            raise ValueError("smoothness and ridge must be >= 0")
+        self.smoothness, self.ridge = smoothness, ridge
+
+    def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if est.samples is None:
+            raise ValueError("the regression needs the samples: estimate with keep_samples=True")
+        z, r = est.samples.directions, est.samples.responses
+        dim = z.shape[1]
+        if len(r) == 0:
+            return np.zeros(dim), np.full(dim, np.inf)
+        smooth = np.zeros((dim, dim))
+        if prior is not None:
+            smooth[:len(prior), :len(prior)] = prior
+        gram, zr = z.T @ z, z.T @ r
+        weight = max(float(np.trace(gram)) / dim, 1e-300)
+        best = None
+        for lam in self.GCV_GRID if self.smoothness is None else (self.smoothness,):
+            inverse = np.linalg.pinv(gram + weight * (lam * smooth + self.ridge * np.eye(dim)), hermitian=True)
+            g = inverse @ zr
+            residual = r - z @ g
+            dof = float(np.sum(inverse * gram))  # trace(inverse @ gram): both symmetric
+            gcv = float(residual @ residual) / max(len(r) - dof, 1e-9) ** 2
+            if best is None or gcv < best[0]:
+                best = (gcv, lam, g, float(residual @ residual), dof, inverse)
+        _, lam, g, rss, dof, inverse = best
+        noise = rss / max(len(r) - dof, 1.0)
+        var = noise * np.einsum("ij,jk,ki->i", inverse, gram, inverse)
+        est.extras["smoothness"] = lam
+        return g, np.sqrt(np.maximum(var, 0.0))
+
+
+ESTIMATORS = {LRMean.name: LRMean, Regression.name: Regression}

@@ -244,8 +244,11 @@ def run_task(job: Job, task: Task):
                            details={"kind": type(exc).__name__})
     try:
         worker = _worker(job)
-        if isinstance(worker.budget, SharedBudget):
-            worker.budget.owner = task.owner
+    except BlackboxError as exc:  # the model cannot be built here: the driver stops the run
+        return failed("error", exc)
+    if isinstance(worker.budget, SharedBudget):
+        worker.budget.owner = task.owner
+    try:
         return explain_image(worker, job, task)
     except BudgetExceeded as exc:
         return failed("stopped", exc)
@@ -290,7 +293,8 @@ def explain_image(worker: Worker, job: Job, task: Task):
         faithfulness = deletion_insertion(prob, working, result.map, baseline, cells=result.grid[0],
                                           steps=job.faithfulness).as_dict()
     after = _usage(model)
-    details = {**result.summary(), **{k: after[k] - before.get(k, 0) for k in after}, "worker": _worker_name()}
+    details = {**result.summary(), "signed": result.signed, **{k: after[k] - before.get(k, 0) for k in after},
+               "worker": _worker_name()}
     return ImageResult(task.name, task.source, task.digest, "stopped" if budget_stop else "done", task.target,
                        target.label, target.index, top5, result.queries, time.perf_counter() - started,
                        faithfulness, details, (view.original, view.box, view.size), result.map, result.cells,

@@ -70,6 +70,27 @@ class PatchGrid:
         shape = (1, self.rows, self.cols) + (1,) * (images.ndim - 3)
         return summed / self.cell_pixels.reshape(shape)
 
+    def coarsened(self, factor: int) -> tuple["PatchGrid", np.ndarray]:
+        """A grid ``factor`` times coarser over the same image, and for every cell of this grid
+        the coarse cell that holds its centre (flat indices)."""
+        coarse = PatchGrid(self.height, self.width, -(-self.rows // factor), -(-self.cols // factor))
+        centre_rows = (self.row_edges[:-1] + self.row_edges[1:]) // 2
+        centre_cols = (self.col_edges[:-1] + self.col_edges[1:]) // 2
+        parent = coarse.row_of[centre_rows][:, None] * coarse.cols + coarse.col_of[centre_cols][None, :]
+        return coarse, parent.reshape(-1)
+
+    def laplacian(self) -> np.ndarray:
+        """``(cells, cells)`` graph Laplacian of the 4-neighbour grid: ``g' L g`` is the sum of
+        squared differences between neighbouring cells (a smoothness penalty)."""
+        ids = np.arange(self.cells).reshape(self.rows, self.cols)
+        pairs = np.concatenate([np.stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()], 1),
+                                np.stack([ids[:-1].ravel(), ids[1:].ravel()], 1)])
+        out = np.zeros((self.cells, self.cells))
+        np.add.at(out, (pairs[:, 0], pairs[:, 1]), -1.0)
+        np.add.at(out, (pairs[:, 1], pairs[:, 0]), -1.0)
+        out[np.diag_indices(self.cells)] = -out.sum(axis=1)
+        return out
+
     def blocks(self, k: int) -> list[np.ndarray]:
         """Split the cells into ``k`` spatially contiguous tiles (flat cell indices)."""
         if k < 1 or k > self.cells:
@@ -219,9 +240,15 @@ class PixelSpace:
             delivered = delivered.mean(axis=3, keepdims=True)
         return images, delivered.reshape(n, -1)
 
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike, channel by channel."""
+        return np.kron(self.grid.laplacian(), np.eye(self.channels))
+
     def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
         """Offsets around the image; on the IG path one extra coordinate, never perturbed, carries
         the path position alpha (the offsets are then added to ``baseline + alpha (image - baseline)``)."""
+        if method.center == "half":
+            raise InputError(f"{method.name} mixes patches with the baseline: use it in mask space")
         blocks = [np.concatenate([b * self.channels + c for c in range(self.channels)]) for b in cell_blocks]
         if not method.path:
             def f(points):
@@ -317,9 +344,17 @@ class MaskSpace:
         np.multiply(out, np.float32(1 / 255), out=out)
         return out, self._delivery(points)
 
+    def prior(self) -> np.ndarray:
+        """Smoothness penalty over the coordinates: neighbouring cells alike."""
+        return self.grid.laplacian()
+
+    def on_grid(self, grid: PatchGrid) -> "MaskSpace":
+        """The same image and baseline on another grid."""
+        return MaskSpace(self.image, grid, self.baseline)
+
     def probe(self, method, score: Callable, cell_blocks: Sequence[np.ndarray]) -> Probe:
-        """Masks around ``m = 1`` (the image), or on the IG path around ``m = alpha`` (one random
-        alpha per direction, shared by all patches)."""
+        """Masks around ``m = 1`` (the image), on the IG path around ``m = alpha`` (one random
+        alpha per direction, shared by all patches), or around ``m = 1/2`` (half removed)."""
         buffer = [None]  # one reusable image buffer: the score function consumes images at once
 
         def f(points):
@@ -333,7 +368,8 @@ class MaskSpace:
         if method.path:
             def center_fn(rng, n):
                 return np.repeat(rng.random((n, 1)), self.dim, axis=1)
-        return Probe(f, self.center, list(cell_blocks), center_fn)
+        center = np.full(self.dim, 0.5) if method.center == "half" else self.center
+        return Probe(f, center, list(cell_blocks), center_fn)
 
     def attribution(self, method, flat: np.ndarray, flat_err: np.ndarray) -> Attribution:
         shape = (self.grid.rows, self.grid.cols)

@@ -1,6 +1,7 @@
 """Perturbation directions for likelihood-ratio estimators.
 
-Three families, all returning standard-normal-distributed rows (each row marginally N(0, I)):
+Four families, all returning rows with mean 0 and identity covariance; the first three are
+standard normal (each row marginally N(0, I)):
 
 * ``gaussian``: i.i.d. normals.
 * ``orthogonal``: rows drawn in groups of ``d`` that are mutually orthogonal, each with the norm of
@@ -8,12 +9,15 @@ Three families, all returning standard-normal-distributed rows (each row margina
   each other: lower variance for the same number of queries).
 * ``halton``: randomised quasi-Monte-Carlo (Halton points with random digit permutations and a
   random shift, mapped through the inverse normal CDF). Best in low dimension (up to ~100).
+* ``rademacher``: independent random signs +-1: the largest perturbation a bounded coordinate
+  allows for its variance (in mask space around m = 0.5 with sigma 0.5: binary masks, each
+  antithetic pair a mask and its complement).
 """
 from __future__ import annotations
 
 import numpy as np
 
-NOISE_KINDS = ("gaussian", "orthogonal", "halton")
+NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher")
 
 
 def _first_primes(k: int) -> np.ndarray:
@@ -77,6 +81,8 @@ class NoiseSource:
             return self.rng.standard_normal((n, self.dim))
         if self.kind == "orthogonal":
             return self._orthogonal(n)
+        if self.kind == "rademacher":
+            return np.where(self.rng.random((n, self.dim)) < 0.5, -1.0, 1.0)
         return self._halton(n)
 
     def _orthogonal(self, n: int) -> np.ndarray:

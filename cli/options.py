@@ -158,3 +158,16 @@ def model_file_options(args) -> dict:
                              f"not to {args.model}")
         return {}
     return given
+
+
+def add_training_options(group, *, lr: float | None, lr_help: str) -> None:
+    """The options every learning command shares: allocator, Adam step, seed, checkpoint,
+    evaluations and the learning-curve plot."""
+    group.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default="uniform",
+                       help="how each step's queries are shared among its examples or images (default: uniform)")
+    group.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--checkpoint", metavar="NPZ", help="save progress here and resume from it (same settings)")
+    group.add_argument("--eval-every", type=positive_int, metavar="N",
+                       help="also measure held-out accuracy every N steps (default: only at the start and the end)")
+    group.add_argument("--plot", metavar="PNG", help="write the learning curves")

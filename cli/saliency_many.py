@@ -19,17 +19,17 @@ from .options import positive_int
 MANY_ONLY = {"executor": "serial", "workers": None, "address": None, "max_queries": None,
              "faithfulness": False, "no_overlays": False}
 
-EPILOG = """\
+EPILOG = """
 many images:
   blackbox saliency photos/ extra.jpg --out-dir out/ --queries 500
   blackbox saliency photos/ --out-dir out/ --executor pool --workers 2
   blackbox saliency photos/ --out-dir out/ --executor ray --address auto
   blackbox saliency photos/ --model gpt-vision --target cat --out-dir out/ --max-cost 2 --dry-run
-  Several IMAGEs (files or folders of images) or --out-dir explain them all, --queries each, with one budget
-  (--max-queries/--max-tokens/--max-cost cap the whole run) and write OUT/NAME.json, NAME.npz
-  (the map) and NAME.png per image plus OUT/summary.json. Rerun the same command to finish an
-  interrupted run: images already done are skipped and a remote model's answered queries come
-  from the cache.
+  Several IMAGEs (files or folders of images) or --out-dir explain them all, --queries map
+  queries each, with one budget (--max-queries/--max-tokens/--max-cost/--deadline cap the whole
+  run) and write OUT/NAME.json, NAME.npz (the map) and NAME.png per image plus OUT/summary.json.
+  Rerun the same command to finish an interrupted run: images already done are skipped and a
+  remote model's answered queries come from the cache.
 """
 
 
@@ -41,7 +41,7 @@ def add_many_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=positive_int, metavar="N",
                    help="worker processes (default: one per CPU of the machine or cluster)")
     g.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: $RAY_ADDRESS, else start one here)")
-    g.add_argument("--max-queries", type=positive_int, metavar="N", help="hard cap on queries across all images")
+    g.add_argument("--max-queries", type=positive_int, metavar="N", help="hard cap on queries across all images (billable requests for remote models)")
     g.add_argument("--faithfulness", action="store_true",
                    help="also measure deletion/insertion AUCs (42 more queries per image)")
     g.add_argument("--no-overlays", action="store_true", help="do not draw NAME.png overlays")
@@ -125,9 +125,12 @@ def dry_run(args, model_options: dict, budget) -> int:
     try:
         explain_many(args.image, model, queries=args.queries, targets=args.target, budget=budget,
                      progress=not args.no_progress, **saliency_options(args))
-        report = {**remote.dry_run_report(model, args, images * args.queries), "images": images,
-                  "queries_planned": images * args.queries}
+        report = {**remote.dry_run_report(model, args, images * args.queries), "images": images}
     finally:
         model.close()
-    print(json.dumps(report)) if args.json else remote.print_dry_run(report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"dry run over {images} images (--queries {args.queries} each):")
+        remote.print_dry_run(report)
     return 0

@@ -20,6 +20,9 @@ Serve the embedded EfficientNet-Lite0 as an OpenAI-compatible vision chat model
 ('efficientnet-lite0'): /v1/models and /v1/chat/completions answering 'Is there a {label} in this
 image?' with logprobs. Then run e.g.
   blackbox saliency coffee.png --model openai:efficientnet-lite0 --base-url http://127.0.0.1:8000/v1 --target espresso
+It also serves the embedded SmolLM2-135M ('smollm2-135m-instruct', loaded on the first text request)
+on /v1/completions and /v1/chat/completions with logprobs/top_logprobs, e.g. for
+  blackbox tune-prompt --model openai:smollm2-135m-instruct --base-url http://127.0.0.1:8000/v1 --api chat
 """
 
 

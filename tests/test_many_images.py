@@ -149,7 +149,7 @@ class KillOnce:
                     except FileExistsError:
                         pass
                 return fn(images)
-            wrapped.budget = fn.budget  # still metered by the remote engine
+            wrapped.__dict__.update(fn.__dict__)  # still metered (fn.budget) and keyed like the original
             return wrapped
         model.score_fn = killing_score_fn
         return model

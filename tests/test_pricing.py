@@ -164,6 +164,13 @@ def test_dry_run_of_1000_queries_costs_what_the_guide_says(photo_512, tmp_path, 
 
 
 # -- what is sent, over loopback -----------------------------------------------------------------
+def _brightness(data_url: str) -> float:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as im:
+        return float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 255)
+
+
 class _BillingServer:
     """A loopback chat endpoint that records each request and bills it as OpenAI's guide says."""
 
@@ -187,10 +194,11 @@ class _BillingServer:
                     outer.requests.append(body)
                 image = body["messages"][0]["content"][1]["image_url"]
                 tokens = image_tokens(body["model"], *data_url_size(image["url"]), image["detail"]) + QUESTION_TOKENS
-                top = [{"token": "Yes", "logprob": -0.2}, {"token": "No", "logprob": -1.7}]
+                yes = 0.1 + 0.8 * _brightness(image["url"])  # the answer depends on the image
+                top = [{"token": "Yes", "logprob": math.log(yes)}, {"token": "No", "logprob": math.log(1 - yes)}]
                 answer = {"id": "x", "object": "chat.completion", "model": body["model"], "choices": [{
                     "index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "Yes"},
-                    "logprobs": {"content": [{"token": "Yes", "logprob": -0.2, "top_logprobs": top}]}}],
+                    "logprobs": {"content": [{"token": "Yes", "logprob": top[0]["logprob"], "top_logprobs": top}]}}],
                     "usage": {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}}
                 raw = json.dumps(answer).encode()
                 self.send_response(200)

@@ -1,4 +1,5 @@
-"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier.
+"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier
+(and, for text, the embedded SmolLM2 on ``/v1/completions`` and ``/v1/chat/completions``: serve_lm.py).
 
 ``GET /v1/models`` lists ``efficientnet-lite0`` and ``GET /v1/models/efficientnet-lite0`` is its
 model card, which describes the server to clients: ``input_view`` (how the model looks at an
@@ -212,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route in ("/v1/models", "/models"):
             if not self._authorised():
                 return
-            self._send(200, {"object": "list", "data": [self.server.model_card()]})
+            self._send(200, {"object": "list", "data": [self.server.model_card(), self.server.text_model.card()]})
         elif route.startswith(("/v1/models/", "/models/")):
             if not self._authorised():
                 return
@@ -300,6 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self, raw: bytes, roll: float, number: int):
         srv = self.server
         route = self.path.rstrip("/")
+        if srv.text_model.handles(route, raw):  # the embedded LM: adapters/remote/serve_lm.py
+            if self._authorised():
+                status, payload = srv.text_model.answer(route, raw)
+                self._send(status, payload)
+            return
         if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
             return self._error(404, f"no route {self.path}")
         if not self._authorised():
@@ -409,9 +415,11 @@ class ModelServer(ThreadingHTTPServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
                  model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False,
-                 price: dict | None = None):
+                 price: dict | None = None, text_model=None):
         super().__init__((host, port), _Handler)
         from blackbox import __version__
+
+        from .serve_lm import ServedLM
 
         self.scorer = scorer if scorer is not None else ClassifierScorer()
         self.faults = faults or FaultPlan()
@@ -419,6 +427,7 @@ class ModelServer(ThreadingHTTPServer):
         self.no_logprobs = no_logprobs
         self.verbose = verbose
         self.fingerprint = f"blackbox-serve-{__version__}"
+        self.text_model = text_model if text_model is not None else ServedLM(fingerprint=self.fingerprint)
         self.counters = ServerCounters()
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)

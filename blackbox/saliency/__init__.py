@@ -7,11 +7,13 @@ A map is composed of small parts, each replaceable on its own:
   additive brightness noise). The space renders queries, reports the perturbation delivered
   and reads an estimate back as a map;
 * a **method** (:mod:`blackbox.saliency.methods`): where the noise is centred and what the map
-  multiplies the gradient by (vanilla, SmoothGrad, Integrated Gradients, gradient x input);
+  multiplies the gradient by (vanilla, SmoothGrad, Integrated Gradients, gradient x input), or
+  binary masks in complement pairs (Banzhaf values);
 * an **estimator** (how the answers are explained; :mod:`blackbox.estimators`): the plain
-  likelihood-ratio mean;
-* a **sampler**: one pass with a fixed allocation across blocks, or rounds rationed by an
-  allocator (:mod:`blackbox.rationing`).
+  likelihood-ratio mean (the unbiased reference) or least squares over the same queries with a
+  smoothness prior;
+* a **sampler**: one pass with a fixed allocation across blocks, rounds rationed by an
+  allocator (:mod:`blackbox.rationing`), or coarse to fine (:mod:`blackbox.saliency.refine`).
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..estimators import ESTIMATORS, lr_gradient
+from ..estimators import ESTIMATORS, Regression, lr_gradient
 from ..image_spaces import SPACES, PatchGrid
 from ..images import ImageView, as_float_image, blur
 from ..queries import Budget, QueryRunner
 from ..rationing import rationed_gradient
 from .methods import METHODS, Method
+from .refine import coarse_to_fine
 from .result import SaliencyResult
 
 __all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "make_baseline", "saliency"]
@@ -58,7 +61,8 @@ def saliency(
     smooth: float | None = None,
     per_channel: bool = False,
     control: str = "antithetic",
-    noise: str = "gaussian",
+    noise: str | None = None,
+    smoothness: float | None = 0.3,
     baseline: str | np.ndarray = "blur",
     allocation: np.ndarray | None = None,
     seed: int | None = 0,
@@ -68,6 +72,7 @@ def saliency(
     allocator: str | None = None,
     rounds: int | None = None,
     target_error: float | None = None,
+    refine: bool = False,
     target: object | None = None,
     view: ImageView | None = None,
 ) -> SaliencyResult:
@@ -80,12 +85,15 @@ def saliency(
     ``allocator`` (``uniform``, ``neyman``, ``flops``) rations the budget across the ``blocks``
     in ``rounds`` (default 4); ``target_error`` stops once the relative standard error of the
     estimate is at or below it (see :mod:`blackbox.rationing`), reporting ``queries_saved``.
+    ``refine`` spends part of the budget on a coarser grid first, then the rest on the fine cells
+    of the coarse cells that matter, rationed by ``allocator`` (default ``neyman``; see
+    :mod:`blackbox.saliency.refine`).
     ``target`` (what the map explains) and ``view`` (how the working image was cut from the
     original) are kept in the result, which maps itself back to the original with ``view``.
     """
     method_def = _choose(METHODS, method, "method")
     space_cls = _choose(SPACES, space, "space")
-    explainer = _choose(ESTIMATORS, estimator, "estimator")()
+    explainer = _estimator(estimator, smoothness)
     if not isinstance(queries, (int, np.integer)) or queries < 2:
         raise InputError(f"queries must be a whole number >= 2, got {queries}")
     image = as_float_image(image)
@@ -95,16 +103,22 @@ def saliency(
     base = as_float_image(baseline if isinstance(baseline, np.ndarray) else make_baseline(image, baseline))
     perturbed = space_cls(image, cell_grid, baseline=base, per_channel=per_channel)
     sigma = method_def.sigma(perturbed, sigma, smooth)
-    sample = _sampler(allocation, allocator, rounds, target_error)
+    sample = _sampler(allocation, allocator, rounds, target_error, refine, blocks)
     runner = _runner(score, budget, batch_size)
     if progress:
         runner.start_progress(queries, f"saliency ({method}, {space})")
     q0, m0, t0 = runner.record.queries, runner.record.model_seconds, time.perf_counter()
     try:
-        probe = perturbed.probe(method_def, runner, cell_blocks)
-        est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control, noise=noise,
-                     blocks=probe.blocks, seed=np.random.default_rng(seed), center_fn=probe.center_fn)
-        attribution = perturbed.attribution(method_def, *explainer.fit(est))
+        rng = np.random.default_rng(seed)
+        if refine:
+            est = sample(perturbed, method_def, runner, queries=queries, sigma=sigma, control=control,
+                         noise=noise or method_def.noise, seed=rng, keep_samples=explainer.keep_samples)
+        else:
+            probe = perturbed.probe(method_def, runner, cell_blocks)
+            est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control,
+                         noise=noise or method_def.noise, blocks=probe.blocks, seed=rng,
+                         center_fn=probe.center_fn, keep_samples=explainer.keep_samples)
+        attribution = perturbed.attribution(method_def, *explainer.fit(est, perturbed.prior()))
     finally:
         if progress:
             runner.close()
@@ -123,6 +137,15 @@ def _choose(options: dict, name: str, what: str):
     return options[name]
 
 
+def _estimator(name: str, smoothness: float | None):
+    cls = _choose(ESTIMATORS, name, "estimator")
+    if cls is Regression:
+        if smoothness is not None and smoothness < 0:
+            raise InputError(f"smoothness must be >= 0 (or None to choose it by cross-validation), got {smoothness}")
+        return Regression(smoothness)
+    return cls()
+
+
 def _runner(score, budget: Budget | None, batch_size: int) -> QueryRunner:
     if isinstance(score, QueryRunner):
         if budget is not None:
@@ -131,8 +154,14 @@ def _runner(score, budget: Budget | None, batch_size: int) -> QueryRunner:
     return QueryRunner(score, budget=budget, batch_size=batch_size)
 
 
-def _sampler(allocation, allocator: str | None, rounds: int | None, target_error: float | None):
-    """One pass with a fixed allocation across blocks, or rounds rationed by an allocator."""
+def _sampler(allocation, allocator: str | None, rounds: int | None, target_error: float | None,
+             refine: bool, blocks: int):
+    """One pass with a fixed allocation across blocks, rounds rationed by an allocator, or coarse
+    to fine (the allocator rations the fine stage)."""
+    if refine:
+        if allocation is not None or rounds is not None or target_error is not None or blocks != 1:
+            raise InputError("refine picks its own blocks and rounds: pass only an allocator with it")
+        return functools.partial(coarse_to_fine, allocator=allocator or "neyman")
     if allocator is None and rounds is None and target_error is None:
         return functools.partial(lr_gradient, allocation=allocation)
     if allocation is not None:

@@ -8,7 +8,11 @@ method only says where the noise is centred and what the map multiplies the grad
   mean gradient at s);
 * ``ig``: Integrated Gradients from the baseline to the image, one random path position per
   antithetic pair;
-* ``gradxinput``: gradient times (input - baseline).
+* ``gradxinput``: gradient times (input - baseline);
+* ``banzhaf`` (mask space): the average effect of removing each patch when a random half of the
+  others is removed too (its Banzhaf value): random binary masks, each antithetic pair a mask
+  and its complement (the LR pairs with +-1/2 sign noise around m = 1/2). Large, on-off
+  perturbations: what deletion and insertion curves measure.
 """
 from __future__ import annotations
 
@@ -26,10 +30,14 @@ class Method:
     path: bool = False         # a fresh random position on the baseline -> image path per direction
     times_input: bool = False  # the map is gradient x (input - baseline) (implicit in mask space)
     smoothing: bool = False    # widen the noise by the space's SmoothGrad scale
+    center: str = "input"      # where the noise is centred: the input, or "half" (m = 1/2 in mask space)
+    noise: str = "gaussian"    # the direction family it queries with by default
+    default_sigma: float | None = None  # its own noise scale (else the space's)
 
     def sigma(self, space, sigma: float | None = None, smooth: float | None = None) -> float:
-        """The noise scale this method queries with in ``space`` (defaults from the space)."""
-        value = float(sigma if sigma is not None else space.default_sigma)
+        """The noise scale this method queries with in ``space`` (defaults from the method or space)."""
+        default = self.default_sigma if self.default_sigma is not None else space.default_sigma
+        value = float(sigma if sigma is not None else default)
         if value <= 0:
             raise InputError("sigma must be > 0")
         if self.smoothing:
@@ -43,4 +51,6 @@ METHODS = {m.name: m for m in (
     Method("smoothgrad", "the gradient of the image smoothed by wider noise", smoothing=True),
     Method("ig", "Integrated Gradients from the baseline to the image", path=True, times_input=True),
     Method("gradxinput", "gradient x (input - baseline)", times_input=True),
+    Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
+           center="half", noise="rademacher", default_sigma=0.5),
 )}
