@@ -54,7 +54,6 @@ import queue
 import random
 import threading
 import time
-import warnings
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -219,11 +218,7 @@ class QueryEngine:
                  concurrency: int = 16, rpm: float | None = None, tpm: float | None = None,
                  max_attempts: int = 6, timeout: float = 60.0, backoff: float = 0.5,
                  max_wait: float = 60.0, prices: PriceTable | str | None = None, model: str | None = None,
-                 token_estimate=default_token_estimate, dry_run: bool = False, validate=None,
-                 count_queries: bool | None = None):
-        if count_queries is not None:  # the engine always counts billable requests now
-            warnings.warn("QueryEngine(count_queries=...) has no effect: the engine always counts the "
-                          "requests it sends on its budget; drop the argument", DeprecationWarning, stacklevel=2)
+                 token_estimate=default_token_estimate, dry_run: bool = False, validate=None):
         if concurrency < 1:
             raise InputError("concurrency must be >= 1")
         if max_attempts < 1:
