@@ -58,6 +58,11 @@ class LabelScorer:
         self.top_k = int(top_k)
         self.min_tokens = bool(min_tokens)  # switched on by the first end-of-text answer
 
+    @property
+    def budget(self):
+        """The budget the engine counts billable requests on (this scorer is *metered*)."""
+        return self.engine.budget
+
     def request(self, prompt: str) -> dict:
         req = {"model": self.model, **self.body(prompt), "max_tokens": 1, "temperature": 0}
         if self.min_tokens:

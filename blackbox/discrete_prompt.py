@@ -96,6 +96,7 @@ class PolicyGradient:
         self.prompts = task.prompts(task.train_texts)
         self.labels = task.train_labels
         self.n_items = len(self.prompts)
+        self.budget = getattr(label_logprobs_fn, "budget", None)  # metered: its engine counts the requests
 
     def ask(self, theta, items, counts, rng) -> Asked:
         owner = np.repeat(np.arange(len(items)), counts)

@@ -11,7 +11,9 @@ A **gradient source** knows what to query and how to turn the answers into a gra
     theta  = adam.step(theta, est.grad)                               # variance and loss
 
 The runner is a :class:`~blackbox.queries.QueryRunner` on the run's :class:`~blackbox.queries.Budget`:
-a step that does not fit is not started, and its queries are counted there and nowhere else. The
+a step that does not fit is not started, and its queries are counted there and nowhere else (a
+source whose loss goes through a metered remote engine carries that engine's budget as
+``source.budget``; the engine then counts the billable requests, cached answers free). The
 loop also keeps the history (one schema for every source), evaluates, shows progress, and writes
 and resumes checkpoints (one format). The sources in blackbox:
 
@@ -109,6 +111,9 @@ def _direct(source):
     def run(queries: np.ndarray) -> np.ndarray:
         return source.loss(np.ascontiguousarray(queries["point"]), queries["item"].copy())
 
+    # a source whose loss is metered (a remote engine counts its billable requests on this budget)
+    # says so; the loop's QueryRunner then adopts that budget instead of counting again
+    run.budget = getattr(source, "budget", None)
     return run
 
 

@@ -48,7 +48,8 @@ class ServedLM:
 
     def card(self) -> dict:
         """The ``/v1/models`` entry."""
-        return {"id": self.name, "object": "model", "created": 0, "owned_by": "blackbox"}
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "blackbox",
+                "pricing": {"input": 0.0, "output": 0.0, "unit": "USD per 1M tokens"}}
 
     def handles(self, route: str, raw: bytes) -> bool:
         """Completions requests, and chat requests that name this model."""
