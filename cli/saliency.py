@@ -182,8 +182,10 @@ def _explain(args, model, original, budget, started) -> int:
     best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
     if top5:
         print(f"{model.name}: top classes {best}")
+    settings = ", ".join([args.method, args.estimator, f"{args.space} space", f"grid {args.grid}"]
+                         + (["refined"] if args.refine else []))
     print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
-          f"({args.method}, {args.space} space, {result.overhead:.0%} of the time outside the model)")
+          f"({settings}; {result.overhead:.0%} of the time outside the model)")
     if result.stopped:
         print(f"stopped early: {result.stopped}")
     if result.queries_saved:
