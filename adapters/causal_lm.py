@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -130,13 +131,10 @@ class CausalLM:
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids))
-
-    def chat_prompt(self, user: str) -> str:
-        """``user`` wrapped in the model's chat template, ready for the assistant's answer."""
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                  add_generation_prompt=True)
+    def chat_text(self, messages: Sequence[dict]) -> str:
+        """A conversation (``[{"role", "content"}]``) in the model's chat template, ready for the
+        assistant's answer."""
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def single_token(self, word: str) -> int:
         """The id of ``word`` if it is one token (e.g. ``" dog"``), else an InputError."""
@@ -399,6 +397,66 @@ class CausalLM:
                                        torch.tensor(starts) - 1)
                 out[s:e] = torch.log_softmax(last.double(), dim=-1)[:, cols].numpy()
         return out
+
+
+    # -- plain text generation (what an OpenAI-compatible text endpoint serves) ------------------
+    def generate(self, text: str, *, max_tokens: int = 16, top_k: int = 0, temperature: float = 0.0,
+                 min_tokens: int = 0, seed: int = 0) -> "Generation":
+        """Continue ``text`` (special tokens of the chat template are understood) by up to
+        ``max_tokens`` tokens: greedy at ``temperature`` 0, else sampled (seeded). Every step
+        records the chosen token's log-probability and the ``top_k`` most likely tokens with theirs
+        (the model's own distribution, before temperature). The end-of-text token ends the answer
+        (``finish_reason`` "stop"), and is listed in the log-probabilities but not in the text;
+        ``min_tokens`` keeps it from being chosen before that many tokens."""
+        torch = self.torch
+        ids = self.tokenize(text)
+        if not ids:
+            raise InputError("the prompt has no tokens")
+        stops = {i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+                 if isinstance(i, int) and i >= 0}
+        generator = torch.Generator().manual_seed(int(seed) % 2 ** 63)
+        out = Generation(prompt_tokens=len(ids))
+        answer = []
+        with self._lock, torch.inference_mode():
+            step = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            for t in range(max_tokens):
+                logits = step.logits[0, -1].double()
+                lp = torch.log_softmax(logits, dim=-1)
+                pick = logits.clone()
+                if t < min_tokens:
+                    pick[list(stops)] = -float("inf")
+                if temperature > 0:
+                    probs = torch.softmax(pick / temperature, dim=-1)
+                    choice = int(torch.multinomial(probs, 1, generator=generator))
+                else:
+                    choice = int(pick.argmax())
+                token = self.tokenizer.decode([choice])
+                top = torch.topk(lp, top_k) if top_k else None
+                out.tokens.append(token)
+                out.logprobs.append(float(lp[choice]))
+                out.top.append([] if top is None else [(self.tokenizer.decode([int(i)]), float(v))
+                                                       for v, i in zip(top.values, top.indices)])
+                if choice in stops:
+                    out.finish_reason = "stop"
+                    break
+                answer.append(choice)
+                step = self.model(input_ids=torch.tensor([[choice]]), past_key_values=step.past_key_values,
+                                  use_cache=True)
+        out.text = self.tokenizer.decode(answer)
+        return out
+
+
+@dataclass
+class Generation:
+    """What :meth:`CausalLM.generate` produced: the text, and per generated token its string, its
+    log-probability and the most likely alternatives ``[(token, logprob)]``."""
+
+    prompt_tokens: int
+    text: str = ""
+    tokens: list = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
+    top: list = field(default_factory=list)
+    finish_reason: str = "length"
 
 
 @lru_cache(maxsize=1)

@@ -90,8 +90,9 @@ def _onnx_path(module, weights_path: str) -> Path:
     return target
 
 
-def embedded_model(backend: str = "auto", batch_size: int = 32):
-    """The default model. ``backend``: ``onnx`` (fast), ``torch``, or ``auto`` (onnx if installed).
+def embedded_model(backend: str = "auto", batch_size: int = 32, threads: int | None = None):
+    """The default model. ``backend``: ``onnx`` (fast), ``torch``, or ``auto`` (onnx if installed);
+    ``threads``: intra-op threads of the ONNX session (default: one per core).
 
     The ONNX model keeps the torch twin as ``model.reference`` for white-box gradients."""
     if backend not in ("auto", "onnx", "torch"):
@@ -110,6 +111,7 @@ def embedded_model(backend: str = "auto", batch_size: int = 32):
 
     path = _onnx_path(loaded[0], loaded[1])
     labels, synonyms = imagenet_labels()
-    model = OnnxClassifier(path, labels, name=NAME, batch_size=batch_size, synonyms=synonyms, layout="nhwc01")
+    model = OnnxClassifier(path, labels, name=NAME, batch_size=batch_size, synonyms=synonyms, layout="nhwc01",
+                           threads=threads)
     model.reference = reference
     return model

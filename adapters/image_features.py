@@ -5,9 +5,6 @@ average-pooled, which is exactly what feeds the ImageNet classifier head. Featur
 batched under ``torch.inference_mode()`` and cached on disk in ``cache_dir("features")``, keyed
 by the SHA-256 of the pixels (and the weights file), so a second run of an example, test or
 benchmark on the same images costs nothing.
-
-Also here: the digits data set used by the alignment example (scikit-learn's ``load_digits``:
-1797 real 8x8 handwritten digits, upscaled to 224x224 RGB, dark ink on a light background).
 """
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from blackbox.paths import cache_dir
 from ._lazy import require
 
 FEATURE_DIM = 1280
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @lru_cache(maxsize=1)
@@ -78,44 +74,3 @@ def image_features(images: np.ndarray, *, batch_size: int = 32, cache: bool = Tr
         np.save(tmp, out)
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
     return out
-
-
-def digit_images(digits: np.ndarray, size: int = 224) -> np.ndarray:
-    """scikit-learn 8x8 digits (values 0..16) -> ``(n, size, size, 3)`` float32 images in [0, 1]:
-    bicubic upscaling, dark ink on a light background, a small margin around the digit."""
-    from PIL import Image
-
-    digits = np.asarray(digits, dtype=np.float64).reshape(-1, 8, 8)
-    inner = int(round(size * 0.8))
-    pad = (size - inner) // 2
-    out = np.ones((len(digits), size, size, 3), dtype=np.float32)
-    for i, d in enumerate(digits):
-        ink = Image.fromarray((np.clip(d / 16.0, 0, 1) * 255).astype(np.uint8))
-        big = np.asarray(ink.resize((inner, inner), Image.BICUBIC), dtype=np.float32) / 255.0
-        out[i, pad:pad + inner, pad:pad + inner, :] = (1.0 - big)[..., None]
-    return out
-
-
-def load_digit_set(classes=(0, 1, 2, 3, 4), per_class: int | None = None, seed: int = 0):
-    """Real handwritten digits from scikit-learn (1797 8x8 scans), for the alignment task.
-
-    Returns ``(images, labels, names)``: images ``(n, 224, 224, 3)`` in [0, 1], labels 0..C-1
-    indexing ``classes``, and the class words (``"three"``). ``per_class`` caps the images per
-    class (a seeded random choice); the order is shuffled with ``seed``."""
-    datasets = require("sklearn.datasets", "dev", "the digits data set", package="scikit-learn")
-    classes = tuple(int(c) for c in classes)
-    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
-        raise InputError(f"classes must be at least two distinct digits 0-9, got {classes}")
-    data = datasets.load_digits()
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in classes:
-        idx = np.flatnonzero(data.target == c)
-        if per_class is not None:
-            idx = rng.choice(idx, size=min(per_class, len(idx)), replace=False)
-        keep.append(np.sort(idx))
-    keep = np.concatenate(keep)
-    keep = keep[rng.permutation(len(keep))]
-    lookup = {c: i for i, c in enumerate(classes)}
-    labels = np.array([lookup[int(t)] for t in data.target[keep]], dtype=np.int64)
-    return digit_images(data.images[keep]), labels, [DIGIT_WORDS[c] for c in classes]

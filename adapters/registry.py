@@ -10,6 +10,8 @@ KNOWN_MODELS = {
     "gpt-vision": "an OpenAI vision model scored by log P('Yes') (needs OPENAI_API_KEY)",
     "openai:<model>": "any OpenAI-compatible chat endpoint with image input (--base-url)",
     "http:<spec.json>": "a JSON HTTP endpoint described by a spec file (url, request template, score path)",
+    "onnx:<model.onnx>": "your own ONNX image classifier (--labels FILE and the preprocessing options)",
+    "torchscript:<model.pt>": "your own TorchScript image classifier (--labels FILE, preprocessing options)",
 }
 
 
@@ -27,6 +29,10 @@ def load_image_model(name: str = DEFAULT_MODEL, **options):
         from .remote.openai_vision import openai_vision_model
 
         return openai_vision_model(name, **options)
+    if name.startswith(("onnx:", "torchscript:")):
+        from .model_files import load_model_file
+
+        return load_model_file(name, **options)
     if name.startswith("http:"):
         from .remote.http_model import http_image_model
 

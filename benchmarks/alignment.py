@@ -20,9 +20,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from blackbox import tasks
 from blackbox.adapters.causal_lm import load_causal_lm
-from blackbox.adapters.image_features import image_features, load_digit_set
-from blackbox.alignment import CaptionTask, Projector, evaluate, train_backprop, train_projector
+from blackbox.adapters.image_features import image_features
+from blackbox.alignment import evaluate, train_backprop, train_projector
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,16 +49,15 @@ def main() -> None:
     args = ap.parse_args()
     t_all = time.perf_counter()
     classes = tuple(int(c) for c in args.classes)
-    images, labels, names = load_digit_set(classes, per_class=args.per_class, seed=0)
+    data = tasks.load_digits(classes, per_class=args.per_class, seed=0)
     t = time.perf_counter()
-    feats = image_features(images)
+    feats = image_features(data.images)
     feat_s = time.perf_counter() - t
-    half = len(labels) // 2
-    tr_x, tr_y, te_x, te_y = feats[:half], labels[:half], feats[half:], labels[half:]
+    labels, half = data.labels, int((~data.test).sum())
     lm = load_causal_lm()
-    task = CaptionTask("", [" " + w for w in names], context=args.context, loss=args.loss)
-    proj = Projector.fit(tr_x, k=1, embed_dim=lm.embed_dim, dims=16, scale=lm.embedding_scale(),
-                         init=lm.embed_tokens(" picture")[0], seed=0)
+    setup = tasks.alignment_setup(lm, feats, data, context=args.context, loss=args.loss)
+    task, proj = setup.task, setup.projector
+    tr_x, tr_y, te_x, te_y = setup.train_x, setup.train_y, setup.test_x, setup.test_y
 
     def heldout(p):
         return evaluate(lm, p, te_x, te_y, task)
@@ -68,15 +68,15 @@ def main() -> None:
         run = train_projector(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size,
                               queries_per_step=args.queries_per_step, sigma=args.sigma, lr=args.lr, allocator=name,
                               seed=0, eval_fn=heldout, eval_every=args.eval_every)
-        rows.append({"method": f"LR output noise, {name}", "curve": [(e["queries"], e["accuracy"]) for e in run.train.evals],
-                     "final_accuracy": run.train.evals[-1]["accuracy"], "queries": run.queries,
+        rows.append({"method": f"LR output noise, {name}", "curve": [(e["queries"], e["accuracy"]) for e in run.evals],
+                     "final_accuracy": run.evals[-1]["accuracy"], "queries": run.queries,
                      "seconds": round(time.perf_counter() - t, 1)})
         print(rows[-1], flush=True)
     t = time.perf_counter()
     bp = train_backprop(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0,
                         eval_fn=heldout, eval_every=args.eval_every)
-    rows.append({"method": "backprop (white-box reference)", "curve": [(e["step"], e["accuracy"]) for e in bp.train.evals],
-                 "final_accuracy": bp.train.evals[-1]["accuracy"], "queries": 0,
+    rows.append({"method": "backprop (white-box reference)", "curve": [(e["step"], e["accuracy"]) for e in bp.evals],
+                 "final_accuracy": bp.evals[-1]["accuracy"], "queries": 0,
                  "seconds": round(time.perf_counter() - t, 1)})
     print(rows[-1], flush=True)
     chance = 1 / len(classes)

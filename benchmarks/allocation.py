@@ -24,11 +24,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from blackbox.adapters.lm_prompting import UNINFORMATIVE_INIT  # noqa: E402
+from blackbox import tasks  # noqa: E402
 from blackbox.allocators import make_allocator  # noqa: E402
-from blackbox.forward_learning import _Adam, batch_items  # noqa: E402
+from blackbox.forward_learning import Asked, ParameterNoise, batch_items, train  # noqa: E402
 from blackbox.prompt_tuning import (backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
                                     tune_soft_prompt)
+
+UNINFORMATIVE_INIT = tasks.UNINFORMATIVE_INIT
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,9 +38,11 @@ RESULTS = Path(__file__).parent / "results"
 def setup(seed=0):
     """The shared soft-prompt task: 4 soft tokens after 'Answer:' from an uninformative phrase
     (zero-shot ~ chance, so the prompt has to learn the question), rank-16 subspace."""
-    from blackbox.adapters.lm_prompting import animal_soft_prompt_setup
+    from blackbox.adapters.causal_lm import load_causal_lm
 
-    return animal_soft_prompt_setup(seed=seed)
+    task = tasks.animal_task(tasks.SOFT_TEMPLATE, seed=seed)
+    queries, space = tasks.soft_prompt_setup(load_causal_lm(), task, seed=seed)
+    return task, queries, space
 
 
 def variance_part(task, q, space, pairs=6, sigma=0.5, batch=8, budget=32, draws=2000, seed=0):
@@ -85,18 +89,20 @@ def variance_part(task, q, space, pairs=6, sigma=0.5, batch=8, budget=32, draws=
                      "pool_queries": int(len(values))}
 
 
-def spsa(task, q, space, total, batch=8, sigma=0.5, lr=0.3, seed=0, eval_every=None):
-    loss = soft_prompt_loss(q.label_logprobs, space, task)
-    theta, adam, spent, step = np.zeros(space.dim), _Adam(lr), 0, 0
-    while spent + 2 * batch <= total:
-        items = batch_items(seed, step, len(task.train_texts), batch)
-        z = np.random.default_rng([seed, 5, step]).standard_normal(space.dim) * sigma
-        rows = np.concatenate([np.repeat((theta + z)[None], batch, 0), np.repeat((theta - z)[None], batch, 0)])
-        v = loss(rows, np.concatenate([items, items]))
-        spent += 2 * batch
-        theta = adam.step(theta, (v[:batch].mean() - v[batch:].mean()) / (2 * sigma ** 2) * z)
-        step += 1
-    return theta, spent
+class SharedNoise(ParameterNoise):
+    """MeZO-style SPSA as a gradient source: one perturbation per step, shared by the whole batch."""
+
+    def ask(self, theta, items, counts, rng):
+        owner = np.repeat(np.arange(len(items)), np.asarray(counts) // 2)
+        z = np.broadcast_to(rng.standard_normal(theta.size) * self.sigma, (len(owner), theta.size))
+        return Asked(np.concatenate([theta + z, theta - z]), np.concatenate([items[owner], items[owner]]), (owner, z))
+
+
+def spsa(task, q, space, total, batch=8, sigma=0.5, lr=0.3, seed=0):
+    source = SharedNoise(soft_prompt_loss(q.label_logprobs, space, task), len(task.train_texts), sigma)
+    run = train(source, np.zeros(space.dim), batch_size=batch, queries_per_step=2 * batch, total_queries=total,
+                lr=lr, seed=seed)
+    return run.theta, run.queries
 
 
 def cmaes(task, q, space, total, batch=8, sigma=0.5, seed=0):
@@ -195,7 +201,7 @@ def main():
                                "queries_to_reach_uniform_final_nll": reach_nll,
                                "loss_curve": [(h["queries"], h["loss"]) for h in r.history]}
         emit(f"| LR + {name} | {r.before['accuracy']:.3f} | {r.after['accuracy']:.3f} | "
-             f"{r.before['label_nll']:.3f} | {r.after['label_nll']:.3f} | {r.train_queries} | "
+             f"{r.before['label_nll']:.3f} | {r.after['label_nll']:.3f} | {r.queries} | "
              f"{fmt_reach(reach, total)} | {fmt_reach(reach_nll, total)} | "
              f"{' '.join(f'{c[0]}:{c[1]:.2f}' for c in curve)} | {r.seconds:.0f} |")
         save()

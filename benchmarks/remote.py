@@ -136,9 +136,9 @@ def cached_rerun(rows, latency, concurrency=16):
     times, paid = [], []
     with Server(latency) as srv:
         for _ in range(2):
-            model = vision(srv.url, concurrency, cache=True, resolution=224)
-            working = model.view(*original.shape[:2]).to_working(original)
             budget = Budget(max_queries=1000)
+            model = vision(srv.url, concurrency, cache=True, resolution=224, budget=budget)
+            working = model.view(*original.shape[:2]).to_working(original)
             runner = QueryRunner(model.score_fn(model.resolve_target("espresso")), budget=budget,
                                  batch_size=model.query_batch_size)
             before = srv.stats()["answered"]
@@ -215,9 +215,18 @@ def budget_under_faults(rows, cap=60_000):
 
 
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description="remote query engine benchmark (run alone on an idle machine)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that every part runs (cached rerun at 50 ms); writes nothing")
+    opts = parser.parse_args()
     os.environ["BLACKBOX_CACHE_DIR"] = tempfile.mkdtemp(prefix="blackbox-bench-")
     os.environ.setdefault("TQDM_DISABLE", "1")
     results = {"throughput": [], "cached_rerun": [], "retry": [], "budget": []}
+    if opts.check:
+        cached_rerun(results["cached_rerun"], 0.05)
+        return
     throughput(results["throughput"])
     cached_rerun(results["cached_rerun"], 0.05)
     os.environ["BLACKBOX_CACHE_DIR"] = tempfile.mkdtemp(prefix="blackbox-bench-")
@@ -261,7 +270,7 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+    if len(sys.argv) > 5 and sys.argv[1] == "--serve":
         serve_main(*map(float, sys.argv[2:6]))
     else:
         main()

@@ -11,6 +11,7 @@ from .metrics import cosine, deletion_insertion, spearman
 from .models import Classifier, ImageModel, Target
 from .queries import Budget, QueryFunction, QueryRunner
 from .saliency import SaliencyResult, make_baseline, saliency
+from .batch import BatchResult, ImageResult, explain_many
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ __all__ = [
     "GradientEstimate", "lr_gradient", "MaskSpace", "PatchGrid", "PixelSpace", "ImageView",
     "load_image", "cosine", "deletion_insertion", "spearman", "Classifier", "ImageModel", "Target",
     "Budget", "QueryFunction", "QueryRunner", "SaliencyResult", "make_baseline", "saliency",
-    "explain",
+    "explain", "explain_many", "BatchResult", "ImageResult",
 ]
 
 

@@ -22,44 +22,41 @@ variance grows with the dimension it perturbs (``k*r`` instead of ``k*D``). The 
 the units of ``u`` (and of the noise ``sigma``) the same for every ``r``: unit-RMS coordinates give
 soft tokens of the LM's typical embedding norm.
 
-Two ways to train it from queries (``perturb``):
+Two gradient sources train it from queries on the one loop of :mod:`blackbox.forward_learning`
+(``perturb``):
 
-* ``"output"`` (default, ULR-style): perturb the projector's *output* -- each item's soft tokens
-  -- with antithetic Gaussian noise, estimate ``dL/dsoft`` by the LR identity, and get ``dL/dW =
-  dL/dsoft h^T`` by the chain rule through the (known, linear) projector. No backpropagation
-  through the LM, and the estimator's dimension is ``k*D`` instead of ``k*D*(dims+1)``: the
-  noise on ``W`` orthogonal to ``h`` (which an output cannot feel) is never drawn. This is what
-  makes it work within a few thousand queries.
-* ``"params"``: perturb the flat parameter vector with :func:`forward_train` (the generic loop;
-  kept for comparison -- its variance is about ``dims+1`` times larger).
+* ``"output"`` (default, ULR-style, :class:`OutputNoise`): perturb the projector's *output* --
+  each item's soft tokens -- with antithetic Gaussian noise, estimate ``dL/dsoft`` by the LR
+  identity, and get ``dL/dW = dL/dsoft h^T`` by the chain rule through the (known, linear)
+  projector. No backpropagation through the LM, and the estimator's dimension is ``k*D`` instead
+  of ``k*D*(dims+1)``: the noise on ``W`` orthogonal to ``h`` (which an output cannot feel) is
+  never drawn. This is what makes it work within a few thousand queries.
+* ``"params"`` (:func:`params_noise`): perturb the flat parameter vector (kept for comparison --
+  its variance is about ``dims+1`` times larger).
 
-Both use the allocators (``uniform`` | ``neyman`` | ``flops``) to ration each step's queries
-across the batch, a :class:`Budget` that is never overspent, checkpoints and resume.
-The white-box reference (:func:`train_backprop`) takes the same steps with the exact ``dL/dsoft``
-from an LM that offers ``nll_and_grad`` (autograd), to compare at equal steps.
+The loop brings the allocators (``uniform`` | ``neyman`` | ``flops``) that ration each step's
+queries across the batch, a :class:`~blackbox.queries.Budget` that is never overspent, checkpoints
+and resume. The white-box reference (:func:`train_backprop`) takes the same steps with the exact
+``dL/dsoft`` from an LM that offers ``nll_and_grad`` (autograd), to compare at equal steps.
 
 The LM is any object with ``embed_dim``, ``nll(soft (n,k,D), prompts, targets) -> (n,)``, and
-optionally ``next_token_logprobs(soft, prompts, token_ids) -> (n, C)`` + ``tokenize`` (one query
-per image for ranking single-token class words), ``nll_and_grad`` (the backprop reference) and
-``embed_tokens`` (initialising the soft tokens from a word). Every sequence the LM reads counts as
-one query.
+optionally ``next_token_logprobs(soft, prompts, token_ids) -> (n, C)`` + ``tokenize`` (one LM
+sequence per image for ranking single-token class words), ``nll_and_grad`` (the backprop
+reference) and ``embed_tokens`` (initialising the soft tokens from a word). A training query is one
+loss evaluation (one image under one perturbation).
 """
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .allocators import make_allocator
-from .errors import BudgetExceeded, InputError, ModelError
-from .forward_learning import (TrainResult, _Adam, _load_checkpoint, _save_checkpoint, batch_items, check_schedule,
-                               final_eval, forward_train, history_row)
-from .queries import Budget
+from .errors import InputError, ModelError
+from .forward_learning import AntitheticNoise, Estimate, ParameterNoise, TrainResult, train
 
 PERTURBATIONS = ("output", "params")
 LOSSES = ("nll", "ranking")
@@ -258,86 +255,58 @@ class CaptionTask:
         return [self.prompt + w for w in self.class_words]
 
 
-def _reserve(budget: Budget | None, n: int):
-    return budget.reserve(n) if budget is not None else None
-
-
-def _settle(budget: Budget | None, reservation) -> None:
-    if reservation is not None:
-        budget.settle(reservation)
-
-
-def caption_nll(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray,
-                budget: Budget | None = None) -> np.ndarray:
-    """``-log p(class_words[labels[i]] | [soft_i][prompt])`` for each row: ``len(labels)`` queries."""
+def caption_nll(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray) -> np.ndarray:
+    """``-log p(class_words[labels[i]] | [soft_i][prompt])`` for each row (one LM sequence each)."""
     labels = np.asarray(labels, dtype=np.int64)
     if soft.shape[0] != len(labels):
         raise InputError(f"{soft.shape[0]} soft prompts for {len(labels)} labels")
-    reservation = _reserve(budget, len(labels))
-    try:
-        text, kw = task.lm_args()
-        values = np.asarray(lm.nll(soft, [text] * len(labels), [task.class_words[c] for c in labels], **kw),
-                            dtype=np.float64)
-    except BaseException:
-        if reservation is not None:
-            budget.release(reservation)
-        raise
-    _settle(budget, reservation)
+    text, kw = task.lm_args()
+    values = np.asarray(lm.nll(soft, [text] * len(labels), [task.class_words[c] for c in labels], **kw),
+                        dtype=np.float64)
     if values.shape != (len(labels),) or not np.all(np.isfinite(values)):
         raise ModelError("the language model returned a wrong number of NLLs or a non-finite one")
     return values
 
 
-def class_scores(lm, soft: np.ndarray, task: CaptionTask, budget: Budget | None = None) -> tuple[np.ndarray, int]:
+def class_scores(lm, soft: np.ndarray, task: CaptionTask) -> tuple[np.ndarray, int]:
     """``(n, C)`` log-likelihoods of every class word given each image's soft tokens, and the
-    queries spent: one per image when every class word is a single token and the LM offers
+    LM sequences read: one per image when every class word is a single token and the LM offers
     ``next_token_logprobs``, else one per (image, class)."""
     n, c = soft.shape[0], task.num_classes
-    single = None
     if hasattr(lm, "next_token_logprobs") and hasattr(lm, "tokenize"):
         ids = [lm.tokenize(w) for w in task.class_words]
         if all(len(t) == 1 for t in ids):
-            single = [t[0] for t in ids]
-    if single is not None:
-        reservation = _reserve(budget, n)
-        try:
             text, kw = task.lm_args()
-            scores = np.asarray(lm.next_token_logprobs(soft, [text] * n, single, **kw), dtype=np.float64)
-        except BaseException:
-            if reservation is not None:
-                budget.release(reservation)
-            raise
-        _settle(budget, reservation)
-        return scores, n
+            return np.asarray(lm.next_token_logprobs(soft, [text] * n, [t[0] for t in ids], **kw),
+                              dtype=np.float64), n
     rows = np.repeat(soft, c, axis=0)
     labels = np.tile(np.arange(c), n)
-    return -caption_nll(lm, rows, task, labels, budget).reshape(n, c), n * c
+    return -caption_nll(lm, rows, task, labels).reshape(n, c), n * c
 
 
-def caption_loss(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray,
-                 budget: Budget | None = None) -> np.ndarray:
+def caption_loss(lm, soft: np.ndarray, task: CaptionTask, labels: np.ndarray) -> np.ndarray:
     """The training loss of each row under ``task.loss``: the true caption's NLL, or (``"ranking"``)
     its cross-entropy among the class captions, ``logsumexp(scores) - scores[label]``. Either is one
-    query per row when the class words are single tokens."""
+    LM sequence per row when the class words are single tokens (a query of the training loop is
+    one row)."""
     labels = np.asarray(labels, dtype=np.int64)
     if task.loss == "nll":
-        return caption_nll(lm, soft, task, labels, budget)
+        return caption_nll(lm, soft, task, labels)
     if soft.shape[0] != len(labels):
         raise InputError(f"{soft.shape[0]} soft prompts for {len(labels)} labels")
-    scores, _ = class_scores(lm, soft, task, budget)
+    scores, _ = class_scores(lm, soft, task)
     if not np.all(np.isfinite(scores)):
         raise ModelError("the language model returned a non-finite log-probability")
     return np.logaddexp.reduce(scores, axis=1) - scores[np.arange(len(labels)), labels]
 
 
-def evaluate(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask,
-             budget: Budget | None = None) -> dict:
+def evaluate(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask) -> dict:
     """Zero-shot classification: rank the class captions by the LM's likelihood given each image.
 
     Returns ``accuracy``, ``chance`` (1/C), ``mean_nll`` of the true caption, ``scores`` (n, C),
     ``predictions`` and ``queries``."""
     labels = np.asarray(labels, dtype=np.int64)
-    scores, queries = class_scores(lm, projector.soft_tokens(features), task, budget)
+    scores, queries = class_scores(lm, projector.soft_tokens(features), task)
     pred = scores.argmax(1)
     return {"accuracy": float(np.mean(pred == labels)), "chance": 1.0 / task.num_classes,
             "mean_nll": float(-np.mean(scores[np.arange(len(labels)), labels])),
@@ -345,222 +314,124 @@ def evaluate(lm, projector: Projector, features: np.ndarray, labels: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------------
-# training
+# training: gradient sources for the one forward-learning loop
 # --------------------------------------------------------------------------------------------
-@dataclass
-class AlignmentResult:
-    """The trained projector and the training run (history, evaluations, queries)."""
+class OutputNoise(AntitheticNoise):
+    """ULR-style source: antithetic noise on each image's soft output coordinates ``u_i = W h_i``
+    (its soft tokens move by ``+-gain * z @ B``); ``dL_i/du_i ~ mean (L+ - L-) z / (2 sigma^2)``
+    and ``dL_i/dW = dL_i/du_i h_i^T`` (exact chain rule through the linear projector)."""
 
-    projector: Projector
-    train: TrainResult
-    perturb: str
-    allocator: str
+    def __init__(self, lm, projector: Projector, reduced: np.ndarray, labels: np.ndarray, task: CaptionTask,
+                 sigma: float):
+        super().__init__(len(reduced), sigma)
+        self.lm, self.projector, self.h, self.labels, self.task = lm, projector, reduced, labels, task
+        self.shape = projector.weight.shape
 
-    @property
-    def queries(self) -> int:
-        return self.train.queries
+    def centres(self, theta, items):
+        return self.h[items] @ theta.reshape(self.shape).T
+
+    def pull(self, theta, items, grads):
+        grad = np.zeros(self.shape)
+        for g, hi in zip(grads, self.h[items]):
+            grad += np.outer(g, hi)
+        return (grad / len(items)).reshape(-1)
+
+    def pull_scale(self, items):
+        return np.array([float(hi @ hi) for hi in self.h[items]])
+
+    def loss(self, points, items):
+        return caption_loss(self.lm, self.projector.lift(points), self.task, self.labels[items])
+
+    def learned(self, theta) -> Projector:
+        return self.projector.with_theta(theta)
+
+    def config(self) -> dict:
+        return {**super().config(), "loss": self.task.loss}
 
 
-def train_projector(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask, *,
-                    steps: int | None = None, total_queries: int | None = None, batch_size: int = 16,
-                    queries_per_step: int = 64, sigma: float = 0.3, lr: float = 0.1,
-                    allocator: str = "uniform", perturb: str = "output", seed: int = 0,
-                    budget: Budget | None = None, checkpoint: str | os.PathLike | None = None,
-                    progress: bool = False, eval_fn: Callable[[Projector], dict] | None = None,
-                    eval_every: int = 10) -> AlignmentResult:
-    """Train ``projector`` from caption-NLL queries only (see the module docstring).
+def params_noise(lm, projector: Projector, reduced: np.ndarray, labels: np.ndarray, task: CaptionTask,
+                 sigma: float) -> ParameterNoise:
+    """The source that perturbs the projector's weights themselves (for comparison: its variance
+    is about ``dims + 1`` times that of :class:`OutputNoise`)."""
+    def loss(thetas, items):
+        w = thetas.reshape(len(thetas), *projector.weight.shape)
+        return caption_loss(lm, projector.lift(np.einsum("mij,mj->mi", w, reduced[items])), task, labels[items])
 
-    ``sigma`` is the noise scale in units of the LM's embedding scale (``perturb="output"``) or of
-    the parameters (``"params"``). ``queries_per_step`` (even, >= 2 x batch_size) is split across
-    the batch by ``allocator``. Stops after ``steps``, before ``total_queries`` would be passed,
-    or when ``budget`` runs out (``train.stopped`` says why). ``eval_fn(projector) -> dict`` of
-    metrics runs at step 0, every ``eval_every`` steps and at the end (its queries are not part of
-    the training count). ``checkpoint``: an ``.npz`` written every step and resumed from.
-    """
-    if perturb not in PERTURBATIONS:
-        raise InputError(f"perturb must be one of {PERTURBATIONS}, got {perturb!r}")
+    return ParameterNoise(loss, len(reduced), sigma, learned=projector.with_theta)
+
+
+class ProjectorBackprop:
+    """The exact gradient source of the white-box reference: ``dL/dsoft`` by autograd through an LM
+    that offers ``nll_and_grad`` / ``label_loss_and_grad``, chained through the projector."""
+
+    def __init__(self, lm, projector: Projector, reduced: np.ndarray, labels: np.ndarray, task: CaptionTask):
+        if not hasattr(lm, "nll_and_grad"):
+            raise InputError("the backprop reference needs a white-box LM with nll_and_grad")
+        self.lm, self.projector, self.h, self.labels, self.task = lm, projector, reduced, labels, task
+        self.word_ids = [lm.single_token(w) for w in task.class_words] if task.loss == "ranking" else None
+        self.n_items = len(reduced)
+
+    def gradient(self, theta, items) -> Estimate:
+        h, labels = self.h[items], self.labels[items]
+        soft = self.projector.lift(h @ theta.reshape(self.projector.weight.shape).T)
+        text, kw = self.task.lm_args()
+        if self.word_ids is not None:
+            values, g = self.lm.label_loss_and_grad(soft, [text] * len(items), self.word_ids, labels, **kw)
+        else:
+            values, g = self.lm.nll_and_grad(soft, [text] * len(items), [self.task.class_words[c] for c in labels],
+                                             **kw)
+        grad = self.projector.pull(g).T @ h / len(items)
+        return Estimate(grad.reshape(-1), np.full(len(items), np.nan), np.asarray(values, dtype=np.float64))
+
+    def learned(self, theta) -> Projector:
+        return self.projector.with_theta(theta)
+
+    def config(self) -> dict:
+        return {"source": "projector-backprop", "loss": self.task.loss}
+
+
+def _training_data(projector: Projector, features, labels, task: CaptionTask):
     h = projector.reduce(features)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(h):
         raise InputError(f"{len(labels)} labels for {len(h)} images")
     if labels.min() < 0 or labels.max() >= task.num_classes:
         raise InputError(f"labels must be in 0..{task.num_classes - 1}")
-    wrapped_eval = None if eval_fn is None else (lambda theta: _metrics(eval_fn(projector.with_theta(theta))))
-    if perturb == "params":
-        def loss(thetas, items):
-            w = thetas.reshape(len(thetas), *projector.weight.shape)
-            return caption_loss(lm, projector.lift(np.einsum("mij,mj->mi", w, h[items])), task, labels[items])
-
-        result = forward_train(loss, projector.theta, len(h), batch_size=batch_size,
-                               queries_per_step=queries_per_step, steps=steps, total_queries=total_queries,
-                               sigma=sigma, lr=lr, allocator=allocator, seed=seed, budget=budget,
-                               checkpoint=checkpoint, progress=progress, eval_fn=wrapped_eval,
-                               eval_every=eval_every)
-    else:
-        result = _train_output_perturbation(lm, projector, h, labels, task, steps=steps,
-                                            total_queries=total_queries, batch_size=batch_size,
-                                            queries_per_step=queries_per_step, sigma=sigma, lr=lr,
-                                            allocator=allocator, seed=seed, budget=budget,
-                                            checkpoint=checkpoint, progress=progress,
-                                            eval_fn=wrapped_eval, eval_every=eval_every)
-    name = allocator if isinstance(allocator, str) else getattr(allocator, "name", "custom")
-    return AlignmentResult(projector.with_theta(result.theta), result, perturb, name)
+    return h, labels
 
 
-def _metrics(d: dict) -> dict:
-    """Keep the JSON-able scalar metrics of an evaluation (drop score matrices)."""
-    return {("eval_queries" if k == "queries" else k): (float(v) if isinstance(v, (float, np.floating)) else int(v))
-            for k, v in d.items() if isinstance(v, (int, float, np.integer, np.floating))}
+def _projector_eval(projector: Projector, eval_fn):
+    return None if eval_fn is None else (lambda theta: eval_fn(projector.with_theta(theta)))
 
 
-@dataclass
-class OutputGradient:
-    """An LR estimate of the batch loss's gradient w.r.t. the projector weights (flat)."""
+def train_projector(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask, *,
+                    perturb: str = "output", sigma: float = 0.3, eval_fn: Callable[[Projector], dict] | None = None,
+                    steps: int | None = None, batch_size: int = 16, queries_per_step: int = 64, lr: float = 0.1,
+                    **options) -> TrainResult:
+    """Train ``projector`` from caption-loss queries only (see the module docstring).
 
-    grad: np.ndarray           # (k*D*(dims+1),) mean over items of each item's estimate
-    item_variance: np.ndarray  # per-query trace variance proxy of each item's estimate
-    item_loss: np.ndarray      # mean of each item's perturbed losses
-    queries: int
-
-
-def output_gradient(lm, projector: Projector, reduced: np.ndarray, labels: np.ndarray, task: CaptionTask,
-                    counts: Sequence[int], *, sigma: float, rng: np.random.Generator,
-                    budget: Budget | None = None) -> OutputGradient:
-    """ULR-style estimate for a batch: ``counts[i]`` (even) queries on item ``i`` perturb its soft
-    output coordinates ``u_i = W h_i`` by ``+-z``, ``z ~ N(0, sigma^2 I_{k*r})`` (its soft tokens by
-    ``+-scale * z @ B``); ``dL_i/du_i ~ mean (L+ - L-) z / (2 sigma^2)``
-    and ``dL_i/dW = dL_i/d(Wh_i) h_i^T`` (exact chain rule through the linear projector). Items
-    are weighted ``1/n_i`` so the estimate is unbiased for any allocation."""
-    counts = np.asarray(counts, dtype=np.int64)
-    if len(counts) != len(reduced) or np.any(counts < 2) or np.any(counts % 2):
-        raise InputError("every item needs an even number (>= 2) of queries")
-    pairs = counts // 2
-    owner = np.repeat(np.arange(len(reduced)), pairs)
-    centre = reduced @ projector.weight.T                                       # (B, k*r)
-    z = rng.standard_normal((len(owner), centre.shape[1])) * sigma
-    soft = projector.lift(np.concatenate([centre[owner] + z, centre[owner] - z]))
-    values = caption_loss(lm, soft, task, np.concatenate([np.asarray(labels)[owner]] * 2), budget)
-    m = len(owner)
-    fp, fm = values[:m], values[m:]
-    terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z                          # d/d(W h), own units
-    grad = np.zeros(projector.weight.shape)
-    second = np.empty(len(reduced))
-    item_loss = np.empty(len(reduced))
-    for i, hi in enumerate(reduced):
-        t = terms[owner == i]
-        grad += np.outer(t.mean(0), hi)
-        second[i] = np.mean(np.sum(t ** 2, axis=1)) * float(hi @ hi) / 2.0
-        item_loss[i] = np.mean((fp[owner == i] + fm[owner == i]) / 2)
-    return OutputGradient((grad / len(reduced)).reshape(-1), second, item_loss, len(soft))
-
-
-def _train_output_perturbation(lm, projector, h, labels, task, *, steps, total_queries, batch_size,
-                               queries_per_step, sigma, lr, allocator, seed, budget, checkpoint,
-                               progress, eval_fn, eval_every) -> TrainResult:
-    """ULR-style forward learning: noise on the soft tokens, chain rule to the projector."""
-    n_items = len(h)
-    batch_size = check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget, sigma, lr)
-    alloc = make_allocator(allocator, floor=2, seed=seed, unit=2)
-    adam = _Adam(lr)
-    theta = projector.theta
-    shape = projector.weight.shape
-    mem_var = np.full(n_items, np.nan)
-    mem_loss = np.full(n_items, np.nan)
-    result = TrainResult(theta=theta)
-    config = {"n_items": n_items, "dim": theta.size, "batch_size": batch_size, "seed": seed,
-              "queries_per_step": queries_per_step, "sigma": sigma, "lr": lr, "allocator": alloc.name,
-              "reward": "variance", "cap": None, "perturb": "output"}
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    start = 0
-    if ckpt is not None and ckpt.exists():
-        start, theta = _load_checkpoint(ckpt, config, adam, alloc, mem_var, mem_loss, result)
-        result.resumed_from = start
-    if eval_fn is not None and start == 0 and not result.evals:
-        result.evals.append({"step": 0, "queries": 0, **eval_fn(theta)})
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=start, desc="aligning", unit="step", leave=False, dynamic_ncols=True)
-    max_steps = steps if steps is not None else np.iinfo(np.int64).max
-    t_start = time.perf_counter()
-    step = start
-    try:
-        while step < max_steps:
-            if total_queries is not None and result.queries + queries_per_step > total_queries:
-                result.stopped = result.stopped or f"total_queries {total_queries} reached"
-                break
-            items = batch_items(seed, step, n_items, batch_size)
-            counts = alloc.allocate(queries_per_step, batch_size, variances=mem_var[items], losses=mem_loss[items])
-            try:
-                est = output_gradient(lm, projector.with_theta(theta), h[items], labels[items], task, counts,
-                                      sigma=sigma, rng=np.random.default_rng([seed, 2, step]), budget=budget)
-            except BudgetExceeded as exc:
-                result.stopped = str(exc)
-                break
-            result.queries += est.queries
-            grad, second, item_loss = est.grad.reshape(shape), est.item_variance, est.item_loss
-            if alloc.name == "flops":
-                alloc.update(variances=second, counts=counts)
-            mem_var[items] = second
-            mem_loss[items] = item_loss
-            theta = adam.step(theta, grad.reshape(-1))
-            row = history_row(step, result.queries, item_loss, items, counts, grad, second, batch_size, t_start)
-            result.history.append(row)
-            step += 1
-            if eval_fn is not None and step % eval_every == 0:
-                result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
-            if ckpt is not None:
-                _save_checkpoint(ckpt, config, step, theta, adam, alloc, mem_var, mem_loss, result)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", queries=result.queries)
-    finally:
-        if bar is not None:
-            bar.close()
-    final_eval(result, eval_fn, theta, step)
-    result.theta, result.steps = theta, step
-    result.seconds = time.perf_counter() - t_start
-    return result
+    ``sigma`` is the noise scale in units of the output coordinates (``perturb="output"``) or of
+    the parameters (``"params"``). ``eval_fn(projector) -> dict`` of metrics runs at step 0, every
+    ``eval_every`` steps and at the end (its queries are not training queries). ``options`` go to
+    :func:`~blackbox.forward_learning.train` (allocator, seed, budget, total_queries, checkpoint,
+    checkpoint_every, reward, cap, progress, eval_every...). ``result.learned`` is the trained
+    :class:`Projector`.
+    """
+    if perturb not in PERTURBATIONS:
+        raise InputError(f"perturb must be one of {PERTURBATIONS}, got {perturb!r}")
+    h, labels = _training_data(projector, features, labels, task)
+    maker = OutputNoise if perturb == "output" else params_noise
+    return train(maker(lm, projector, h, labels, task, sigma), projector.theta, steps=steps, batch_size=batch_size,
+                 queries_per_step=queries_per_step, lr=lr, eval_fn=_projector_eval(projector, eval_fn),
+                 description="aligning", **options)
 
 
 def train_backprop(lm, projector: Projector, features: np.ndarray, labels: np.ndarray, task: CaptionTask, *,
                    steps: int, batch_size: int = 16, lr: float = 0.1, seed: int = 0,
-                   eval_fn: Callable[[Projector], dict] | None = None, eval_every: int = 10) -> AlignmentResult:
+                   eval_fn: Callable[[Projector], dict] | None = None, eval_every: int = 10) -> TrainResult:
     """The white-box reference: the same projector, batches and Adam, with the exact gradient
     ``dL/dsoft`` from ``lm.nll_and_grad`` (autograd through the LM) instead of LR estimates."""
-    if not hasattr(lm, "nll_and_grad"):
-        raise InputError("the backprop reference needs a white-box LM with nll_and_grad")
-    if task.loss == "ranking":
-        word_ids = [lm.single_token(w) for w in task.class_words]
-    h = projector.reduce(features)
-    labels = np.asarray(labels, dtype=np.int64)
-    batch_size = min(batch_size, len(h))
-    adam = _Adam(lr)
-    theta = projector.theta
-    shape = projector.weight.shape
-    result = TrainResult(theta=theta)
-    t_start = time.perf_counter()
-    if eval_fn is not None:
-        result.evals.append({"step": 0, "queries": 0, **_metrics(eval_fn(projector))})
-    for step in range(steps):
-        items = batch_items(seed, step, len(h), batch_size)
-        soft = projector.lift(h[items] @ theta.reshape(shape).T)
-        text, kw = task.lm_args()
-        if task.loss == "ranking":
-            values, g = lm.label_loss_and_grad(soft, [text] * batch_size, word_ids, labels[items], **kw)
-        else:
-            values, g = lm.nll_and_grad(soft, [text] * batch_size, [task.class_words[c] for c in labels[items]],
-                                        **kw)
-        g = projector.pull(g)
-        grad = g.T @ h[items] / batch_size
-        theta = adam.step(theta, grad.reshape(-1))
-        result.history.append({"step": step + 1, "queries": 0, "loss": float(np.mean(values)),
-                               "grad_norm": float(np.linalg.norm(grad)),
-                               "seconds": round(time.perf_counter() - t_start, 3)})
-        if eval_fn is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            result.evals.append({"step": step + 1, "queries": 0,
-                                 **_metrics(eval_fn(projector.with_theta(theta)))})
-    result.theta, result.steps = theta, steps
-    result.seconds = time.perf_counter() - t_start
-    return AlignmentResult(projector.with_theta(theta), result, "backprop", "none")
+    h, labels = _training_data(projector, features, labels, task)
+    return train(ProjectorBackprop(lm, projector, h, labels, task), projector.theta, steps=steps,
+                 batch_size=batch_size, lr=lr, seed=seed, eval_fn=_projector_eval(projector, eval_fn),
+                 eval_every=eval_every)

@@ -24,7 +24,6 @@ reproducible under ``seed``.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -155,7 +154,6 @@ class Allocator:
     def update(self, reward: float | None = None, *, variances=None, counts=None) -> None:
         """Learn from the step just taken (only FLOPS learns)."""
 
-    observe = update
 
     # checkpointing: plain JSON-able state
     def state_dict(self) -> dict:
@@ -305,7 +303,6 @@ class FlopsAllocator(Allocator):
         self.steps += 1
         self._last = None
 
-    observe = update
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -371,11 +368,3 @@ def combine(per_item_estimates, counts: Sequence[int] | None = None) -> Combined
         raise InputError("every item needs at least one query")
     means = sums / n.reshape((-1,) + (1,) * (sums.ndim - 1))
     return Combined(means.mean(0), float("nan"), np.full(len(n), np.nan))
-
-
-def dumps_state(allocator: Allocator) -> str:
-    return json.dumps(allocator.state_dict())
-
-
-def loads_state(allocator: Allocator, text: str) -> None:
-    allocator.load_state_dict(json.loads(text))

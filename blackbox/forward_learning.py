@@ -1,19 +1,37 @@
-"""Forward learning: train parameters from loss queries only (LR gradients + Adam + an allocator).
+"""Forward learning: the one training loop of every job that learns from queries (ask / tell).
 
-Each step draws a batch of items (examples), asks the allocator how many queries each item gets
-(``n_i``, even: antithetic pairs), evaluates the loss at ``theta + z`` and ``theta - z`` for
-``n_i / 2`` noise draws ``z ~ N(0, sigma^2 I)`` per item, and combines the per-item estimates
+A **gradient source** knows what to query and how to turn the answers into a gradient; the loop
+(:func:`train`) owns everything else. One step::
 
-    g = (1/B) sum_i (1/n_i) sum_pairs (L_i(theta + z) - L_i(theta - z)) z / sigma^2
+    items  = batch_items(seed, step, n_items, batch_size)             # which examples
+    counts = allocator.allocate(queries_per_step, batch_size, ...)    # how many queries each
+    asked  = source.ask(theta, items, counts, rng)                    # what to query
+    values = runner(asked.queries())                                  # the black box, on the Budget
+    est    = source.tell(theta, items, asked, values)                 # Estimate: gradient, per item
+    theta  = adam.step(theta, est.grad)                               # variance and loss
 
-(unbiased for any allocation, see :func:`blackbox.allocators.combine`), then takes an Adam step.
-Every item's last measured per-query variance and loss are remembered, so Neyman and FLOPS
-allocate from the item's previous visit.
+The runner is a :class:`~blackbox.queries.QueryRunner` on the run's :class:`~blackbox.queries.Budget`:
+a step that does not fit is not started, and its queries are counted there and nowhere else. The
+loop also keeps the history (one schema for every source), evaluates, shows progress, and writes
+and resumes checkpoints (one format). The sources in blackbox:
 
-Reproducible and resumable: the batch and the noise of step ``t`` depend only on ``(seed, t)``
-and the (checkpointed) allocator state, so a run resumed from its checkpoint sends exactly the
-queries the uninterrupted run would have sent; with a caching remote engine, a step that was
-interrupted half-way is answered from the cache and paid once.
+* :class:`ParameterNoise` -- antithetic Gaussian noise on ``theta`` itself, for any loss
+  ``loss(thetas, items)`` (soft prompts; the alignment projector with ``perturb="params"``);
+* :class:`blackbox.alignment.OutputNoise` -- noise on a linear layer's output, chain rule to its
+  weights (ULR); :class:`AntitheticNoise` is the base of both;
+* :class:`blackbox.discrete_prompt.PolicyGradient` -- sampled word prompts, score-function gradient;
+* *exact* sources (the backpropagation references) offer ``gradient(theta, items) -> Estimate``
+  instead of ``ask``/``tell`` and spend no queries; they share the batches, Adam, history and
+  evaluation of the query-based runs, so the two are compared step for step.
+
+Each item's estimate is weighted ``1/n_i`` (unbiased for any allocation, see
+:func:`blackbox.allocators.combine`); every item's last measured per-query variance and loss are
+remembered, so Neyman and FLOPS allocate from the item's previous visit.
+
+Reproducible and resumable: the batch and the noise of step ``t`` depend only on ``(seed, t)`` and
+the (checkpointed) allocator state, so a run resumed from its checkpoint sends exactly the queries
+the uninterrupted run would have sent; with a caching remote engine, a step that was interrupted
+half-way is answered from the cache and paid once.
 """
 from __future__ import annotations
 
@@ -22,44 +40,172 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .allocators import Allocator, combine, make_allocator
-from .errors import BudgetExceeded, InputError, ModelError
-from .queries import Budget
+from .allocators import make_allocator
+from .errors import BudgetExceeded, InputError
+from .queries import Budget, QueryRunner
 
 LossFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+REWARDS = ("variance", "improvement")
+
+
+# --------------------------------------------------------------------------------------------
+# what a source returns
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Asked:
+    """The queries of one step: query ``r`` evaluates ``points[r]`` on example ``items[r]``.
+    ``context`` is whatever the source needs back in :meth:`tell` (its noise, its owners)."""
+
+    points: np.ndarray
+    items: np.ndarray
+    context: Any = None
+
+    def queries(self) -> np.ndarray:
+        """One record per query (fields ``point`` and ``item``), as a QueryRunner sends them."""
+        points = np.asarray(self.points)
+        out = np.empty(len(self.items), dtype=[("item", np.int64), ("point", points.dtype, points.shape[1:])])
+        out["item"] = self.items
+        out["point"] = points
+        return out
 
 
 @dataclass
-class TrainResult:
-    """Trained parameters, a per-step history and the queries spent."""
+class Estimate:
+    """A step's gradient and what the allocator learns from it, one entry per batch item."""
 
-    theta: np.ndarray
-    history: list[dict] = field(default_factory=list)   # one dict per step (see forward_train)
-    evals: list[dict] = field(default_factory=list)     # {"step", "queries", **metrics}
-    queries: int = 0
-    steps: int = 0
-    stopped: str | None = None
-    resumed_from: int = 0
-    seconds: float = 0.0
-
-    def curve(self, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
-        """``(queries, values)`` of a history key (or an eval metric), ready to plot."""
-        rows = self.history if self.history and key in self.history[0] else self.evals
-        rows = [r for r in rows if key in r]
-        return np.array([r["queries"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+    grad: np.ndarray            # flat, the size of theta
+    item_variance: np.ndarray   # per-query (trace) variance proxy of each item's estimate
+    item_loss: np.ndarray       # mean loss of each item's queries
 
 
-class _Adam:
-    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
-        self.m = self.v = None
+@runtime_checkable
+class GradientSource(Protocol):
+    """What :func:`train` trains from queries (see the module docstring)."""
+
+    n_items: int
+    unit: int                  # queries come in multiples of this per item (2: antithetic pairs)
+
+    def ask(self, theta: np.ndarray, items: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> Asked: ...
+
+    def loss(self, points: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+    def tell(self, theta: np.ndarray, items: np.ndarray, asked: Asked, values: np.ndarray) -> Estimate: ...
+
+
+def estimate(source, theta: np.ndarray, items: np.ndarray, counts, rng: np.random.Generator,
+             run: Callable[[np.ndarray], np.ndarray] | None = None) -> Estimate:
+    """One ask / query / tell round. ``run`` sends the queries (a QueryRunner; default: the
+    source's loss directly, with no budget)."""
+    asked = source.ask(theta, items, np.asarray(counts, dtype=np.int64), rng)
+    values = (run or _direct(source))(asked.queries())
+    return source.tell(theta, items, asked, np.asarray(values, dtype=np.float64).reshape(-1))
+
+
+def _direct(source):
+    def run(queries: np.ndarray) -> np.ndarray:
+        return source.loss(np.ascontiguousarray(queries["point"]), queries["item"].copy())
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# antithetic Gaussian noise: on theta, or on a per-item point that theta maps to
+# --------------------------------------------------------------------------------------------
+class AntitheticNoise:
+    """LR gradients from antithetic pairs around a per-item centre ``c_i(theta)``.
+
+    Item ``i`` gets ``n_i / 2`` draws ``z ~ N(0, sigma^2 I)`` and the queries ``c_i + z`` and
+    ``c_i - z``; its gradient at the centre is ``mean (L+ - L-) z / (2 sigma^2)``, and
+    :meth:`pull` turns the per-item gradients into ``d mean_i L_i / d theta`` (the chain rule
+    through ``c``). Subclasses define :meth:`centres`, :meth:`pull` and :meth:`loss`;
+    :meth:`pull_scale` is the squared norm of ``d theta / d c_i`` acting on a vector (1 for the
+    identity), which turns the point-space variance into the parameter-space one.
+    """
+
+    unit = 2
+
+    def __init__(self, n_items: int, sigma: float):
+        if n_items < 1:
+            raise InputError("n_items must be >= 1")
+        if not sigma > 0:
+            raise InputError("sigma must be > 0")
+        self.n_items, self.sigma = int(n_items), float(sigma)
+
+    def centres(self, theta: np.ndarray, items: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def pull(self, theta: np.ndarray, items: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def pull_scale(self, items: np.ndarray) -> np.ndarray | float:
+        return 1.0
+
+    def ask(self, theta, items, counts, rng) -> Asked:
+        owner = np.repeat(np.arange(len(items)), np.asarray(counts) // 2)
+        centre = self.centres(theta, items)
+        z = rng.standard_normal((len(owner), centre.shape[1])) * self.sigma
+        points = np.concatenate([centre[owner] + z, centre[owner] - z])
+        return Asked(points, np.concatenate([items[owner], items[owner]]), (owner, z))
+
+    def tell(self, theta, items, asked, values) -> Estimate:
+        owner, z = asked.context
+        m = len(z)
+        fp, fm = values[:m], values[m:]
+        terms = ((fp - fm) / (2 * self.sigma ** 2))[:, None] * z
+        mine = [owner == i for i in range(len(items))]
+        grads = np.stack([terms[sel].mean(0) for sel in mine])
+        second = np.array([np.mean(np.sum(terms[sel] ** 2, axis=1)) for sel in mine])
+        # per query: a pair is two queries
+        variance = second * self.pull_scale(items) / 2.0
+        loss = np.array([np.mean((fp[sel] + fm[sel]) / 2) for sel in mine])
+        return Estimate(self.pull(theta, items, grads), variance, loss)
+
+    def config(self) -> dict:
+        return {"source": type(self).__name__, "sigma": self.sigma}
+
+
+class ParameterNoise(AntitheticNoise):
+    """Noise on the parameters themselves: ``loss(thetas (m, d), items (m,)) -> (m,)`` evaluates
+    row ``r`` at ``thetas[r]`` on item ``items[r]`` (one query per row). ``learned(theta)``, if
+    given, says what theta stands for (e.g. the soft prompt it encodes)."""
+
+    def __init__(self, loss: LossFn, n_items: int, sigma: float, learned: Callable | None = None):
+        super().__init__(n_items, sigma)
+        self._loss = loss
+        self._learned = learned
+
+    def centres(self, theta, items):
+        return np.broadcast_to(theta, (len(items), theta.size))
+
+    def pull(self, theta, items, grads):
+        return grads.mean(0)
+
+    def loss(self, points, items):
+        return self._loss(points, items)
+
+    def learned(self, theta):
+        return theta.copy() if self._learned is None else self._learned(theta)
+
+
+# --------------------------------------------------------------------------------------------
+# the optimiser
+# --------------------------------------------------------------------------------------------
+class Adam:
+    """Adam on a flat parameter vector (``step`` returns the new vector); state is checkpointed."""
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if not lr > 0:
+            raise InputError("lr must be > 0")
+        self.lr, (self.b1, self.b2), self.eps = float(lr), betas, eps
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
         self.t = 0
 
-    def step(self, theta, grad):
+    def step(self, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
         if self.m is None:
             self.m, self.v = np.zeros_like(theta), np.zeros_like(theta)
         self.t += 1
@@ -81,197 +227,265 @@ def batch_items(seed: int, step: int, n_items: int, batch_size: int) -> np.ndarr
     return part
 
 
-def forward_train(
-    loss: LossFn,
-    theta0: np.ndarray,
-    n_items: int,
-    *,
-    batch_size: int,
-    queries_per_step: int,
-    steps: int | None = None,
-    total_queries: int | None = None,
-    sigma: float,
-    lr: float,
-    allocator: str | Allocator = "uniform",
-    seed: int = 0,
-    budget: Budget | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    progress: bool = False,
-    eval_fn: Callable[[np.ndarray], dict] | None = None,
-    eval_every: int = 10,
-    reward: str = "variance",
-    cap: int | None = None,
-    callback: Callable[[int, np.ndarray, dict], None] | None = None,
-) -> TrainResult:
-    """Minimise ``mean_i loss_i(theta)`` from loss queries only.
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a run learned, its per-step history, its evaluations and the queries it spent.
 
-    ``loss(thetas, items)``: ``thetas`` is ``(m, d)``, ``items`` ``(m,)`` ints; returns ``(m,)``
-    losses, row ``r`` evaluated at ``thetas[r]`` on item ``items[r]`` (each row is one query).
-    ``queries_per_step`` (even, >= 2 x batch_size) is split across the batch by ``allocator``
-    (``uniform``, ``neyman`` or ``flops``; floor 2, ``cap`` optional). Train for ``steps``, or until
-    ``total_queries`` would be passed, or until ``budget`` runs out (a step that does not fit is
-    not started; ``stopped`` says why). ``checkpoint``: an ``.npz`` path written atomically every
-    ``checkpoint_every`` steps and resumed from when it exists. ``eval_fn(theta) -> dict`` runs at
-    step 0, every ``eval_every`` steps and at the end. ``reward`` for FLOPS: ``variance`` (Neyman
-    efficiency of the step) or ``improvement`` (drop of the batch items' loss since their last
-    visit).
-
-    History rows: ``step``, ``queries`` (cumulative), ``loss`` (mean of the batch's perturbed
-    losses), ``items``, ``allocation``, ``grad_norm``, ``est_variance`` (trace variance of the
-    combined gradient), ``seconds``.
+    ``history`` rows: ``step``, ``queries`` (cumulative training queries), ``loss`` (mean over the
+    batch of each item's loss), ``items``, ``allocation`` (None for exact sources), ``grad_norm``,
+    ``est_variance`` (trace variance of the combined gradient; None for exact sources),
+    ``seconds`` (wall time since the run started, a resumed run continuing its count) and
+    whatever the source describes (e.g. the discrete prompt). ``evals`` rows: ``step``,
+    ``queries`` and the scalar metrics of ``eval_fn`` (its own query count as ``eval_queries``).
+    ``learned`` is what ``theta`` stands for (soft prompt, prompt text, projector).
     """
+
+    theta: np.ndarray
+    learned: Any = None
+    history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    queries: int = 0
+    steps: int = 0
+    stopped: str | None = None
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+    def curve(self, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+        """``(queries, values)`` of a history key (or an eval metric), ready to plot."""
+        rows = self.history if self.history and key in self.history[0] else self.evals
+        rows = [r for r in rows if key in r]
+        return np.array([r["queries"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+
+    @property
+    def before(self) -> dict:
+        """The metrics of the first evaluation (at step 0), without ``step``/``queries``."""
+        return _metrics_only(self.evals[0]) if self.evals else {}
+
+    @property
+    def after(self) -> dict:
+        """The metrics of the last evaluation (at the end)."""
+        return _metrics_only(self.evals[-1]) if self.evals else {}
+
+    @property
+    def eval_queries(self) -> int:
+        return int(sum(e.get("eval_queries", 0) for e in self.evals))
+
+    def summary(self) -> dict:
+        """Before/after metrics, queries, steps, seconds and why the run stopped (JSON-able)."""
+        out = {f"{k}_before": v for k, v in self.before.items() if k != "eval_queries"}
+        out.update({f"{k}_after": v for k, v in self.after.items() if k != "eval_queries"})
+        return {**out, "train_queries": self.queries, "eval_queries": self.eval_queries, "steps": self.steps,
+                "seconds": round(self.seconds, 2), "stopped": self.stopped}
+
+
+def _metrics_only(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("step", "queries")}
+
+
+def _scalars(metrics: dict) -> dict:
+    """The JSON-able scalar metrics of an evaluation (score matrices dropped); an evaluation's own
+    ``queries`` become ``eval_queries`` (a row's ``queries`` are the training queries)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (bool, str)):
+            out[k] = v
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = float(v)
+        else:
+            continue
+        if k == "queries":
+            out["eval_queries"] = out.pop(k)
+    return out
+
+
+def forward_train(loss: LossFn, theta0: np.ndarray, n_items: int, *, sigma: float, **options) -> TrainResult:
+    """Minimise ``mean_i loss_i(theta)`` from loss queries only: :func:`train` with
+    :class:`ParameterNoise` (``loss(thetas (m, d), items (m,)) -> (m,)``, one query per row)."""
+    return train(ParameterNoise(loss, n_items, sigma), theta0, **options)
+
+
+def train(source, theta0: np.ndarray, *, batch_size: int, lr: float, steps: int | None = None,
+          queries_per_step: int | None = None, total_queries: int | None = None,
+          allocator="uniform", seed: int = 0, budget: Budget | None = None,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, progress: bool = False,
+          eval_fn: Callable[[np.ndarray], dict] | None = None, eval_every: int | None = 10,
+          reward: str = "variance", cap: int | None = None,
+          callback: Callable[[int, np.ndarray, dict], None] | None = None,
+          description: str = "forward learning") -> TrainResult:
+    """Train ``theta`` from ``source`` (a :class:`GradientSource`, or an exact source with
+    ``gradient(theta, items)``) with Adam.
+
+    ``queries_per_step`` (a multiple of ``source.unit``, at least 2 per item) is split across the
+    ``batch_size`` items of each step by ``allocator`` (``uniform``, ``neyman`` or ``flops``;
+    floor 2, ``cap`` optional). Training stops after ``steps``, before ``total_queries`` would be
+    passed, or when ``budget`` runs out (a step that does not fit is not started; ``stopped`` says
+    why). ``checkpoint``: an ``.npz`` written atomically every ``checkpoint_every`` steps and at
+    the end, and resumed from when it exists (with the same settings). ``eval_fn(theta) -> dict``
+    runs at step 0, every ``eval_every`` steps and at the end (its scalar metrics are kept; a
+    budget that runs out during an evaluation ends the run and keeps what was learned).
+    ``reward`` for FLOPS: ``variance`` (Neyman efficiency of the step) or ``improvement`` (drop of
+    the batch items' loss since their last visit). ``callback(step, theta, row)`` after each step.
+    """
+    exact = not isinstance(source, GradientSource)
+    if exact and not hasattr(source, "gradient"):
+        raise InputError("a gradient source needs ask/loss/tell (queries) or gradient (exact)")
     theta = np.asarray(theta0, dtype=np.float64).reshape(-1).copy()
-    dim = theta.size
-    if n_items < 1 or batch_size < 1:
-        raise InputError("n_items and batch_size must be >= 1")
-    batch_size = check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget, sigma, lr)
-    if reward not in ("variance", "improvement"):
-        raise InputError("reward must be 'variance' or 'improvement'")
-    alloc = make_allocator(allocator, floor=2, cap=cap, seed=seed, unit=2)
-    if alloc.unit % 2:
-        raise InputError("the allocator must allocate whole antithetic pairs (unit=2)")
-    adam = _Adam(lr)
-    mem_var = np.full(n_items, np.nan)
-    mem_loss = np.full(n_items, np.nan)
+    n_items = source.n_items
+    batch_size = _check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget,
+                                 None if exact else source.unit)
+    if reward not in REWARDS:
+        raise InputError(f"reward must be one of {REWARDS}")
+    if checkpoint_every < 1:
+        raise InputError("checkpoint_every must be >= 1")
+    alloc = None if exact else make_allocator(allocator, floor=2, cap=cap, seed=seed, unit=source.unit)
+    if alloc is not None and alloc.unit % source.unit:
+        raise InputError(f"the allocator must allocate whole units of {source.unit} queries")
+    adam = Adam(lr)
+    memory = np.full((2, n_items), np.nan)  # each item's last per-query variance and loss
     result = TrainResult(theta=theta)
-    config = {"n_items": n_items, "dim": dim, "batch_size": batch_size, "seed": seed,
-              "queries_per_step": queries_per_step, "sigma": sigma, "lr": lr,
-              "allocator": alloc.name, "reward": reward, "cap": cap}
-    start_step = 0
+    config = {"n_items": n_items, "dim": theta.size, "batch_size": batch_size, "seed": seed,
+              "queries_per_step": queries_per_step, "lr": lr, "allocator": None if exact else alloc.name,
+              "reward": reward, "cap": cap,
+              **(source.config() if hasattr(source, "config") else {"source": type(source).__name__})}
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    step = 0
     if ckpt is not None and ckpt.exists():
-        start_step, theta = _load_checkpoint(ckpt, config, adam, alloc, mem_var, mem_loss, result)
-        result.resumed_from = start_step
+        step, theta = _load_checkpoint(ckpt, config, adam, alloc, memory, result)
+        result.resumed_from = step
+    runner = None if exact else QueryRunner(_direct(source), budget, batch_size=max(queries_per_step, 1))
+    spent_before = result.queries
+    seconds_before = result.history[-1]["seconds"] if result.history else 0.0
     max_steps = steps if steps is not None else np.iinfo(np.int64).max
     t_start = time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=None if steps is None else steps, initial=start_step, desc="forward learning",
-                   unit="step", leave=False, dynamic_ncols=True)
-    if eval_fn is not None and start_step == 0 and not result.evals:
-        result.evals.append({"step": 0, "queries": 0, **eval_fn(theta)})
-    step = start_step
+        bar = tqdm(total=steps, initial=step, desc=description, unit="step", leave=False, dynamic_ncols=True)
+
+    def evaluate_now() -> bool:
+        try:
+            result.evals.append({"step": step, "queries": result.queries, **_scalars(eval_fn(theta))})
+            return True
+        except BudgetExceeded as exc:
+            result.stopped = f"{result.stopped + '; ' if result.stopped else ''}evaluation not finished: {exc}"
+            return False
+
     try:
+        if eval_fn is not None and step == 0 and not result.evals and not evaluate_now():
+            max_steps = 0
         while step < max_steps:
             if total_queries is not None and result.queries + queries_per_step > total_queries:
                 result.stopped = result.stopped or f"total_queries {total_queries} reached"
                 break
             items = batch_items(seed, step, n_items, batch_size)
-            counts = alloc.allocate(queries_per_step, batch_size, variances=mem_var[items],
-                                    losses=mem_loss[items])
-            pairs = counts // 2
-            rng = np.random.default_rng([seed, 2, step])
-            z = rng.standard_normal((int(pairs.sum()), dim)) * sigma
-            owner = np.repeat(np.arange(batch_size), pairs)
-            rows = np.concatenate([theta + z, theta - z])
-            row_items = np.concatenate([items[owner], items[owner]])
-            reservation = None
-            if budget is not None:
+            counts = None
+            if exact:
+                est = source.gradient(theta, items)
+            else:
+                counts = alloc.allocate(queries_per_step, batch_size, variances=memory[0, items],
+                                        losses=memory[1, items])
                 try:
-                    reservation = budget.reserve(len(rows))
+                    est = estimate(source, theta, items, counts, np.random.default_rng([seed, 2, step]), runner)
                 except BudgetExceeded as exc:
                     result.stopped = str(exc)
                     break
-            t0 = time.perf_counter()
-            try:
-                values = np.asarray(loss(rows, row_items), dtype=np.float64).reshape(-1)
-            except BaseException:
-                if reservation is not None:
-                    budget.release(reservation)
-                raise
-            if reservation is not None:
-                budget.settle(reservation)
-            result.queries += len(rows)
-            if values.shape != (len(rows),):
-                raise ModelError(f"the loss returned {values.size} values for {len(rows)} queries")
-            if not np.all(np.isfinite(values)):
-                raise ModelError("the loss returned a non-finite value (nan or inf)")
-            m = len(z)
-            fp, fm = values[:m], values[m:]
-            terms = ((fp - fm) / (2 * sigma ** 2))[:, None] * z
-            per_item = [terms[owner == i] for i in range(batch_size)]
-            est = combine(per_item)
-            # per-query variance proxy of each item: second moment of its pair terms / 2 queries
-            second = np.array([np.mean(np.sum(t ** 2, axis=1)) for t in per_item]) / 2.0
-            batch_loss = np.array([np.mean((fp[owner == i] + fm[owner == i]) / 2) for i in range(batch_size)])
-            if alloc.name == "flops":
-                if reward == "variance":
-                    alloc.update(variances=second, counts=counts)
-                else:
-                    prev = mem_loss[items]
-                    ok = np.isfinite(prev)
-                    if ok.any():
-                        alloc.update(float(np.mean(prev[ok] - batch_loss[ok])))
-            mem_var[items] = second
-            mem_loss[items] = batch_loss
+                result.queries = spent_before + runner.record.queries
+                _learn_allocation(alloc, reward, est, counts, memory[1, items])
+                memory[0, items] = est.item_variance
+                memory[1, items] = est.item_loss
             theta = adam.step(theta, est.grad)
-            row = history_row(step, result.queries, batch_loss, items, counts, est.grad, second, batch_size, t0)
+            row = _history_row(step, result.queries, est, items, counts, batch_size,
+                               seconds_before + time.perf_counter() - t_start)
+            if hasattr(source, "describe"):
+                row.update(source.describe(theta))
             result.history.append(row)
             step += 1
-            if eval_fn is not None and step % eval_every == 0:
-                result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
+            if eval_fn is not None and eval_every and step % eval_every == 0 and not evaluate_now():
+                break
             if callback is not None:
                 callback(step, theta, row)
             if ckpt is not None and step % checkpoint_every == 0:
-                _save_checkpoint(ckpt, config, step, theta, adam, alloc, mem_var, mem_loss, result)
+                _save_checkpoint(ckpt, config, step, theta, adam, alloc, memory, result)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", queries=result.queries)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", queries=result.queries,
+                                **({"prompt": row["prompt"][:30]} if "prompt" in row else {}))
     finally:
         if bar is not None:
             bar.close()
-    final_eval(result, eval_fn, theta, step)
-    if ckpt is not None and step > start_step:
-        _save_checkpoint(ckpt, config, step, theta, adam, alloc, mem_var, mem_loss, result)
+    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
+        evaluate_now()
+    if ckpt is not None and step > result.resumed_from:
+        _save_checkpoint(ckpt, config, step, theta, adam, alloc, memory, result)
     result.theta, result.steps = theta, step
+    result.learned = source.learned(theta) if hasattr(source, "learned") else theta.copy()
     result.seconds = time.perf_counter() - t_start
     return result
 
 
-def check_schedule(n_items: int, batch_size: int, queries_per_step: int, steps, total_queries, budget,
-                   sigma: float, lr: float) -> int:
-    """Validate a training schedule (clear errors); returns the batch size capped at ``n_items``."""
+def _learn_allocation(alloc, reward: str, est: Estimate, counts: np.ndarray, previous_loss: np.ndarray) -> None:
+    """FLOPS learns from the step: its Neyman efficiency, or the items' loss drop since their
+    last visit (the other allocators learn nothing)."""
+    if alloc.name != "flops":
+        return
+    if reward == "variance":
+        alloc.update(variances=est.item_variance, counts=counts)
+        return
+    ok = np.isfinite(previous_loss)
+    if ok.any():
+        alloc.update(float(np.mean(previous_loss[ok] - est.item_loss[ok])))
+
+
+def _check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget, unit) -> int:
+    """Validate a schedule (clear errors); returns the batch size capped at ``n_items``.
+    ``unit`` None: an exact source (no queries)."""
+    if n_items < 1 or batch_size < 1:
+        raise InputError("n_items and batch_size must be >= 1")
     batch_size = min(batch_size, n_items)
-    if queries_per_step % 2 or queries_per_step < 2 * batch_size:
-        raise InputError(f"queries_per_step must be even and >= 2 x batch_size ({2 * batch_size}), "
+    if steps is not None and steps < 0:
+        raise InputError("steps must be >= 0")
+    if unit is None:
+        if steps is None:
+            raise InputError("an exact-gradient run needs steps")
+        return batch_size
+    floor = max(2, unit) * batch_size
+    if queries_per_step is None or queries_per_step % unit or queries_per_step < floor:
+        what = "even and " if unit == 2 else ""
+        raise InputError(f"queries_per_step must be {what}>= {max(2, unit)} x batch_size ({floor}), "
                          f"got {queries_per_step}")
     if steps is None and total_queries is None and (budget is None or budget.max_queries is None):
         raise InputError("give steps, total_queries or a budget with max_queries")
-    if sigma <= 0 or lr <= 0:
-        raise InputError("sigma and lr must be > 0")
     return batch_size
 
 
-def history_row(step: int, queries: int, losses: np.ndarray, items: np.ndarray, counts: np.ndarray,
-                grad: np.ndarray, second: np.ndarray, batch_size: int, since: float) -> dict:
-    """One training step as a history row: loss, queries, allocation and the estimator's variance
-    (per-item per-query variances ``second`` over antithetic pairs of ``counts`` queries)."""
-    return {"step": step + 1, "queries": queries, "loss": float(np.mean(losses)),
-            "items": items.tolist(), "allocation": counts.tolist(),
-            "grad_norm": float(np.linalg.norm(grad)),
-            "est_variance": float(np.sum(second * 2 / np.maximum(counts, 1)) / batch_size ** 2),
-            "seconds": round(time.perf_counter() - since, 4)}
+def _history_row(step: int, queries: int, est: Estimate, items: np.ndarray, counts, batch_size: int,
+                 seconds: float) -> dict:
+    """One training step as a history row (the schema is in :class:`TrainResult`)."""
+    variance = None
+    if counts is not None:
+        variance = float(np.sum(est.item_variance / np.maximum(counts, 1)) / batch_size ** 2)
+    return {"step": step + 1, "queries": queries, "loss": float(np.mean(est.item_loss)),
+            "items": items.tolist(), "allocation": None if counts is None else counts.tolist(),
+            "grad_norm": float(np.linalg.norm(est.grad)), "est_variance": variance,
+            "seconds": round(seconds, 4)}
 
 
-def final_eval(result, eval_fn, theta, step: int) -> None:
-    """Evaluate once more at the end unless the last step was already evaluated."""
-    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
-        result.evals.append({"step": step, "queries": result.queries, **eval_fn(theta)})
-
-
-def _save_checkpoint(path: Path, config, step, theta, adam, alloc, mem_var, mem_loss, result) -> None:
+def _save_checkpoint(path: Path, config, step, theta, adam, alloc, memory, result) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     meta = {"config": config, "step": step, "queries": result.queries, "adam_t": adam.t,
-            "allocator": alloc.state_dict(), "history": result.history, "evals": result.evals,
-            "stopped": result.stopped}
+            "allocator": None if alloc is None else alloc.state_dict(), "history": result.history,
+            "evals": result.evals, "stopped": result.stopped}
     zeros = np.zeros_like(theta)
     try:
         np.savez(tmp, theta=theta, adam_m=adam.m if adam.m is not None else zeros,
-                 adam_v=adam.v if adam.v is not None else zeros, mem_var=mem_var, mem_loss=mem_loss,
+                 adam_v=adam.v if adam.v is not None else zeros, memory=memory,
                  meta=np.array(json.dumps(meta)))
         os.replace(tmp, path)
     finally:
@@ -279,11 +493,11 @@ def _save_checkpoint(path: Path, config, step, theta, adam, alloc, mem_var, mem_
             tmp.unlink()
 
 
-def _load_checkpoint(path: Path, config, adam, alloc, mem_var, mem_loss, result):
+def _load_checkpoint(path: Path, config, adam, alloc, memory, result):
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            arrays = {k: data[k] for k in ("theta", "adam_m", "adam_v", "mem_var", "mem_loss")}
+            arrays = {k: data[k] for k in ("theta", "adam_m", "adam_v", "memory")}
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read checkpoint {path}: {exc}") from None
     saved = meta["config"]
@@ -294,9 +508,9 @@ def _load_checkpoint(path: Path, config, adam, alloc, mem_var, mem_loss, result)
     adam.t = int(meta["adam_t"])
     if adam.t > 0:
         adam.m, adam.v = arrays["adam_m"].astype(np.float64), arrays["adam_v"].astype(np.float64)
-    alloc.load_state_dict(meta["allocator"])
-    mem_var[:] = arrays["mem_var"]
-    mem_loss[:] = arrays["mem_loss"]
+    if alloc is not None:
+        alloc.load_state_dict(meta["allocator"])
+    memory[:] = arrays["memory"]
     result.queries = int(meta["queries"])
     result.history = meta["history"]
     result.evals = meta["evals"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,29 +11,76 @@ import numpy as np
 from .errors import InputError
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an ``(H, W, 3)`` float32 array in [0, 1]; clear errors otherwise."""
+MAX_PIXELS = 40_000_000  # 40 megapixels: any camera photo; more is refused before decoding
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) read or served; ``BLACKBOX_MAX_PIXELS`` overrides."""
+    value = os.environ.get("BLACKBOX_MAX_PIXELS", "")
+    try:
+        return int(value) if value.strip() else MAX_PIXELS
+    except ValueError:
+        raise InputError(f"BLACKBOX_MAX_PIXELS must be a whole number, got {value!r}") from None
+
+
+def decode_image(source, what: str, limit: int | None = None) -> np.ndarray:
+    """Decode an image file or file-like object as an ``(H, W, 3)`` float32 array in [0, 1].
+
+    The size is checked from the header before any pixel is decoded (a small file can claim
+    12000 x 12000 pixels: a decompression bomb). 16-bit and float images keep their range
+    (a 16-bit PNG is not clipped to white). Every failure is an :class:`InputError` naming
+    ``what``."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = max_pixels() if limit is None else int(limit)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged files: the error below says it
+            with Image.open(source) as im:
+                width, height = im.size
+                if width * height > limit:
+                    raise InputError(f"{what} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), "
+                                     f"more than the {limit / 1e6:g} allowed (set BLACKBOX_MAX_PIXELS to allow more)")
+                im.load()  # decode now, so truncated files fail here
+                arr = _rgb_float(im)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{what} is too large to decode safely: {exc}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"not an image (or an unsupported format): {what}") from None
+    except PermissionError:
+        raise InputError(f"cannot read {what}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
+        raise InputError(f"cannot decode image {what}: {exc}") from None
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise InputError(f"image {what} is too small ({arr.shape[1]}x{arr.shape[0]})")
+    return arr
+
+
+def _rgb_float(im) -> np.ndarray:
+    """A decoded Pillow image as float32 RGB in [0, 1], keeping 16-bit and float precision."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        grey = np.asarray(im, dtype=np.float64)
+        if not np.all(np.isfinite(grey)):
+            raise ValueError("the image has non-finite pixel values")
+        if im.mode == "F":
+            top = max(1.0, float(grey.max(initial=0.0)))
+        else:
+            top = 65535.0 if im.mode.startswith("I;16") or grey.max(initial=0) <= 65535 else float(2 ** 32 - 1)
+        grey = np.clip(grey / top, 0.0, 1.0).astype(np.float32)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an ``(H, W, 3)`` float32 array in [0, 1]; clear errors otherwise."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"image not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"expected an image file, got a directory: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncated files fail here
-            rgb = im.convert("RGB")
-    except UnidentifiedImageError:
-        raise InputError(f"not an image (or an unsupported format): {path}") from None
-    except PermissionError:
-        raise InputError(f"cannot read {path}: permission denied") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot decode image {path}: {exc}") from None
-    arr = np.asarray(rgb, dtype=np.float32) / 255.0
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise InputError(f"image {path} is too small ({arr.shape[1]}x{arr.shape[0]})")
-    return arr
+    return decode_image(path, path)
 
 
 def as_float_image(image: np.ndarray) -> np.ndarray:

@@ -12,5 +12,11 @@ def cache_dir(*parts: str) -> Path:
 
         root = user_cache_dir("blackbox", appauthor=False)
     path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import InputError
+
+        raise InputError(f"cannot use the cache folder {path} ({exc.strerror or exc}): "
+                         "point BLACKBOX_CACHE_DIR at a folder you can write") from None
     return path

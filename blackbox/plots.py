@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than read: saliency overlays and curves (matplotlib)."""
+"""Pictures people would rather look at than read: saliency overlays, learning curves (matplotlib)."""
 from __future__ import annotations
 
 import os
@@ -80,15 +80,57 @@ def overlay(image: np.ndarray, saliency_map: np.ndarray, *, title: str = "", sig
     return fig
 
 
-def curves(curves_by_name: dict[str, np.ndarray], *, title: str = "", ylabel: str = "probability", ax=None):
-    """Plot several curves on a normalised x axis (deletion / insertion, training curves)."""
+def learning_curves(runs: dict, *, x: str = "queries", metric: str = "accuracy", loss_label: str = "loss",
+                    metric_label: str = "held-out accuracy", chance: float | None = None, title: str = ""):
+    """Training curves of one or more runs (each a :class:`~blackbox.forward_learning.TrainResult`
+    or anything with ``history`` and ``evals`` rows): the batch loss on the left and the held-out
+    ``metric`` of its evaluations on the right, against training ``x`` (``"queries"`` or
+    ``"step"``; runs without queries, like a backprop reference, need ``"step"``). The right panel
+    is left out when no run was evaluated; ``chance`` draws a dashed line there."""
+    if x not in ("queries", "step"):
+        raise ValueError("x must be 'queries' or 'step'")
     plt = _pyplot()
-    fig, a = (plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax))
-    for name, y in curves_by_name.items():
-        y = np.asarray(y)
-        a.plot(np.linspace(0, 1, len(y)), y, label=name)
-    a.set_xlabel("fraction of cells")
-    a.set_ylabel(ylabel)
-    a.set_title(title)
-    a.legend()
+    evaluated = any(len(r.evals) > 1 for r in runs.values())
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(10 if evaluated else 6, 3.6), squeeze=False)
+    left = axes[0, 0]
+    for name, run in runs.items():
+        rows = run.history
+        left.plot([r[x] for r in rows], [r["loss"] for r in rows], lw=1, label=name)
+    left.set_xlabel(f"training {x if x == 'queries' else 'step'}")
+    left.set_ylabel(f"{loss_label} (batch mean)")
+    left.xaxis.set_major_locator(plt.MaxNLocator(5))
+    if len(runs) > 1:
+        left.legend()
+    if evaluated:
+        right = axes[0, 1]
+        for name, run in runs.items():
+            rows = [e for e in run.evals if metric in e]
+            right.plot([e[x] for e in rows], [e[metric] for e in rows], marker="o", label=name)
+        if chance is not None:
+            right.axhline(chance, color="grey", ls="--", label="chance")
+        right.set_xlabel(left.get_xlabel())
+        right.set_ylabel(metric_label)
+        right.xaxis.set_major_locator(plt.MaxNLocator(5))
+        right.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def ranked_captions(images, scores: np.ndarray, names, labels, *, count: int = 5, title: str = ""):
+    """A row of images, each titled with its three most likely captions and their probabilities
+    (softmax of ``scores`` (n, C) over the class ``names``; ``*`` marks the true one)."""
+    plt = _pyplot()
+    count = min(count, len(images))
+    fig, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.4), squeeze=False)
+    for ax, i in zip(axes[0], range(count)):
+        ax.imshow(images[i])
+        ax.axis("off")
+        probs = np.exp(scores[i] - scores[i].max())
+        probs /= probs.sum()
+        order = np.argsort(-probs)[:3]
+        lines = [f"{'*' if c == labels[i] else ' '} {names[c]}: {probs[c]:.2f}" for c in order]
+        ax.set_title("\n".join(lines), fontsize=8, family="monospace", loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

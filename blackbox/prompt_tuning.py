@@ -1,35 +1,40 @@
 """Soft prompt tuning of a language model that is only queried (forward learning, section 5).
 
-``k`` trainable prompt vectors are prepended to the input embeddings of a frozen LM. They live in
+``k`` trainable prompt vectors are put next to the input embeddings of a frozen LM. They live in
 a low-dimensional random subspace (as in Black-Box Tuning): ``soft = init + (theta @ P)`` with
 ``theta`` in ``R^rank`` and a fixed random ``P`` (``rank x k*d``), so a likelihood-ratio gradient
-from a few hundred queries per step is informative. The loss of an example is the cross-entropy of the
-example's label word among the label words (next-token log-probabilities after the text and the
+from a few hundred queries per step is informative. The loss of an example is the cross-entropy of
+the example's label word among the label words (next-token log-probabilities after the text and the
 soft tokens); the prediction is the label word with the highest log-probability.
 
-The model is reached only through query functions (numpy in, numpy out):
+Training is :func:`blackbox.forward_learning.train` with :class:`~blackbox.forward_learning.ParameterNoise`
+on ``theta`` (:func:`tune_soft_prompt`); the white-box reference (:func:`backprop_soft_prompt`) is the
+same loop with an exact gradient source. The model is reached only through query functions:
 
 * ``label_logprobs_fn(soft (m, k, d) or (k, d), prompts) -> (m, C)``: log-probabilities of the C
-  label words after each prompt (one query per row, like an API's ``top_logprobs``); training
-  minimises the cross-entropy over the label words, evaluation takes their argmax;
+  label words after each prompt (one query per row, like an API's ``top_logprobs``);
 * ``loss_grad_fn(soft (k, d), prompts, labels) -> (losses (n,), d sum / d soft (k, d))``: only for
-  the white-box backpropagation reference (:func:`backprop_soft_prompt`).
+  the backpropagation reference.
+
+:class:`LMLabelQueries` binds a language model object (the embedded SmolLM2 of
+:mod:`blackbox.adapters.causal_lm`, or anything with the same methods) to both.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .errors import InputError
-from .forward_learning import TrainResult, _Adam, batch_items, forward_train
+from .forward_learning import Estimate, ParameterNoise, TrainResult, train
 
 
 @dataclass
 class TextClassificationTask:
-    """Texts with integer labels, a train/test split, and one label word per class."""
+    """Texts with integer labels, a train/test split, and one label word per class.
+
+    ``template`` puts a text in front of the label word (``"{text}\\nAnswer:"``)."""
 
     train_texts: list[str]
     train_labels: np.ndarray
@@ -47,13 +52,80 @@ class TextClassificationTask:
         for labels in (self.train_labels, self.test_labels):
             if labels.size and (labels.min() < 0 or labels.max() >= len(self.label_words)):
                 raise InputError("labels must index label_words")
+        if "{text}" not in self.template:
+            raise InputError(f"the template must contain {{text}}, got {self.template!r}")
+        try:
+            self.template.format(text="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InputError(f"the template may hold no other {{field}} than {{text}}: {exc}") from None
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         return [self.template.format(text=t) for t in texts]
 
+    def split(self, name: str) -> tuple[list[str], np.ndarray]:
+        """``(texts, labels)`` of ``"train"`` or ``"test"``."""
+        if name == "test":
+            return self.test_texts, self.test_labels
+        return self.train_texts, self.train_labels
+
     def summary(self) -> dict:
         return {"name": self.name, "classes": [w.strip() for w in self.label_words],
                 "train": len(self.train_texts), "test": len(self.test_texts)}
+
+
+def label_cross_entropy(lp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``-log softmax(lp)[label]`` over the label words (renormalised among them)."""
+    norm = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    return -norm[np.arange(len(labels)), np.asarray(labels)]
+
+
+def label_metrics(lp: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy (argmax over the label words), mean label NLL and the queries (one per row)."""
+    lp = np.asarray(lp, dtype=np.float64)
+    labels = np.asarray(labels)
+    if lp.shape[0] != len(labels):
+        raise InputError(f"{lp.shape[0]} rows of label log-probabilities for {len(labels)} labels")
+    return {"accuracy": float(np.mean(lp.argmax(1) == labels)),
+            "label_nll": float(np.mean(label_cross_entropy(lp, labels))), "queries": len(labels)}
+
+
+class LMLabelQueries:
+    """A language model bound to a task's label words: ``label_logprobs`` (the queries), the
+    white-box ``label_loss_grad``, and ``init_soft``.
+
+    ``lm`` has ``single_token(word)``, ``next_token_logprobs(soft, prompts, ids, soft_position=)``,
+    ``label_loss_and_grad(...)``, ``embed_tokens(text)`` and ``embedding_scale()`` (the embedded
+    :class:`~blackbox.adapters.causal_lm.CausalLM` does). The soft tokens sit after the text by
+    default (``[text + template][soft][label]``): each text's keys/values are computed once."""
+
+    def __init__(self, lm, label_words: Sequence[str], soft_position: str = "suffix"):
+        self.lm = lm
+        self.soft_position = soft_position
+        self.label_words = list(label_words)
+        self.label_ids = []
+        for word in self.label_words:
+            try:
+                self.label_ids.append(lm.single_token(word))
+            except InputError as exc:
+                raise InputError(f"label {word.strip()!r} is not a single answer word for the model ({exc}); "
+                                 "use labels that are one common word each") from None
+
+    def label_logprobs(self, soft: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        return self.lm.next_token_logprobs(soft, list(prompts), self.label_ids, soft_position=self.soft_position)
+
+    def label_loss_grad(self, soft: np.ndarray, prompts: Sequence[str], labels: Sequence[int]):
+        """White box: label cross-entropy and its gradient for a shared soft prompt (k, d)."""
+        return self.lm.label_loss_and_grad(np.asarray(soft), list(prompts), self.label_ids, list(labels),
+                                           soft_position=self.soft_position)
+
+    def init_soft(self, k: int, text: str) -> np.ndarray:
+        """``k`` soft tokens initialised from the embeddings of ``text`` (repeated if short)."""
+        if k < 1:
+            raise InputError("k (the number of soft tokens) must be >= 1")
+        emb = self.lm.embed_tokens(text)
+        if len(emb) == 0:
+            raise InputError("the init text has no tokens")
+        return np.concatenate([emb] * (-(-k // len(emb))))[:k]
 
 
 class SoftPromptSpace:
@@ -66,8 +138,8 @@ class SoftPromptSpace:
 
     def __init__(self, init: np.ndarray, rank: int | None = 64, scale: float = 0.1, seed: int = 0):
         self.init = np.asarray(init, dtype=np.float64)
-        if self.init.ndim != 2:
-            raise InputError(f"init must be (k, d), got {self.init.shape}")
+        if self.init.ndim != 2 or not np.all(np.isfinite(self.init)):
+            raise InputError(f"init must be a finite (k, d) array, got shape {self.init.shape}")
         self.k, self.d = self.init.shape
         self.rank = rank
         if rank is None:
@@ -95,8 +167,9 @@ class SoftPromptSpace:
 
 
 def soft_prompt_loss(label_logprobs_fn: Callable, space: SoftPromptSpace, task: TextClassificationTask):
-    """The per-item loss for :func:`forward_train`: the cross-entropy over the label words of
-    training example ``item`` under the soft prompt of each theta row (one query per row)."""
+    """The per-item loss for :class:`~blackbox.forward_learning.ParameterNoise`: the cross-entropy
+    over the label words of training example ``item`` under the soft prompt of each theta row (one
+    query per row)."""
     prompts = task.prompts(task.train_texts)
 
     def loss(thetas: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -107,108 +180,57 @@ def soft_prompt_loss(label_logprobs_fn: Callable, space: SoftPromptSpace, task: 
     return loss
 
 
-def label_cross_entropy(lp: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``-log softmax(lp)[label]`` over the label words (renormalised among them)."""
-    norm = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
-    return -norm[np.arange(len(labels)), np.asarray(labels)]
-
-
 def evaluate(label_logprobs_fn: Callable, soft: np.ndarray, task: TextClassificationTask,
              split: str = "test") -> dict:
-    """Accuracy and mean label NLL (over the label words) of a soft prompt on a split."""
-    texts = task.test_texts if split == "test" else task.train_texts
-    labels = task.test_labels if split == "test" else task.train_labels
+    """Accuracy, mean label NLL (over the label words) and queries of a soft prompt on a split."""
+    texts, labels = task.split(split)
     lp = np.asarray(label_logprobs_fn(soft, task.prompts(texts)), dtype=np.float64)
     if lp.shape != (len(texts), len(task.label_words)):
         raise InputError(f"label_logprobs_fn returned {lp.shape}, expected {(len(texts), len(task.label_words))}")
-    pred = lp.argmax(1)
-    norm = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
-    return {"accuracy": float(np.mean(pred == labels)),
-            "label_nll": float(-np.mean(norm[np.arange(len(labels)), labels]))}
+    return label_metrics(lp, labels)
 
 
-@dataclass
-class PromptTuningResult:
-    """Before/after accuracy of a tuned soft prompt, the queries it cost, and its history."""
+class SoftPromptBackprop:
+    """The exact gradient source of the white-box reference (autograd through the LM)."""
 
-    soft: np.ndarray
-    theta: np.ndarray
-    before: dict
-    after: dict
-    train_queries: int
-    eval_queries: int
-    seconds: float
-    method: str
-    history: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    stopped: str | None = None
+    def __init__(self, loss_grad_fn: Callable, space: SoftPromptSpace, task: TextClassificationTask):
+        self.loss_grad_fn, self.space, self.task = loss_grad_fn, space, task
+        self.prompts = task.prompts(task.train_texts)
+        self.n_items = len(self.prompts)
 
-    @property
-    def gain(self) -> float:
-        return self.after["accuracy"] - self.before["accuracy"]
+    def gradient(self, theta: np.ndarray, items: np.ndarray) -> Estimate:
+        values, grad_soft = self.loss_grad_fn(self.space.soft(theta), [self.prompts[i] for i in items],
+                                              self.task.train_labels[items])
+        values = np.asarray(values, dtype=np.float64)
+        return Estimate(self.space.pullback(grad_soft) / len(items), np.full(len(items), np.nan), values)
 
-    def summary(self) -> dict:
-        return {"method": self.method, "accuracy_before": self.before["accuracy"],
-                "accuracy_after": self.after["accuracy"], "gain": round(self.gain, 4),
-                "train_queries": self.train_queries, "eval_queries": self.eval_queries,
-                "seconds": round(self.seconds, 2), "stopped": self.stopped}
+    def learned(self, theta: np.ndarray) -> np.ndarray:
+        return self.space.soft(theta)
+
+    def config(self) -> dict:
+        return {"source": "soft-prompt-backprop"}
 
 
-def tune_soft_prompt(label_logprobs_fn: Callable, task: TextClassificationTask,
-                     space: SoftPromptSpace, *, steps: int | None = 60, total_queries: int | None = None,
-                     batch_size: int = 8, queries_per_step: int = 64, sigma: float = 1.0,
-                     lr: float = 0.2, allocator="uniform", seed: int = 0, budget=None,
-                     checkpoint=None, eval_every: int | None = None, progress: bool = False,
-                     theta0: np.ndarray | None = None) -> PromptTuningResult:
-    """Train ``space``'s parameters from loss queries only (LR gradients + allocator + Adam)."""
-    t0 = time.perf_counter()
-    n_test = len(task.test_texts)
-    eval_calls = [0]
-
-    def eval_theta(theta):
-        eval_calls[0] += 1
-        return evaluate(label_logprobs_fn, space.soft(theta), task)
-
+def tune_soft_prompt(label_logprobs_fn: Callable, task: TextClassificationTask, space: SoftPromptSpace, *,
+                     sigma: float = 1.0, theta0: np.ndarray | None = None, eval_every: int | None = None,
+                     steps: int | None = 60, batch_size: int = 8, queries_per_step: int = 64, lr: float = 0.2,
+                     **options) -> TrainResult:
+    """Train ``space``'s parameters from label log-prob queries only (LR gradients, an allocator,
+    Adam: :func:`~blackbox.forward_learning.train`; ``options`` are its keyword arguments).
+    Held-out accuracy and label NLL are measured at the start, every ``eval_every`` steps and at
+    the end (``result.before`` / ``result.after``); ``result.learned`` is the soft prompt (k, d)."""
     theta0 = np.zeros(space.dim) if theta0 is None else np.asarray(theta0, dtype=np.float64)
-    run: TrainResult = forward_train(
-        soft_prompt_loss(label_logprobs_fn, space, task), theta0, len(task.train_texts), batch_size=batch_size,
-        queries_per_step=queries_per_step, steps=steps, total_queries=total_queries, sigma=sigma,
-        lr=lr, allocator=allocator, seed=seed, budget=budget, checkpoint=checkpoint,
-        progress=progress, eval_fn=eval_theta, eval_every=eval_every or 10 ** 9)
-    before = {k: v for k, v in run.evals[0].items() if k not in ("step", "queries")}
-    after = {k: v for k, v in run.evals[-1].items() if k not in ("step", "queries")}
-    return PromptTuningResult(space.soft(run.theta), run.theta, before, after, run.queries,
-                              eval_calls[0] * n_test, time.perf_counter() - t0,
-                              f"queries ({getattr(allocator, 'name', allocator)})", run.history,
-                              run.evals, run.stopped)
+    source = ParameterNoise(soft_prompt_loss(label_logprobs_fn, space, task), len(task.train_texts), sigma,
+                            learned=space.soft)
+    return train(source, theta0, steps=steps, batch_size=batch_size, queries_per_step=queries_per_step, lr=lr,
+                 eval_fn=lambda theta: evaluate(label_logprobs_fn, space.soft(theta), task),
+                 eval_every=eval_every, **options)
 
 
-def backprop_soft_prompt(loss_grad_fn: Callable, label_logprobs_fn: Callable,
-                         task: TextClassificationTask, space: SoftPromptSpace, *, steps: int = 60,
-                         batch_size: int = 8, lr: float = 0.2, seed: int = 0,
-                         eval_every: int | None = None) -> PromptTuningResult:
+def backprop_soft_prompt(loss_grad_fn: Callable, label_logprobs_fn: Callable, task: TextClassificationTask,
+                         space: SoftPromptSpace, *, steps: int = 60, batch_size: int = 8, lr: float = 0.2,
+                         seed: int = 0, eval_every: int | None = None) -> TrainResult:
     """The white-box reference: the same prompt, loss, batches and Adam, with exact gradients."""
-    t0 = time.perf_counter()
-    prompts = task.prompts(task.train_texts)
-    n = len(prompts)
-    batch_size = min(batch_size, n)
-    theta = np.zeros(space.dim)
-    adam = _Adam(lr)
-    before = evaluate(label_logprobs_fn, space.soft(theta), task)
-    evals = [{"step": 0, "queries": 0, **before}]
-    history = []
-    for step in range(steps):
-        items = batch_items(seed, step, n, batch_size)
-        values, grad_soft = loss_grad_fn(space.soft(theta), [prompts[i] for i in items],
-                                         task.train_labels[items])
-        grad = space.pullback(grad_soft) / batch_size
-        theta = adam.step(theta, grad)
-        history.append({"step": step + 1, "loss": float(np.mean(values)), "queries": 0})
-        if eval_every and (step + 1) % eval_every == 0:
-            evals.append({"step": step + 1, "queries": 0,
-                          **evaluate(label_logprobs_fn, space.soft(theta), task)})
-    after = evaluate(label_logprobs_fn, space.soft(theta), task)
-    if evals[-1]["step"] != steps:
-        evals.append({"step": steps, "queries": 0, **after})
-    return PromptTuningResult(space.soft(theta), theta, before, after, 0, len(evals) * len(task.test_texts),
-                              time.perf_counter() - t0, "backprop", history, evals)
+    return train(SoftPromptBackprop(loss_grad_fn, space, task), np.zeros(space.dim), steps=steps,
+                 batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every,
+                 eval_fn=lambda theta: evaluate(label_logprobs_fn, space.soft(theta), task))

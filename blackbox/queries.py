@@ -152,6 +152,52 @@ def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+class KeyedInputs:
+    """A batch of inputs known by content keys before they exist: ``keys[i]`` identifies input
+    ``i`` (a hash of what determines it, e.g. the points an image space renders), and
+    ``build(indices)`` makes those inputs. A query function that caches answers by content
+    (``fn.keyed = True``: a remote model) looks answers up by key and builds only what it must
+    send, so a cached rerun renders nothing; for any other the runner builds the batch."""
+
+    def __init__(self, keys, build: Callable[[np.ndarray], np.ndarray], _index: np.ndarray | None = None):
+        self.keys = list(keys)
+        self._build = build
+        self._index = np.arange(len(self.keys)) if _index is None else _index
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, part: slice) -> "KeyedInputs":
+        if not isinstance(part, slice):
+            raise TypeError("KeyedInputs take slices; use build([i]) for one input")
+        return KeyedInputs(self.keys[part], self._build, self._index[part])
+
+    def build(self, indices=None) -> np.ndarray:
+        """The inputs at ``indices`` of this batch (all by default), as an array."""
+        which = self._index if indices is None else self._index[np.asarray(indices, dtype=np.int64)]
+        return self._build(which)
+
+    def __array__(self, dtype=None, copy=None):
+        built = self.build()
+        return built if dtype is None else built.astype(dtype)
+
+
+def keyed_points(points: np.ndarray, salt: str, render: Callable[[np.ndarray], np.ndarray]) -> KeyedInputs:
+    """Inputs rendered from ``points`` (one row each) by ``render(points_subset) -> inputs``,
+    keyed by sha256(salt, row): ``salt`` must identify everything else rendering depends on
+    (the image, the baseline, the grid, the rendering code's version)."""
+    import hashlib
+
+    rows = np.ascontiguousarray(points, dtype=np.float64)
+    prefix = hashlib.sha256(salt.encode())
+    keys = []
+    for row in rows:
+        h = prefix.copy()
+        h.update(row.tobytes())
+        keys.append(h.hexdigest())
+    return KeyedInputs(keys, lambda which: render(rows[which]))
+
+
 @dataclass
 class SpendRecord:
     """What a runner has spent: queries, model calls and the time spent inside the model."""
@@ -213,12 +259,21 @@ class QueryRunner:
             self._bar.close()
             self._bar = None
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        inputs = np.asarray(inputs)
+    @property
+    def accepts_keys(self) -> bool:
+        """True when the query function takes :class:`KeyedInputs` (it caches by content)."""
+        return bool(getattr(self.fn, "keyed", False))
+
+    def __call__(self, inputs: np.ndarray | "KeyedInputs") -> np.ndarray:
+        keyed = isinstance(inputs, KeyedInputs)
+        if not keyed:
+            inputs = np.asarray(inputs)
         n = len(inputs)
         out = np.empty(n, dtype=np.float64)
         for start in range(0, n, self.batch_size):
             chunk = inputs[start:start + self.batch_size]
+            if keyed and not self.accepts_keys:
+                chunk = chunk.build()
             reservation = None if self.metered else self.budget.reserve(len(chunk))
             t0 = time.perf_counter()
             try:

@@ -18,13 +18,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from blackbox.adapters.remote.cache import ResponseCache
 
-    cache = ResponseCache()
     if args.action == "clear":
-        n = cache.clear(args.older_than)
-        info = {"cleared": n, **cache.stats()}
-        print(json.dumps(info) if args.json else f"cleared {n} cached answers from {info['path']}")
+        cache = ResponseCache(repair=True)  # a damaged file is removed: clearing must always work
+        n = cache.clear(args.older_than) if not cache.repaired else 0
+        info = {"cleared": n, "repaired": cache.repaired, **cache.stats()}
+        cache.close()
+        if args.json:
+            print(json.dumps(info))
+        elif cache.repaired:
+            print(f"the query cache {info['path']} was damaged: removed it and started an empty one")
+        else:
+            print(f"cleared {n} cached answers from {info['path']}")
         return 0
+    cache = ResponseCache()
     info = cache.stats()
+    cache.close()
     if args.json:
         print(json.dumps(info))
     else:

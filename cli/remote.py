@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from blackbox.errors import InputError
 
+from .options import model_file_options
+
 REMOTE_PREFIXES = ("openai:", "http:")
 
 
@@ -11,16 +13,17 @@ def is_remote(name: str) -> bool:
 
 
 def model_options(args, budget) -> dict:
-    """Keyword options for load_image_model from the saliency arguments (remote models only)."""
+    """Keyword options for load_image_model from the saliency arguments (remote models and model files)."""
     if not is_remote(args.model):
-        return {}
+        return model_file_options(args)
     opts = dict(budget=budget, cache=not args.no_cache, concurrency=args.concurrency, rpm=args.rpm,
                 tpm=args.tpm, timeout=args.timeout, max_attempts=args.max_attempts, prices=args.prices,
                 dry_run=args.dry_run, resolution=args.resolution)
     if args.model.startswith("http:"):
         opts["api_key_env"] = args.api_key_env if args.api_key_env != "OPENAI_API_KEY" else None
     else:
-        opts.update(base_url=args.base_url, api_key_env=args.api_key_env, scoring=args.scoring, seed=args.seed)
+        opts.update(base_url=args.base_url, api_key_env=args.api_key_env, scoring=args.scoring, seed=args.seed,
+                    detail=args.detail)
     return opts
 
 

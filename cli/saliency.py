@@ -6,11 +6,14 @@ import json
 import sys
 import time
 
-from blackbox.errors import InputError
+import numpy as np
 
-from . import remote
-from .files import check_writable, save_npy
-from .options import ALLOCATOR_CHOICES, add_output_options, add_remote_options, positive_float, positive_int
+from blackbox.errors import InputError, ModelError
+
+from . import remote, saliency_many
+from .files import check_figure_format, check_outputs, save_npy
+from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
+                      positive_float, positive_int)
 
 EPILOG = """\
 examples:
@@ -45,8 +48,9 @@ def add_parser(sub) -> None:
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
     s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
                        description="Compute a black-box saliency map of IMAGE for a target class.\n\nmodels:\n" + models,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
+                       epilog=EPILOG + saliency_many.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("image", metavar="IMAGE", nargs="+",
+                   help="an image file (PNG, JPEG, ...); several files or folders: see 'many images'")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL}, embedded, offline)")
     s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
@@ -70,7 +74,7 @@ def add_parser(sub) -> None:
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
     s.add_argument("--sigma", type=positive_float,
                    help="noise scale (default: 0.5 for banzhaf, else 0.3 in mask space and 0.1 in pixel space)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     s.add_argument("--out", metavar="PNG",
                    help="write an overlay picture: the cell map smoothly upsampled, colour scale centred at 0")
     s.add_argument("--save-map", metavar="NPY",
@@ -84,6 +88,8 @@ def add_parser(sub) -> None:
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
     add_remote_options(s)
+    add_model_file_options(s)
+    saliency_many.add_many_options(s)
 
 
 def _smoothness(text: str) -> float | None:
@@ -99,13 +105,16 @@ def _smoothness(text: str) -> float | None:
 
 
 def run(args) -> int:
+    if saliency_many.wanted(args):
+        return saliency_many.run(args)
+    args.image = args.image[0]
     from blackbox.adapters.registry import load_image_model
     from blackbox.images import load_image
     from blackbox.queries import Budget
 
-    for path, what in ((args.out, "the overlay"), (args.save_map, "the map")):
-        if path:
-            check_writable(path, what)
+    # everything that can be checked is checked before the first query is paid
+    check_outputs({"the overlay": args.out, "the map": args.save_map}, inputs=(args.image,))
+    check_figure_format(args.out)
     started = time.perf_counter()
     original = load_image(args.image)
     remote.check_local_options(args)
@@ -126,6 +135,17 @@ def run(args) -> int:
             model.close()
 
 
+def _check_grid(args, working) -> None:
+    """A grid and blocks that cannot give a map are refused before any query is paid."""
+    from blackbox.image_spaces import PatchGrid
+
+    height, width = working.shape[:2]
+    PatchGrid(height, width, args.grid).blocks(args.blocks)
+    if args.queries < 2 * args.blocks:
+        raise InputError(f"--blocks {args.blocks} needs at least {2 * args.blocks} queries (2 per block), "
+                         f"--queries is {args.queries}")
+
+
 def _explain(args, model, original, budget, started) -> int:
     from blackbox.plots import overlay, save_figure
     from blackbox.queries import QueryRunner
@@ -136,15 +156,16 @@ def _explain(args, model, original, budget, started) -> int:
         return 0
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
+    _check_grid(args, working)
     target = model.resolve_target(args.target, working)
     top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
     if hasattr(model, "probe"):
         model.probe(working, target.label)  # one paid call: which scoring the endpoint supports
     # --queries caps billable requests: the probe and every sample count, whatever is cached
     queries = model.queries_within(args.queries) if hasattr(model, "queries_within") else args.queries
-    if queries < 2:
+    if queries < 2 * args.blocks:
         raise InputError(f"--queries {args.queries} leaves {queries} map queries after the probe at "
-                         f"{model.requests_per_query} request(s) per query; raise --queries")
+                         f"{model.requests_per_query} request(s) per query, fewer than 2 per block; raise --queries")
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
                       estimator=args.estimator, smoothness=args.smoothness, refine=args.refine,
@@ -155,6 +176,10 @@ def _explain(args, model, original, budget, started) -> int:
         report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
+    if result.queries == 0 or not np.any(result.cells) or not np.all(np.isfinite(result.map)):
+        why = f"stopped before any query of the map was answered: {result.stopped}" if result.queries == 0 \
+            else f"the map is empty (every one of the {result.queries} answered queries scored the same)"
+        raise ModelError(f"no map to write: {why}")
     full_map = result.full_map
     if args.save_map:
         save_npy(args.save_map, full_map)

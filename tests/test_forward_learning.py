@@ -19,6 +19,15 @@ def quadratic_task(seed=0, n=20, d=5):
     return loss, optimum
 
 
+def counting(loss, calls: list):
+    """``loss`` that records how many queries each call sends."""
+    def counted(thetas, items):
+        calls.append(len(thetas))
+        return loss(thetas, items)
+
+    return counted
+
+
 @pytest.mark.parametrize("allocator", ["uniform", "neyman", "flops"])
 def test_quadratic_optimum_is_recovered(allocator):
     loss, optimum = quadratic_task()
@@ -62,10 +71,7 @@ def test_logistic_regression_on_real_data_reaches_whitebox_accuracy():
 def test_resume_from_checkpoint_is_identical_and_pays_nothing_twice(tmp_path):
     loss, _ = quadratic_task(seed=2)
     calls = []
-
-    def counted(thetas, items):
-        calls.append(len(thetas))
-        return loss(thetas, items)
+    counted = counting(loss, calls)
 
     kw = dict(batch_size=5, queries_per_step=30, sigma=0.1, lr=0.05, allocator="flops", seed=3)
     full = forward_train(loss, np.zeros(5), 20, steps=30, **kw)
@@ -99,3 +105,78 @@ def test_bad_settings_are_clear_errors():
         forward_train(loss, np.zeros(5), 20, batch_size=10, queries_per_step=15, steps=1, sigma=0.1, lr=0.1)
     with pytest.raises(InputError, match="steps"):
         forward_train(loss, np.zeros(5), 20, batch_size=10, queries_per_step=20, sigma=0.1, lr=0.1)
+
+
+class QuadraticExact:
+    """An exact gradient source on the same quadratic (what the backprop references are)."""
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        self.centres = rng.normal(size=(20, 5))
+        self.weights = np.exp(rng.normal(size=20) * 1.5)
+        self.n_items = 20
+
+    def gradient(self, theta, items):
+        from blackbox.forward_learning import Estimate
+
+        w, c = self.weights[items], self.centres[items]
+        return Estimate((w[:, None] * (theta - c)).mean(0), np.full(len(items), np.nan),
+                        0.5 * w * np.sum((theta - c) ** 2, axis=1))
+
+
+def test_exact_and_query_sources_share_the_loop_batches_and_history_schema():
+    from blackbox.forward_learning import train
+
+    loss, optimum = quadratic_task()
+    exact = train(QuadraticExact(), np.full(5, 3.0), steps=300, batch_size=10, lr=0.05, seed=1,
+                  eval_fn=lambda t: {"distance": float(np.linalg.norm(t - optimum))}, eval_every=100)
+    lr = forward_train(loss, np.full(5, 3.0), 20, batch_size=10, queries_per_step=60, steps=300, sigma=0.1,
+                       lr=0.05, seed=1)
+    assert np.linalg.norm(exact.theta - optimum) < 0.05 and exact.queries == 0
+    assert [e["step"] for e in exact.evals] == [0, 100, 200, 300] and exact.after["distance"] < 0.05
+    assert set(exact.history[0]) == set(lr.history[0])           # one history schema
+    assert [h["items"] for h in exact.history] == [h["items"] for h in lr.history]   # the same batches
+    for run in (exact, lr):
+        seconds = [h["seconds"] for h in run.history]
+        assert seconds == sorted(seconds) and seconds[-1] <= run.seconds   # time since the start, one meaning
+    assert exact.history[0]["allocation"] is None and lr.history[0]["allocation"] == [6] * 10
+
+
+def test_checkpoint_every_is_honoured_and_an_interrupted_run_resumes_from_it(tmp_path):
+    loss, _ = quadratic_task(seed=4)
+    calls = []
+    counted = counting(loss, calls)
+
+    def stop_at_7(step, theta, row):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    kw = dict(batch_size=5, queries_per_step=20, sigma=0.1, lr=0.05, allocator="neyman", seed=2, checkpoint_every=5)
+    full = forward_train(loss, np.zeros(5), 20, steps=12, **kw)
+    path = tmp_path / "run.npz"
+    with pytest.raises(KeyboardInterrupt):
+        forward_train(counted, np.zeros(5), 20, steps=12, checkpoint=path, callback=stop_at_7, **kw)
+    assert sum(calls) == 7 * 20
+    resumed = forward_train(counted, np.zeros(5), 20, steps=12, checkpoint=path, **kw)
+    assert resumed.resumed_from == 5 and sum(calls) == 7 * 20 + 7 * 20   # steps 6-12 again, 1-5 not
+    assert np.array_equal(resumed.theta, full.theta) and resumed.queries == full.queries == 240
+
+
+def test_a_budget_that_runs_out_in_the_evaluation_keeps_what_was_learned():
+    from blackbox.queries import QueryRunner
+
+    loss, optimum = quadratic_task()
+    budget = Budget(max_queries=10 * 60 + 5)
+    eval_runner = QueryRunner(lambda x: np.zeros(len(x)), budget)
+
+    def evaluation(theta):  # 3 paid queries per evaluation, on the training budget
+        eval_runner(np.zeros((3, 1)))
+        return {"distance": float(np.linalg.norm(theta - optimum))}
+
+    res = forward_train(loss, np.full(5, 3.0), 20, batch_size=10, queries_per_step=60, steps=10, sigma=0.1,
+                        lr=0.05, budget=budget, eval_fn=evaluation, eval_every=None)
+    # 3 (first evaluation) + 10 x 60 (training) = 603: the final evaluation (3 more) does not fit
+    assert res.steps == 10 and res.queries == 600 and budget.queries == 603
+    assert "budget" in res.stopped and "evaluation not finished" in res.stopped
+    assert len(res.evals) == 1 and res.after == res.before        # the final evaluation never ran
+    assert np.linalg.norm(res.theta - optimum) < np.linalg.norm(np.full(5, 3.0) - optimum)

@@ -368,3 +368,29 @@ def test_the_server_describes_its_view_and_price_in_its_model_card(model, tmp_pa
         plain.close()
     finally:
         other.stop()
+
+
+def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkeypatch):
+    """Map queries reach a remote model as keyed inputs (keys from the points that render them):
+    a rerun finds every answer by key, so no image is rendered, encoded or hashed again."""
+    from blackbox.image_spaces import MaskSpace
+    from blackbox.saliency import saliency
+
+    srv = server_factory()
+    image = images(1, seed=11, size=32)[0]
+    first = vision(srv)
+    a = saliency(QueryRunner(first.score_fn(first.resolve_target("cat")), batch_size=16), image,
+                 queries=96, grid=4, seed=0)
+    first.close()
+    paid = srv.counters.answered
+    assert paid == 96 and srv.counters.duplicate_paid == 0  # the probe asked about the first image
+    renders = []
+    original = MaskSpace.render
+    monkeypatch.setattr(MaskSpace, "render", lambda self, *a, **k: renders.append(1) or original(self, *a, **k))
+    again = vision(srv)
+    again.scoring = "logodds"
+    b = saliency(QueryRunner(again.score_fn(again.resolve_target("cat")), batch_size=16), image,
+                 queries=96, grid=4, seed=0)
+    assert renders == [] and srv.counters.answered == paid and again.engine.budget.queries == 0
+    np.testing.assert_array_equal(a.cells, b.cells)
+    again.close()

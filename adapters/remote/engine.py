@@ -27,10 +27,11 @@ How to use it (any request type: chat with images, text completions, a custom JS
   :class:`~blackbox.errors.BudgetExceeded` is raised. The worst case per request is the static
   token estimate until the endpoint has billed a prompt, then 1.25 x the largest prompt it has
   billed plus the maximum output; when an answer bills more than its reservation, the factor
-  doubles and requests not yet
-  sent top up their reservation first, waiting for answers in flight when the cap is short, so
-  never more is in flight than the cap can pay. Until the endpoint has reported usage once, a
-  token- or money-capped engine sends one request at a time.
+  grows to twice the growth seen, and every request tops up its reservation right before it is
+  sent, waiting for answers in flight when the cap is short, so
+  never more is in flight than the cap can pay. A token- or money-capped engine also sends in a
+  window that starts at one request and doubles per answer billed within its reservation (back
+  to one after an answer that billed more), so a misjudged bound is found out early.
 * The budget's deadline (``max_seconds``) cuts every attempt: a request gets the smaller of
   ``timeout`` and the time left, as one wall-clock deadline (the transports enforce it on
   connect + send + read).
@@ -61,7 +62,7 @@ from typing import Any, Callable, Protocol, Sequence
 from blackbox.errors import BudgetExceeded, EndpointRefused, InputError, ModelError, RetryableError
 from blackbox.queries import Budget, Reservation
 
-from .pricing import PriceTable, default_token_estimate
+from .pricing import PriceTable, default_token_estimate, max_output_tokens
 
 INTERRUPT_GRACE = 0.5  # seconds answers in flight get to arrive after Ctrl-C
 
@@ -119,6 +120,11 @@ class Response:
     completion_tokens: int = 0
     cost: float | None = 0.0
     attempts: int = 0
+
+    @classmethod
+    def from_cache(cls, value: dict) -> "Response":
+        return cls(value["body"], True, value.get("prompt_tokens", 0), value.get("completion_tokens", 0),
+                   value.get("cost"), 0)
 
 
 @dataclass
@@ -244,7 +250,7 @@ class QueryEngine:
         self._settle_lock = threading.Lock()
         self._largest_prompt = 0      # the largest prompt the endpoint has billed for one request
         self._factor = 1.25           # reservation = factor x that (doubles after each overshoot)
-        self._usage_seen = False
+        self._window = 1              # capped engines: requests in flight allowed now (slow start)
         self._in_flight = 0
         if self.budget.max_cost is not None and (model is None or self.prices.price(model) is None):
             raise InputError(f"no price for model {model!r}, so a --max-cost cap cannot be enforced: "
@@ -263,7 +269,6 @@ class QueryEngine:
             return AsyncLimiter(per_second, 1.0) if per_second >= 1 else AsyncLimiter(1, 1.0 / per_second)
 
         self._changed = asyncio.Condition()  # notified whenever an attempt finishes
-        self._first = asyncio.Lock()         # one request at a time until usage is known (capped runs)
         return (asyncio.Semaphore(self.concurrency),
                 per_minute(self.rpm) if self.rpm else None,
                 per_minute(self.tpm) if self.tpm else None)
@@ -299,8 +304,7 @@ class QueryEngine:
         answers: dict[str, Response] = {}
         if self.cache is not None:
             for key, value in self.cache.get_many(list(unique)).items():
-                answers[key] = Response(value["body"], True, value.get("prompt_tokens", 0),
-                                        value.get("completion_tokens", 0), value.get("cost"), 0)
+                answers[key] = Response.from_cache(value)
         misses = [k for k in unique if k not in answers]
         self.stats.add(requested=len(unique), cache_hits=len(unique) - len(misses))
         if misses and self.dry_run:
@@ -314,29 +318,52 @@ class QueryEngine:
         self.stats.add(seconds=time.perf_counter() - t0)
         return [answers[k] for k in keys]
 
+    def lookup(self, requests: Sequence[dict], replicas: Sequence[int] | None = None) -> list[Response | None]:
+        """Cached answers only (None where there is none); nothing is sent or reserved."""
+        replicas = list(replicas) if replicas is not None else [0] * len(requests)
+        keys = [request_key(self.transport.endpoint, r, k) for r, k in zip(requests, replicas)]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        self.stats.add(requested=len(found), cache_hits=len(found))
+        return [Response.from_cache(found[k]) if k in found else None for k in keys]
+
+    def remember(self, requests: Sequence[dict], replicas: Sequence[int], responses: Sequence[Response]) -> None:
+        """Store answers under other requests too (aliases: e.g. an image known by the points
+        that render it as well as by its pixels), so :meth:`lookup` finds them."""
+        if self.cache is None:
+            return
+        for request, replica, r in zip(requests, replicas, responses):
+            if r is not None and r.body is not None:
+                self.cache.put(request_key(self.transport.endpoint, request, replica),
+                               {"body": r.body, "prompt_tokens": r.prompt_tokens,
+                                "completion_tokens": r.completion_tokens, "cost": r.cost},
+                               endpoint=self.transport.endpoint)
+
     def close(self):
         """Stop the engine's threads; never waits on an attempt still in flight."""
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=1)
         self._pool.shutdown()
-        if self._in_flight == 0 and hasattr(self.transport, "close"):
-            self.transport.close()
+        if self._in_flight == 0:
+            if hasattr(self.transport, "close"):
+                self.transport.close()
+            if self.cache is not None and hasattr(self.cache, "close"):
+                self.cache.close()
 
     # -- budget ---------------------------------------------------------------------------------
     def _bound(self, request: dict) -> int:
         """Worst-case tokens for one request: the static estimate until the endpoint has billed
         something, then ``factor`` x the largest prompt billed for one request, plus the output.
-        The factor starts at 1.25 and doubles whenever an answer bills more than its reservation."""
+        The factor starts at 1.25; when an answer bills more than its reservation it becomes at
+        least twice that prompt over the largest one before (twice the growth seen)."""
         if not self._largest_prompt:
             return int(self.token_estimate(request))
-        out = int(request.get("max_completion_tokens") or request.get("max_tokens") or 16) * int(request.get("n") or 1)
-        return int(self._factor * self._largest_prompt) + 16 + out
+        return int(self._factor * self._largest_prompt) + 16 + max_output_tokens(request)
 
     def _cost_bound(self, request: dict, tokens: int) -> float | None:
         model = request.get("model") or self.model
-        p = self.prices.price(model) if model else None
-        return None if p is None else tokens * max(p["input"], p["output"]) / 1e6
+        out = min(max_output_tokens(request), tokens)  # the rest of the bound is prompt
+        return self.prices.cost(model, tokens - out, out) if model else None
 
     def _reserve(self, request: dict) -> Reservation:
         tokens = self._bound(request)
@@ -456,12 +483,17 @@ class QueryEngine:
             self._settle(reservation, tokens=prompt + completion, cost=cost if cost is not None else reservation.cost)
             with self._settle_lock:
                 if prompt + completion > reserved and self._largest_prompt:
-                    self._factor = min(self._factor * 2, 64.0)  # the endpoint bills more than we thought
+                    # the endpoint bills more than we thought: reserve twice its growth from now on
+                    # and send one request at a time again
+                    self._factor = min(max(self._factor, 2.0 * prompt / self._largest_prompt), 64.0)
+                    self._window = 1
                     self.stats.add(overshoots=1)
+                else:
+                    self._window = min(self.concurrency, 2 * self._window)
                 self._largest_prompt = max(self._largest_prompt, prompt)
         else:  # no usage reported: charge the reservation (never under-count)
             self._settle(reservation)
-        self._usage_seen = True  # what this endpoint bills is known from now on
+            self._window = min(self.concurrency, 2 * self._window)
         self.stats.add(prompt_tokens=prompt, completion_tokens=completion, cost=cost or 0.0)
         if cost is None:
             self.stats.cost_known = False
@@ -481,14 +513,22 @@ class QueryEngine:
         return self.budget.max_tokens is not None or self.budget.max_cost is not None
 
     async def _gated_attempt(self, key, request, reservation, batch: _Batch):
-        """One attempt under the rate limits; until an answer has shown what the endpoint bills,
-        a token- or money-capped engine lets only one attempt through at a time."""
-        gate = self._first if self._capped() and not self._usage_seen else None
-        if gate is not None:
-            await gate.acquire()
-            if self._usage_seen:
-                gate.release()
-                gate = None
+        """One attempt under the rate limits. A token- or money-capped engine sends in a window
+        that starts at one request, doubles with every answer billed within its reservation and
+        falls back to one when an answer bills more (slow start): what the endpoint really bills
+        is learned before many requests are in flight on a guess."""
+        if self._capped():
+            async with self._changed:
+                while self._in_flight >= self._window:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), 0.5)
+                    except asyncio.TimeoutError:
+                        pass
+                    if batch.abort is not None:
+                        raise batch.abort
+                self._in_flight += 1
+        else:
+            self._in_flight += 1
         try:
             if batch.abort is not None:
                 raise batch.abort
@@ -497,17 +537,12 @@ class QueryEngine:
                 await rpm.acquire()
             if tpm is not None:
                 await tpm.acquire(min(float(reservation.tokens), tpm.max_rate))
-            self._in_flight += 1
-            try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._attempt, key, request, reservation, batch)
-            finally:
-                self._in_flight -= 1
-                async with self._changed:
-                    self._changed.notify_all()
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._attempt, key, request, reservation, batch)
         finally:
-            if gate is not None:
-                gate.release()
+            self._in_flight -= 1
+            async with self._changed:
+                self._changed.notify_all()
 
     async def _send_one(self, key, request, reservation, answers, batch: _Batch):
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
@@ -528,11 +563,11 @@ class QueryEngine:
                     if batch.abort is not None:
                         raise batch.abort
                     attempts += 1
-                    if holder["reservation"].settled:  # the last attempt may have been billed
-                        holder["reservation"] = await self._when_budget_allows(lambda: self._reserve(request))
-                    else:  # the bound may have grown since this request reserved
-                        await self._when_budget_allows(lambda: self._top_up(holder["reservation"], request))
-                    async with semaphore:
+                    async with semaphore:  # reserve right before sending: the bound may have grown
+                        if holder["reservation"].settled:  # the last attempt may have been billed
+                            holder["reservation"] = await self._when_budget_allows(lambda: self._reserve(request))
+                        else:
+                            await self._when_budget_allows(lambda: self._top_up(holder["reservation"], request))
                         response = await self._gated_attempt(key, request, holder["reservation"], batch)
         except RetryableError as exc:
             error = ModelError(f"the endpoint failed {attempts} attempt(s) in a row; last error: {exc}")

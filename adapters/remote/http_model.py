@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 
+import httpx2
 import numpy as np
 
 from blackbox.errors import InputError, ModelError, RetryableError
 
 from .engine import QueryEngine, classify_status, retry_after_seconds
+from .http_limits import failure, limited_client, parse_json, request_limits
 from .image_model import RemoteImageModel, ViewRule, stand_in
 from .openai_transport import strip_credentials
 
@@ -61,45 +63,42 @@ def fill(template, values: dict):
 
 
 class HTTPTransport:
-    """POST a JSON request to one URL with httpx2; no retries here (the engine owns them)."""
+    """POST a JSON request to one URL with httpx2; no retries here (the engine owns them).
+    ``timeout`` is a wall-clock deadline per attempt; answers are limited in size."""
 
     def __init__(self, url: str, headers: dict | None = None, max_connections: int = 64,
                  usage_path: str | None = None, secret: str | None = None):
-        import httpx2
-
         if not url.startswith(("http://", "https://")):
             raise InputError(f"endpoint url must start with http:// or https://, got {url!r}")
         self.url = url
         self.endpoint = strip_credentials(url)
         self.usage_path = usage_path
         self._secret = secret
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx2.Client(headers=headers or {}, limits=limits)
-        self._httpx = httpx2
+        self._client = limited_client(max_connections, headers)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
     def send(self, request: dict, timeout: float) -> dict:
-        httpx2 = self._httpx
-        try:
-            r = self._client.post(self.url, json=request, timeout=timeout)
-        except httpx2.TimeoutException:
-            raise RetryableError(f"no answer within {timeout:g} s (timeout)", maybe_billed=True) from None
-        except httpx2.TransportError as exc:
-            raise RetryableError(f"connection error: {self._redact(type(exc).__name__)}") from None
+        with request_limits(timeout) as limits:
+            try:
+                r = self._client.post(self.url, json=request, timeout=timeout)
+            except httpx2.HTTPError as exc:
+                raise failure(exc, limits, timeout) from None
         if r.status_code >= 400:
             try:
-                err = r.json().get("error", r.text)
+                err = parse_json(r.content)
+                err = err.get("error", r.text) if isinstance(err, dict) else r.text
                 message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             except ValueError:
                 message = r.text
             raise classify_status(r.status_code, self._redact(message[:300]),
                                   retry_after_seconds(r.headers.get("retry-after")))
         try:
-            body = r.json()
-        except ValueError:
-            raise RetryableError(f"the endpoint answered malformed JSON ({len(r.content)} bytes)", maybe_billed=True) from None
+            body = parse_json(r.content)
+        except ValueError as exc:
+            raise RetryableError(f"the endpoint answered malformed JSON ({str(exc)[:80]}; {len(r.content)} bytes)",
+                                 maybe_billed=True) from None
         if not isinstance(body, dict):
             raise RetryableError("the endpoint answered JSON that is not an object", maybe_billed=True)
         return body
@@ -109,9 +108,10 @@ class HTTPTransport:
             return None
         try:
             u = lookup(body, self.usage_path)
-            return int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
-        except (KeyError, TypeError, ValueError):
+            prompt, completion = int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+        return (prompt, completion) if prompt >= 0 and completion >= 0 else None
 
     def close(self):
         self._client.close()
@@ -149,12 +149,11 @@ class HTTPImageModel(RemoteImageModel):
     def _validate(self, request: dict, body: dict) -> None:
         self._value(body)
 
-    def scores(self, images: np.ndarray, label: str) -> np.ndarray:
+    def scores(self, images, label: str) -> np.ndarray:
         def build(digest: str) -> dict:
             return fill(self.template, {"image_data_url": stand_in(digest),
                                         "image_base64": stand_in(digest, bare_base64=True), "target": label})
-        reqs, prepare = self.encoded_requests(images, build)
-        responses = self.engine.map(reqs, prepare=prepare, validate=self._validate)
+        responses = self.query(images, build, self._validate)
         if self.engine.dry_run:
             return np.zeros(len(images))
         for r in responses:

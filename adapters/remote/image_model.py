@@ -25,8 +25,10 @@ import numpy as np
 from blackbox.errors import InputError
 from blackbox.images import ImageView
 from blackbox.models import Target
+from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
+from .pricing import default_token_estimate
 
 DEFAULT_RESOLUTION = 512
 MAX_RESOLUTION = 4096
@@ -129,6 +131,14 @@ class RemoteImageModel:
         self.fingerprints: set[str] = set()
         self.served_models: set[str] = set()
         self.query_batch_size = max(64, 2 * engine.concurrency)
+        self._sent_sizes: dict[str, tuple[int, int]] = {}  # digest -> (width, height) of the last batch
+        if engine.token_estimate is default_token_estimate:  # price images at the size sent
+            engine.token_estimate = lambda request: default_token_estimate(request, self.sent_size)
+
+    def sent_size(self, url: str) -> tuple[int, int] | None:
+        """``(width, height)`` of an image in the batch being sent, from its placeholder."""
+        m = _STAND_IN_RE.search(url)
+        return self._sent_sizes.get(m.group(2)) if m else None
 
     @property
     def resolution(self) -> int:
@@ -158,10 +168,11 @@ class RemoteImageModel:
             raise ValueError(f"unknown score kind {kind!r} (logprob or prob)")
         label = target.label
 
-        def fn(images: np.ndarray) -> np.ndarray:
-            values = self.scores(np.asarray(images), label)
+        def fn(images: np.ndarray | KeyedInputs) -> np.ndarray:
+            values = self.scores(images if isinstance(images, KeyedInputs) else np.asarray(images), label)
             return values if kind == "logprob" else self.as_probability(values)
         fn.budget = self.engine.budget  # metered: the engine counts the requests
+        fn.keyed = True  # takes KeyedInputs: images are rendered only for requests really sent
         return fn
 
     def scores(self, images: np.ndarray, label: str) -> np.ndarray:
@@ -171,12 +182,35 @@ class RemoteImageModel:
         return np.exp(values)
 
     # -- requests -------------------------------------------------------------------------------
+    def query(self, images: np.ndarray | KeyedInputs, build: Callable[[str], dict], validate,
+              repeats: int = 1) -> list:
+        """The engine's answers for ``build(digest) -> request`` per image, ``repeats`` replicas
+        each. Keyed inputs are looked up by their keys first (a cached rerun renders nothing);
+        only the images not answered yet are rendered, and they are asked by pixel content (two
+        inputs that render alike are paid once), then remembered under their keys too."""
+        replicas = [i % repeats for i in range(len(images) * repeats)]
+        if not isinstance(images, KeyedInputs):
+            requests, prepare = self.encoded_requests(images, build, repeats)
+            return self.engine.map(requests, replicas, prepare=prepare, validate=validate)
+        aliases = [build(key) for key in images.keys for _ in range(repeats)]
+        answers = self.engine.lookup(aliases, replicas)
+        missing = sorted({i // repeats for i, a in enumerate(answers) if a is None})
+        if missing:
+            requests, prepare = self.encoded_requests(images.build(missing), build, repeats)
+            fresh = self.engine.map(requests, replicas[:len(requests)], prepare=prepare, validate=validate)
+            slots = [i * repeats + r for i in missing for r in range(repeats)]
+            for slot, answer in zip(slots, fresh):
+                answers[slot] = answer
+            self.engine.remember([aliases[s] for s in slots], [replicas[s] for s in slots], fresh)
+        return answers
+
     def encoded_requests(self, images: np.ndarray, build: Callable[[str], dict], repeats: int = 1):
         """``build(digest) -> request`` per image (``repeats`` times each), and the ``prepare``
         that swaps every placeholder for the encoded image when a request is really sent."""
         images8 = quantise(images)
         digests = [image_digest(im) for im in images8]
         by_digest = dict(zip(digests, images8))
+        self._sent_sizes = {d: (im.shape[1], im.shape[0]) for d, im in by_digest.items()}
         requests = [build(d) for d in digests for _ in range(repeats)]
 
         def encode(m) -> str:

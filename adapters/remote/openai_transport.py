@@ -8,7 +8,6 @@ error message (messages are scrubbed of it).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,6 +18,7 @@ import openai
 from blackbox.errors import EndpointRefused, InputError, RetryableError
 
 from .engine import classify_status, retry_after_seconds
+from .http_limits import failure, limited_client, parse_json, request_limits
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KINDS = ("chat", "completions")
@@ -58,8 +58,7 @@ class OpenAITransport:
         self.kind = kind
         self.base_url = base_url
         self.endpoint = f"{strip_credentials(base_url)}/{'chat/completions' if kind == 'chat' else 'completions'}"
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._http = httpx2.Client(limits=limits)
+        self._http = limited_client(max_connections)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, http_client=self._http)
         self._path = "/chat/completions" if kind == "chat" else "/completions"
 
@@ -72,52 +71,85 @@ class OpenAITransport:
     def model_card(self, model: str, timeout: float = 10.0) -> dict | None:
         """``GET /models/{model}``: what the endpoint says about the model (free, not a query).
         ``blackbox serve`` adds ``input_view`` and ``pricing``; anything that fails is None."""
-        try:
-            raw = self.client.get(f"/models/{quote(model, safe='')}", cast_to=httpx2.Response,
-                                  options={"timeout": timeout})
-            card = json.loads(raw.text)
-        except (openai.OpenAIError, ValueError):
-            return None
+        with request_limits(timeout, 1 << 20):
+            try:
+                raw = self.client.get(f"/models/{quote(model, safe='')}", cast_to=httpx2.Response,
+                                      options={"timeout": timeout})
+                card = parse_json(raw.text)
+            except (openai.OpenAIError, httpx2.HTTPError, ValueError):
+                return None
         return card if isinstance(card, dict) else None
 
     def send(self, request: dict, timeout: float) -> dict:
+        """One attempt; ``timeout`` is a wall-clock deadline for connect + send + read."""
+        with request_limits(timeout) as limits:
+            try:
+                # the SDK's generic POST: its client, auth, base URL and error classes, but the request
+                # dict is sent as it is (no typed re-validation of every message: half the CPU per call)
+                raw = self.client.post(self._path, cast_to=httpx2.Response, body=request,
+                                       options={"timeout": timeout})
+                text = raw.text
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                raise failure(exc.__cause__, limits, timeout) from None
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                message = _error_message(exc)
+                after = retry_after_seconds(exc.response.headers.get("retry-after")) if exc.response is not None else None
+                raise classify_status(status, self.redact(message), after) from None
+            except httpx2.HTTPError as exc:  # raised while the SDK read the body
+                raise failure(exc, limits, timeout) from None
+            except openai.OpenAIError as exc:  # anything else the SDK raises before or after sending
+                raise RetryableError(f"request failed: {self.redact(exc)}") from None
         try:
-            # the SDK's generic POST: its client, auth, base URL and error classes, but the request
-            # dict is sent as it is (no typed re-validation of every message: half the CPU per call)
-            raw = self.client.post(self._path, cast_to=httpx2.Response, body=request,
-                                   options={"timeout": timeout})
-            text = raw.text
-        except openai.APITimeoutError:
-            raise RetryableError(f"no answer within {timeout:g} s (timeout)", maybe_billed=True) from None
-        except openai.APIConnectionError as exc:
-            raise RetryableError(f"connection error: {self.redact(exc)}") from None
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            message = _error_message(exc)
-            after = retry_after_seconds(exc.response.headers.get("retry-after")) if exc.response is not None else None
-            raise classify_status(status, self.redact(message), after) from None
-        except openai.OpenAIError as exc:  # anything else the SDK raises before or after sending
-            raise RetryableError(f"request failed: {self.redact(exc)}") from None
-        try:
-            body = json.loads(text)
-        except ValueError:
-            raise RetryableError(f"the endpoint answered malformed JSON ({len(text)} bytes)", maybe_billed=True) from None
+            body = parse_json(text)
+        except ValueError as exc:
+            raise RetryableError(f"the endpoint answered malformed JSON ({str(exc)[:80]}; {len(text)} bytes)",
+                                 maybe_billed=True) from None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
             if isinstance(body, dict) and "error" in body:
-                raise EndpointRefused(f"the endpoint answered with an error: {self.redact(body['error'])}")
+                raise EndpointRefused(f"the endpoint answered with an error: {self.redact(str(body['error'])[:300])}")
             raise RetryableError("the endpoint answered JSON without 'choices'", maybe_billed=True)
+        if not _logprobs_valid(body):
+            raise RetryableError("the endpoint answered log-probabilities that are not finite and <= 0",
+                                 maybe_billed=True)
         return body
 
     @staticmethod
     def usage(body: dict):
         u = body.get("usage") or {}
         try:
-            return int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
-        except (KeyError, TypeError, ValueError):
+            prompt, completion = int(u["prompt_tokens"]), int(u.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
             return None
+        return (prompt, completion) if prompt >= 0 and completion >= 0 else None
 
     def close(self):
         self._http.close()
+
+
+def _logprobs_valid(body: dict) -> bool:
+    """Every log-probability listed in the choices (chat: ``logprobs.content``; completions:
+    ``token_logprobs`` and ``top_logprobs``) is a finite number <= 0 (or null)."""
+    def ok(value) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                 and value <= 1e-6 and value == value and value > -float("inf"))
+
+    for choice in body["choices"]:
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        if not isinstance(lp, dict):
+            continue
+        for entry in lp.get("content") or []:
+            if isinstance(entry, dict):
+                values = [entry.get("logprob")] + [t.get("logprob") for t in entry.get("top_logprobs") or []
+                                                   if isinstance(t, dict)]
+                if not all(ok(v) for v in values):
+                    return False
+        if not all(ok(v) for v in lp.get("token_logprobs") or []):
+            return False
+        for top in lp.get("top_logprobs") or []:
+            if isinstance(top, dict) and not all(ok(v) for v in top.values()):
+                return False
+    return True
 
 
 def _error_message(exc) -> str:

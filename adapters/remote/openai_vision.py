@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
 from .image_model import RemoteImageModel, ViewRule, stand_in
@@ -166,14 +167,12 @@ class OpenAIVisionModel(RemoteImageModel):
             raise ModelError(f"{self.name} returned no logprobs for image inputs; use scoring 'confidence' or 'frequency'")
         return self.scoring
 
-    def scores(self, images: np.ndarray, label: str) -> np.ndarray:
+    def scores(self, images, label: str) -> np.ndarray:
         if self.scoring is None:
-            self.probe(images[0], label)
+            self.probe(images.build([0])[0] if isinstance(images, KeyedInputs) else images[0], label)
         scoring = self.scoring
         k = 1 if scoring in LOGPROB_SCORINGS else self.samples
-        reqs, prepare = self._requests(images, label, scoring, repeats=k)
-        replicas = [i % k for i in range(len(reqs))]
-        responses = self.engine.map(reqs, replicas, prepare=prepare, validate=self._validate)
+        responses = self.query(images, lambda d: self.request(stand_in(d), label, scoring), self._validate, k)
         if self.engine.dry_run:
             return np.zeros(len(images))
         for r in responses:

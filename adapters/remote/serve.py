@@ -1,4 +1,5 @@
-"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier.
+"""``blackbox serve``: an OpenAI-compatible chat server on loopback, backed by the embedded classifier
+(and, for text, the embedded SmolLM2 on ``/v1/completions`` and ``/v1/chat/completions``: serve_lm.py).
 
 ``GET /v1/models`` lists ``efficientnet-lite0`` and ``GET /v1/models/efficientnet-lite0`` is its
 model card, which describes the server to clients: ``input_view`` (how the model looks at an
@@ -41,6 +42,11 @@ import numpy as np
 from blackbox.errors import BlackboxError
 
 SERVED_NAME = "efficientnet-lite0"
+MAX_BODY = 32 << 20            # bytes per request body (a 4096 px PNG in base64 fits)
+SERVE_MAX_PIXELS = 16_000_000  # pixels per image, checked before decoding (decompression bombs)
+SOCKET_TIMEOUT = 10.0          # seconds a connection may sit idle mid-request (slow or lying clients)
+MAX_CONNECTIONS = 64           # connections handled at once; more are closed at once
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _QUESTION = re.compile(r"\bis there (?:an?\s+|any\s+|the\s+)?(.+?)\s+in (?:this|the) (?:image|picture|photo)", re.I)
 _CONFIDENCE = re.compile(r"confiden|0\s*(?:-|to)\s*100", re.I)
 
@@ -127,14 +133,23 @@ class ServerCounters:
         return sum(c - 1 for c in self.paid.values() if c > 1)
 
 
-def _decode_image(url: str) -> np.ndarray:
-    from PIL import Image
+def _decode_image(url) -> np.ndarray:
+    """A data URL as a float image; at most SERVE_MAX_PIXELS, checked before decoding."""
+    from blackbox.images import decode_image
 
-    if not url.startswith("data:") or "," not in url:
+    if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
         raise ValueError("only data: URLs are accepted (base64 PNG or JPEG)")
-    raw = base64.b64decode(url.split(",", 1)[1], validate=False)
-    with Image.open(io.BytesIO(raw)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    try:
+        raw = base64.b64decode(url.split(",", 1)[1], validate=False)
+    except (ValueError, TypeError):
+        raise ValueError("the image is not valid base64") from None
+    return decode_image(io.BytesIO(raw), "the image", limit=min(SERVE_MAX_PIXELS, _max_pixels()))
+
+
+def _max_pixels() -> int:
+    from blackbox.images import max_pixels
+
+    return max_pixels()
 
 
 def _parts(body: dict) -> tuple[str, str | None]:
@@ -162,9 +177,21 @@ def _log_no(log_yes: float) -> float:
     return math.log(-math.expm1(log_yes)) if log_yes < -1e-12 else -30.0
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict | None = None) -> None:
+    """Answer ``data`` (JSON bytes) with ``status`` and a Content-Length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stalls)
+    timeout = SOCKET_TIMEOUT        # a connection idle this long mid-request is dropped
     server: "ModelServer"
 
     def log_message(self, format, *args):  # quiet; never logs headers (keys)
@@ -172,14 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def _send(self, status: int, payload, headers: dict | None = None, raw: bytes | None = None):
-        data = raw if raw is not None else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, raw if raw is not None else json.dumps(payload).encode(), headers)
         with self.server.lock:
             self.server.counters.by_status[status] += 1
 
@@ -188,17 +208,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         route = self.path.rstrip("/")
+        if not self._host_allowed():
+            return
         if route in ("/v1/models", "/models"):
             if not self._authorised():
                 return
-            self._send(200, {"object": "list", "data": [self.server.model_card()]})
+            self._send(200, {"object": "list", "data": [self.server.model_card(), self.server.text_model.card()]})
         elif route.startswith(("/v1/models/", "/models/")):
             if not self._authorised():
                 return
             if route.rsplit("/", 1)[1] != self.server.model_id:
                 return self._error(404, f"The model '{route.rsplit('/', 1)[1]}' does not exist", "model_not_found")
             self._send(200, self.server.model_card())
-        elif self.path.rstrip("/") == "/v1/stats":  # request counters (tests and benchmarks)
+        elif route == "/v1/stats":  # request counters (tests and benchmarks)
+            if not self._authorised():
+                return
             c = self.server.counters
             with self.server.lock:
                 stats = {"requests": c.requests, "answered": c.answered, "duplicate_paid": c.duplicate_paid,
@@ -216,9 +240,51 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def _host_allowed(self) -> bool:
+        """The Host header must name this server (a web page's DNS-rebinding requests do not)."""
+        if str(self.server.server_address[0]) not in LOOPBACK:
+            return True  # served to the network on purpose (an API key is required then)
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if name not in LOOPBACK:
+            self._error(403, f"host {host!r} is not allowed")
+            return False
+        return True
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering an error (size, type or a lying length)."""
+        self.close_connection = True  # until the body is read whole, the connection cannot be reused
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":  # a web page cannot post JSON to us without a preflight
+            self._error(415, "send the request as Content-Type: application/json")
+            return None
+        if self.headers.get("Transfer-Encoding"):
+            self._error(411, "send a Content-Length (no chunked bodies)")
+            return None
+        text = (self.headers.get("Content-Length") or "").strip()
+        if not text.isdigit():
+            self._error(400 if text else 411, f"bad Content-Length {text!r}" if text else "Content-Length required")
+            return None
+        length = int(text)
+        if length > MAX_BODY:
+            self._error(413, f"the request body is larger than {MAX_BODY >> 20} MB")
+            return None
+        try:
+            raw = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            return None  # the client went quiet or away: drop the connection
+        if len(raw) != length:
+            return None
+        self.close_connection = False
+        return raw
+
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        if not self._host_allowed():
+            self.close_connection = True
+            return
+        raw = self._body()
+        if raw is None:
+            return
         srv = self.server
         with srv.lock:
             srv.counters.requests += 1
@@ -235,6 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self, raw: bytes, roll: float, number: int):
         srv = self.server
         route = self.path.rstrip("/")
+        if srv.text_model.handles(route, raw):  # the embedded LM: adapters/remote/serve_lm.py
+            if self._authorised():
+                status, payload = srv.text_model.answer(route, raw)
+                self._send(status, payload)
+            return
         if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
             return self._error(404, f"no route {self.path}")
         if not self._authorised():
@@ -277,16 +348,18 @@ class _Handler(BaseHTTPRequestHandler):
             m = _QUESTION.search(text)
             if not m:
                 return self._error(400, "ask 'Is there a {label} in this image?'")
+            n = int(body.get("n") or 1)
+            temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
+            k = int(body.get("top_logprobs") or 0)
+            if not (1 <= n <= 128 and 0 <= k <= 20 and 0 <= temperature <= 2):
+                return self._error(400, "n must be 1..128, top_logprobs 0..20 and temperature 0..2")
             log_yes = min(0.0, max(srv.scorer.log_prob(image, m.group(1).strip(" ?.")), -100.0))
-        except BlackboxError as exc:  # an unknown label
+        except BlackboxError as exc:  # an unknown label, an image too large or not an image
             return self._error(400, str(exc))
-        except (ValueError, TypeError, AttributeError, OSError) as exc:
+        except (ValueError, TypeError, AttributeError, OSError, OverflowError) as exc:
             return self._error(400, f"bad request: {exc}")
         p = math.exp(log_yes)
-        n = max(1, int(body.get("n") or 1))
-        temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
         want_lp = bool(body.get("logprobs")) and fault != "missing_logprobs" and not srv.no_logprobs
-        k = int(body.get("top_logprobs") or 0)
         choices = []
         for i in range(n):
             if confidence:
@@ -327,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(raw or b"{}")
             log_p = srv.scorer.log_prob(_decode_image(body["image"]), str(body["label"]))
-        except BlackboxError as exc:  # an unknown label
+        except BlackboxError as exc:  # an unknown label, an image too large or not an image
             return self._error(400, str(exc))
         except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
             return self._error(400, f"bad request: {exc}")
@@ -342,9 +415,11 @@ class ModelServer(ThreadingHTTPServer):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
                  model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False,
-                 price: dict | None = None):
+                 price: dict | None = None, text_model=None):
         super().__init__((host, port), _Handler)
         from blackbox import __version__
+
+        from .serve_lm import ServedLM
 
         self.scorer = scorer if scorer is not None else ClassifierScorer()
         self.faults = faults or FaultPlan()
@@ -352,10 +427,12 @@ class ModelServer(ThreadingHTTPServer):
         self.no_logprobs = no_logprobs
         self.verbose = verbose
         self.fingerprint = f"blackbox-serve-{__version__}"
+        self.text_model = text_model if text_model is not None else ServedLM(fingerprint=self.fingerprint)
         self.counters = ServerCounters()
         self.lock = threading.Lock()
         self.rng = random.Random(self.faults.seed)
         self.price = dict(price) if price is not None else {"input": 0.0, "output": 0.0}
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread: threading.Thread | None = None
 
     def model_card(self) -> dict:
@@ -371,9 +448,23 @@ class ModelServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         import sys
 
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
-            return  # the client gave up (e.g. its timeout): nothing to report
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            return  # the client gave up (e.g. its timeout) or went quiet: nothing to report
         super().handle_error(request, client_address)
+
+    def process_request(self, request, client_address):
+        """At most MAX_CONNECTIONS handled at once: a flood of idle connections cannot pin the
+        server's threads (each also times out after SOCKET_TIMEOUT)."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:

