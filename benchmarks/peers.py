@@ -37,10 +37,21 @@ from blackbox.image_spaces import PatchGrid
 class Oracle:
     """Target log-probability / probability of one class, with counters and a cache."""
 
-    def __init__(self, model, index: int, cache: bool = True):
-        self.model, self.index, self.use_cache = model, index, cache
+    def __init__(self, model, index: int, cache: bool = True, store=None):
+        self.model, self.index, self.use_cache, self.store = model, index, cache, store
         self.cache: dict[bytes, float] = {}
+        if store is not None and store.exists():
+            saved = np.load(store)
+            self.cache = dict(zip((bytes(k) for k in saved["keys"]), saved["values"].tolist()))
         self.reset()
+
+    def save(self) -> None:
+        """Keep the answers on disk (``store``), so a rerun with other settings pays nothing twice."""
+        if self.store is not None and self.cache:
+            keys = np.array(list(self.cache), dtype="S16")
+            tmp = self.store.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=keys, values=np.array(list(self.cache.values())))
+            tmp.replace(self.store)
 
     def reset(self):
         self.evals = 0          # images answered (cached or not): the queries a method spent

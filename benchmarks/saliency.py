@@ -28,7 +28,6 @@ of its largest run without paying again (the maps are those of separate runs).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import subprocess
@@ -44,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
+from blackbox.saliency import defaults  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
@@ -62,6 +62,7 @@ SEED_BUDGET = 1000  # the budget at which two seeds are compared
 METRIC_CELLS = 14
 BATCH = 64
 DEFAULT = "default"
+WHITEBOX = "white-box IG (torch autograd, reference)"
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -76,9 +77,8 @@ def load_photo(name: str) -> np.ndarray:
 
 def library_default() -> dict:
     """The keyword defaults of blackbox.saliency() that shape a map."""
-    sig = inspect.signature(saliency).parameters
-    keys = ("method", "space", "estimator", "grid", "blocks", "sigma", "smoothness", "noise")
-    return {k: sig[k].default for k in keys}
+    keys = ("method", "space", "estimator", "grid", "blocks", "sigma", "smoothness", "noise", "refine")
+    return {k: v for k, v in defaults().items() if k in keys}
 
 
 def describe(options: dict) -> str:
@@ -157,13 +157,15 @@ class Photo:
         self.name = name
         self.work = model.view(*image.shape[:2]).to_working(image)
         self.target = model.resolve_target(None, self.work)
-        self.oracle = peers.Oracle(model, self.target.index)
+        self.oracle = peers.Oracle(model, self.target.index,
+                                   store=cache_dir("benchmarks") / f"answers-{name}-{self.target.index}.npz")
         self.baseline = make_baseline(self.work)
         self.cells = PatchGrid(self.work.shape[0], self.work.shape[1], METRIC_CELLS)
         path = cache_dir("benchmarks") / f"whitebox32-{name}-{self.target.index}.npz"
         if not path.exists():
             np.savez(path, **peers.whitebox_maps(model.reference, self.work, self.baseline, self.target.index))
-        self.whitebox = {k: self.pooled(v) for k, v in np.load(path).items()}
+        self.whitebox_maps = dict(np.load(path))
+        self.whitebox = {k: self.pooled(v) for k, v in self.whitebox_maps.items()}
 
     def pooled(self, saliency_map) -> np.ndarray:
         return self.cells.pool(np.asarray(saliency_map, dtype=np.float64)[None, :, :, None])[0, :, :, 0]
@@ -183,6 +185,9 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
     photo = Photo(name, model)
     log(f"[{name}] target {photo.target.label!r} p={float(photo.oracle.prob(photo.work[None])[0]):.3f}")
+    if (WHITEBOX, 0, 0) not in done:  # the reference itself, judged the same way (budget 0: no queries)
+        rows.append({"photo": name, "target": photo.target.label, "method": WHITEBOX, "budget": 0, "seed": 0,
+                     "queries": 0, "seconds": 0.0, **photo.judge(photo.whitebox_maps["ig"])})
     for spec in specs:
         for budget in sorted((b for b in spec.get("budgets", BUDGETS) if b in budgets), reverse=True):
             for seed in spec.get("seeds", {}).get(budget, [0]):
@@ -198,6 +203,7 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
                        **photo.judge(sal)}
                 rows.append(row)
                 part.write_text(json.dumps(rows))  # every row at once: an interrupted run keeps its work
+                photo.oracle.save()
                 log(f"[{name}] {spec['name'][:52]:<52} {budget:>5}q s{seed} del {row['deletion']:.4f} "
                     f"ins {row['insertion']:.4f} rho_ig {row['rho_ig']:+.2f} ({wall:.0f}s)")
 

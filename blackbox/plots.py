@@ -39,27 +39,31 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 
 def overlay(image: np.ndarray, saliency_map: np.ndarray, *, title: str = "", signed: bool = True,
-            coverage: np.ndarray | None = None, clip_percentile: float = 99.0, ax=None):
+            coverage: np.ndarray | None = None, clip_percentile: float = 99.0, ax=None,
+            legend: str | None = None):
     """Draw ``saliency_map`` over ``image`` with a colour bar; returns the figure.
 
     Convention: signed maps use a diverging colormap centred on 0 (red supports the target, blue
-    speaks against it); unsigned maps use 'inferno'. Colours are clipped at the
-    ``clip_percentile`` of |map|. Pixels the model never saw (``coverage`` False) are greyed.
+    speaks against it, white is no effect); unsigned maps use 'inferno' from 0. Colours saturate
+    at the ``clip_percentile`` of |map|. Pixels the model never saw (``coverage`` False) are
+    greyed. ``legend`` labels the colour bar (say there what the map is, e.g. that a cell map
+    was smoothly upsampled for display).
     """
     plt = _pyplot()
     if ax is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
     else:
         fig, axes = ax.figure, [None, ax]
-    vmax = float(np.percentile(np.abs(saliency_map), clip_percentile)) or 1e-12
+    values = np.asarray(saliency_map, dtype=np.float64)
+    seen = values[coverage] if coverage is not None and coverage.any() else values
+    vmax = float(np.percentile(np.abs(seen), clip_percentile)) or 1e-12
     if axes[0] is not None:
         axes[0].imshow(image)
         axes[0].set_title("input")
         axes[0].axis("off")
     a = axes[1]
-    a.imshow(image, alpha=1.0)
-    a.imshow(np.mean(image, axis=2), cmap="gray", alpha=0.35)
-    shown = np.ma.masked_where(~coverage, saliency_map) if coverage is not None else saliency_map
+    a.imshow(np.mean(image, axis=2), cmap="gray", vmin=0, vmax=1)  # the photo in grey, under the colours
+    shown = np.ma.masked_where(~coverage, values) if coverage is not None else values
     if signed:
         im = a.imshow(shown, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6)
     else:
@@ -67,8 +71,10 @@ def overlay(image: np.ndarray, saliency_map: np.ndarray, *, title: str = "", sig
     if coverage is not None and not coverage.all():
         a.imshow(np.ma.masked_where(coverage, np.ones(coverage.shape)), cmap="gray", vmin=0, vmax=2, alpha=0.6)
     a.axis("off")
-    cbar = fig.colorbar(im, ax=a, fraction=0.046, pad=0.02)
-    cbar.set_label("attribution (target score)" if signed else "|gradient|")
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    cbar = fig.colorbar(im, cax=make_axes_locatable(a).append_axes("right", size="4%", pad=0.08))
+    cbar.set_label(legend or ("attribution (target score)" if signed else "|gradient|"), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -19,20 +19,31 @@ EPILOG = """\
 examples:
   blackbox sample-image coffee coffee.png
   blackbox saliency coffee.png --queries 1000 --out coffee-saliency.png
-  blackbox saliency coffee.png --target "tea cup" --method smoothgrad --json
-  blackbox saliency photo.jpg --space pixel --grid 16 --blocks 4 --save-map map.npy
+  blackbox saliency coffee.png --target "tea cup" --method ig --estimator lr --json
+  blackbox saliency photo.jpg --refine --out photo-saliency.png --save-map map.npy
+  blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
-  patch grid; likelihood-ratio estimates with antithetic pairs turn the answers into a gradient
-  of the target's log-probability. In mask space (default) a patch is mixed with a blurred copy,
-  so the map says how much removing each patch would lower the target score.
+  patch grid and asks for the target's log-probability. In mask space (default) a patch is
+  mixed with a blurred copy, so the map says how much removing each patch lowers the target
+  score: red supports the target, blue speaks against it. The default method (banzhaf) removes
+  random halves of the patches, each mask followed by its complement; ig walks the path from
+  the blurred copy to the image instead. The default estimator fits all answers at once by
+  least squares with a prior that neighbouring patches are alike (ridge); lr is the plain
+  likelihood-ratio mean over the same queries (unbiased, noisier).
+
+outputs:
+  --out      the cell map smoothly upsampled (bilinear between cell centres, as the colour bar
+             says) over the photo in grey, colour scale centred at 0
+  --save-map the raw cell map, not smoothed: every pixel of the image's own H x W holds its
+             patch's value (0 outside what the model saw), as float32 .npy
 """
 
 
 def add_parser(sub) -> None:
     from blackbox.adapters.registry import DEFAULT_MODEL, KNOWN_MODELS
-    from blackbox.saliency import METHODS, SPACES
+    from blackbox.saliency import ESTIMATORS, METHODS, SPACES, defaults
 
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
     s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
@@ -43,17 +54,31 @@ def add_parser(sub) -> None:
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL}, embedded, offline)")
     s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
-    s.add_argument("--method", choices=METHODS, default="ig",
-                   help="ig = Integrated Gradients (default), vanilla, smoothgrad, gradxinput")
-    s.add_argument("--space", choices=SPACES, default="mask",
-                   help="mask: mix patches with a blurred copy (default); pixel: add brightness noise")
-    s.add_argument("--grid", type=positive_int, default=14, metavar="G", help="perturb a G x G patch grid (default: 14)")
+    default = defaults()
+    s.add_argument("--method", choices=METHODS, default=default["method"],
+                   help=f"banzhaf = remove random halves of the patches, ig = Integrated Gradients, vanilla, "
+                        f"smoothgrad, gradxinput (default: {default['method']})")
+    s.add_argument("--space", choices=SPACES, default=default["space"],
+                   help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
+    s.add_argument("--estimator", choices=ESTIMATORS, default=default["estimator"],
+                   help=f"ridge = least squares over all answers with a smoothness prior; lr = the plain "
+                        f"likelihood-ratio mean (default: {default['estimator']})")
+    s.add_argument("--smoothness", type=_smoothness, default=default["smoothness"], metavar="S",
+                   help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data; "
+                        f"'auto' = cross-validation (default: {default['smoothness']})")
+    s.add_argument("--refine", action="store_true",
+                   help="coarse to fine: a coarser grid first, then the queries go to the patches that matter")
+    s.add_argument("--grid", type=positive_int, default=default["grid"], metavar="G",
+                   help=f"perturb a G x G patch grid (default: {default['grid']})")
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
-    s.add_argument("--sigma", type=positive_float, help="noise scale (default: 0.3 in mask space, 0.1 in pixel space)")
+    s.add_argument("--sigma", type=positive_float,
+                   help="noise scale (default: 0.5 for banzhaf, else 0.3 in mask space and 0.1 in pixel space)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
-    s.add_argument("--out", metavar="PNG", help="write an overlay picture with a colour bar")
-    s.add_argument("--save-map", metavar="NPY", help="write the raw float map at the image's own H x W (.npy)")
+    s.add_argument("--out", metavar="PNG",
+                   help="write an overlay picture: the cell map smoothly upsampled, colour scale centred at 0")
+    s.add_argument("--save-map", metavar="NPY",
+                   help="write the raw (unsmoothed) map at the image's own H x W: each pixel its patch's value (.npy)")
     add_output_options(s)
     s.add_argument("--allocator", choices=ALLOCATOR_CHOICES,
                    help="ration the budget across the --blocks in rounds: uniform, neyman "
@@ -65,6 +90,18 @@ def add_parser(sub) -> None:
     add_remote_options(s)
     add_model_file_options(s)
     saliency_many.add_many_options(s)
+
+
+def _smoothness(text: str) -> float | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}")
+    return value
 
 
 def run(args) -> int:
@@ -131,9 +168,10 @@ def _explain(args, model, original, budget, started) -> int:
                          f"{model.requests_per_query} request(s) per query, fewer than 2 per block; raise --queries")
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
+                      estimator=args.estimator, smoothness=args.smoothness, refine=args.refine,
                       grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
                       progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
-                      target_error=args.target_error)
+                      target_error=args.target_error, target=target, view=view)
     if args.dry_run:
         report = remote.dry_run_report(model, args, queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
@@ -145,14 +183,16 @@ def _explain(args, model, original, budget, started) -> int:
     if not np.any(result.cells):
         print(f"blackbox: warning: the map is all zeros: every one of the {result.queries} answered queries "
               "scored the same (the model did not react to any patch)", file=sys.stderr)
-    full_map = view.to_original(result.map)
+    full_map = result.full_map
     if args.save_map:
         save_npy(args.save_map, full_map)
     if args.out:
-        title = (f"{model.name}: '{target.label}' ({args.method}, {args.space} space, grid {args.grid}, "
-                 f"blocks {args.blocks}) - {result.queries} queries")
-        signed = not (args.space == "pixel" and args.method in ("vanilla", "smoothgrad"))
-        fig = overlay(original, full_map, title=title, signed=signed, coverage=view.coverage())
+        title = (f"{model.name}: '{target.label}' ({args.method}, {args.estimator}, {args.space} space, "
+                 f"grid {args.grid}{', refined' if args.refine else ''}) - {result.queries} queries")
+        what = "effect of removing the patch" if args.space == "mask" else (
+            "attribution" if result.signed else "|gradient|")
+        fig = overlay(original, result.display_map, title=title, signed=result.signed, coverage=view.coverage(),
+                      legend=f"{what} on the target score\n(per patch, smoothed between patch centres)")
         save_figure(fig, args.out)
     seconds = time.perf_counter() - started
     report = {
@@ -170,8 +210,10 @@ def _explain(args, model, original, budget, started) -> int:
     best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
     if top5:
         print(f"{model.name}: top classes {best}")
+    settings = ", ".join([args.method, args.estimator, f"{args.space} space", f"grid {args.grid}"]
+                         + (["refined"] if args.refine else []))
     print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
-          f"({args.method}, {args.space} space, {result.overhead:.0%} of the time outside the model)")
+          f"({settings}; {result.overhead:.0%} of the time outside the model)")
     if result.stopped:
         print(f"stopped early: {result.stopped}")
     if result.queries_saved:

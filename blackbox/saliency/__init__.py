@@ -33,7 +33,7 @@ from .methods import METHODS, Method
 from .refine import coarse_to_fine
 from .result import SaliencyResult
 
-__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "make_baseline", "saliency"]
+__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "defaults", "make_baseline", "saliency"]
 
 
 def make_baseline(image: np.ndarray, kind: str = "blur", radius: float | None = None) -> np.ndarray:
@@ -129,6 +129,14 @@ def saliency(
         model_seconds=runner.record.model_seconds - m0, stopped=est.stopped,
         queries_saved=int(est.extras.get("queries_saved", 0)), allocator=est.extras.get("allocator"),
         estimate=est, target=target, view=view)
+
+
+def defaults() -> dict:
+    """The keyword defaults of :func:`saliency` (what a map is made of unless told otherwise)."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(saliency).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _choose(options: dict, name: str, what: str):
