@@ -41,14 +41,13 @@ class ImageItem:
     array: np.ndarray | None = field(default=None, repr=False)
 
     def pixels(self) -> np.ndarray:
-        """The image as ``(H, W, 3)`` uint8 (what travels to a worker)."""
-        if self.array is not None:
-            from .images import as_float_image
+        """What travels to a worker: a file as ``(H, W, 3)`` uint8 (exactly what it holds), an
+        array as given (uint8, or float32 in [0, 1])."""
+        from .images import as_float_image
 
-            image = as_float_image(self.array)
-        else:
-            image = load_image(self.source)
-        return np.round(image * 255.0).astype(np.uint8)
+        if self.array is not None:
+            return self.array if self.array.dtype == np.uint8 else as_float_image(self.array)
+        return np.round(load_image(self.source) * 255.0).astype(np.uint8)
 
 
 def _digest(data: bytes) -> str:

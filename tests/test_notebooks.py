@@ -26,7 +26,7 @@ def strip(nb) -> bool:
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"saliency"}
+    assert {p.stem for p in NOTEBOOKS} >= {"saliency", "prompt_tuning", "alignment"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
