@@ -6,7 +6,6 @@ and cost <= --max-cost; a failure is one line on stderr (exit 2), no traceback, 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sqlite3
