@@ -124,6 +124,10 @@ def run(args) -> int:
     try:
         return _explain(args, model, original, budget, started)
     except KeyboardInterrupt:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)  # exit without a final sweep of every object (a second or more)
         if remote.is_remote(args.model):
             print(f"blackbox: interrupted after {budget.queries} paid requests; every answer received is "
                   "cached: rerun the same command to resume (cached answers are not paid again)", file=sys.stderr)
