@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
-from blackbox.saliency import defaults  # noqa: E402
+from blackbox.saliency import SPACES, defaults  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
@@ -83,7 +83,8 @@ def library_default() -> dict:
 
 def describe(options: dict) -> str:
     o = {**library_default(), **options}
-    text = f"{o['method']} {o['space']} g{o['grid']} {o['estimator']}"
+    method = o["method"] or SPACES[o["space"]].default_method
+    text = f"{method} {o['space']} g{o['grid']} {o['estimator']}"
     if o["estimator"] == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
     if o.get("sigma") is not None:

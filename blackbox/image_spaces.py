@@ -207,6 +207,7 @@ class PixelSpace:
     magnitudes (summed over channels), IG and gradient x input are signed attributions."""
 
     name = "pixel"
+    default_method = "ig"
     default_sigma = 0.1
     default_smooth = 0.15
 
@@ -293,6 +294,7 @@ class MaskSpace:
     Every method gives a signed attribution: the effect on the score of removing each patch."""
 
     name = "mask"
+    default_method = "banzhaf"
     default_sigma = 0.3
     default_smooth = 0.5
 

@@ -55,9 +55,10 @@ def add_parser(sub) -> None:
     s.add_argument("--target", help="what to explain: a label ('espresso') or class index (default: the top-1 class)")
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
     default = defaults()
-    s.add_argument("--method", choices=METHODS, default=default["method"],
-                   help=f"banzhaf = remove random halves of the patches, ig = Integrated Gradients, vanilla, "
-                        f"smoothgrad, gradxinput (default: {default['method']})")
+    s.add_argument("--method", choices=METHODS,
+                   help=f"banzhaf = remove random halves of the patches (mask space), ig = Integrated Gradients, "
+                        f"vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
+                        f"{SPACES['pixel'].default_method} in pixel space)")
     s.add_argument("--space", choices=SPACES, default=default["space"],
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
     s.add_argument("--estimator", choices=ESTIMATORS, default=default["estimator"],
@@ -191,7 +192,7 @@ def _explain(args, model, original, budget, started) -> int:
     if args.save_map:
         save_npy(args.save_map, full_map)
     if args.out:
-        title = (f"{model.name}: '{target.label}' ({args.method}, {args.estimator}, {args.space} space, "
+        title = (f"{model.name}: '{target.label}' ({result.method}, {args.estimator}, {args.space} space, "
                  f"grid {args.grid}{', refined' if args.refine else ''}) - {result.queries} queries")
         what = "effect of removing the patch" if args.space == "mask" else (
             "attribution" if result.signed else "|gradient|")
@@ -214,7 +215,7 @@ def _explain(args, model, original, budget, started) -> int:
     best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
     if top5:
         print(f"{model.name}: top classes {best}")
-    settings = ", ".join([args.method, args.estimator, f"{args.space} space", f"grid {args.grid}"]
+    settings = ", ".join([result.method, args.estimator, f"{args.space} space", f"grid {args.grid}"]
                          + (["refined"] if args.refine else []))
     print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
           f"({settings}; {result.overhead:.0%} of the time outside the model)")
