@@ -503,20 +503,28 @@ def _load_checkpoint(path: Path, config, adam, alloc, memory, result):
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {k: data[k] for k in ("theta", "adam_m", "adam_v", "memory")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot read checkpoint {path}: {exc}") from None
-    saved = meta["config"]
+        saved, adam_t, step = meta["config"], int(meta["adam_t"]), int(meta["step"])
+        queries, history, evals = int(meta["queries"]), list(meta["history"]), list(meta["evals"])
+        if not isinstance(saved, dict) or arrays["memory"].shape != memory.shape:
+            raise ValueError("its contents do not fit this run")
+    except Exception as exc:  # a truncated or foreign file: zip, npy, json or field errors alike
+        raise InputError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
+                         "delete it to start over") from None
     diff = [k for k in config if saved.get(k) != config[k]]
     if diff:
         raise InputError(f"checkpoint {path} was written with different settings ({', '.join(diff)}); "
                          "use another checkpoint path or the same settings")
-    adam.t = int(meta["adam_t"])
+    adam.t = adam_t
     if adam.t > 0:
         adam.m, adam.v = arrays["adam_m"].astype(np.float64), arrays["adam_v"].astype(np.float64)
     if alloc is not None:
-        alloc.load_state_dict(meta["allocator"])
+        try:
+            alloc.load_state_dict(meta["allocator"])
+        except Exception as exc:
+            raise InputError(f"cannot read checkpoint {path}: its allocator state does not load "
+                             f"({type(exc).__name__}); delete it to start over") from None
     memory[:] = arrays["memory"]
-    result.queries = int(meta["queries"])
-    result.history = meta["history"]
-    result.evals = meta["evals"]
-    return int(meta["step"]), arrays["theta"].astype(np.float64)
+    result.queries = queries
+    result.history = history
+    result.evals = evals
+    return step, arrays["theta"].astype(np.float64)

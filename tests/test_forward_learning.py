@@ -88,6 +88,40 @@ def test_resume_from_checkpoint_is_identical_and_pays_nothing_twice(tmp_path):
         forward_train(counted, np.zeros(5), 20, steps=31, checkpoint=path, **{**kw, "lr": 0.1})
 
 
+def _corrupt_checkpoints(good: bytes):
+    """A truncated copy, random bytes, and npz files whose fields are missing or wrong."""
+    import io
+    import json
+
+    def npz(**fields):
+        buf = io.BytesIO()
+        np.savez(buf, **fields)
+        return buf.getvalue()
+
+    arrays = dict(theta=np.zeros(5), adam_m=np.zeros(5), adam_v=np.zeros(5), memory=np.zeros(20))
+    return {"truncated": good[: len(good) // 2], "random bytes": np.random.default_rng(0).bytes(3000),
+            "empty": b"", "no meta": npz(**arrays), "meta not json": npz(meta=np.array("{oops"), **arrays),
+            "meta without fields": npz(meta=np.array(json.dumps({"config": {}})), **arrays),
+            "wrong memory shape": npz(**{**arrays, "memory": np.zeros(3)}, meta=np.array(json.dumps(
+                {"config": {}, "adam_t": 0, "step": 1, "queries": 1, "history": [], "evals": []})))}
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error_and_is_left_as_it_was(tmp_path):
+    loss, _ = quadratic_task(seed=2)
+    kw = dict(batch_size=5, queries_per_step=10, sigma=0.1, lr=0.05, allocator="flops", seed=3)
+    good = tmp_path / "good.npz"
+    forward_train(loss, np.zeros(5), 20, steps=2, checkpoint=good, **kw)
+    for name, content in _corrupt_checkpoints(good.read_bytes()).items():
+        path = tmp_path / f"{name.replace(' ', '-')}.npz"
+        path.write_bytes(content)
+        calls = []
+        with pytest.raises(InputError, match="cannot read checkpoint .*delete it to start over") as err:
+            forward_train(counting(loss, calls), np.zeros(5), 20, steps=4, checkpoint=path, **kw)
+        assert "\n" not in str(err.value), name
+        assert sum(calls) == 0, f"{name}: queried before the checkpoint was read"
+        assert path.read_bytes() == content, f"{name}: the checkpoint was overwritten"
+
+
 def test_budget_and_total_queries_are_never_overspent():
     loss, _ = quadratic_task()
     budget = Budget(max_queries=250)
