@@ -1,43 +1,109 @@
-"""Benchmark: alignment through a queried LM -- held-out zero-shot accuracy against queries spent
-for uniform, Neyman and FLOPS allocation, the backprop reference at the same steps, wall time and
-peak memory. Writes benchmarks/results/alignment.{md,json}.
+"""Benchmark: alignment through a queried LM over several seeds -- held-out zero-shot accuracy
+against training queries for uniform, Neyman and FLOPS allocation, and the backprop reference at
+the same steps. Writes benchmarks/results/alignment.{md,json}.
 
-    python benchmarks/alignment.py [--steps 24] [--per-class 30] [--classes 01234]
+    python benchmarks/alignment.py [--seeds 0 1 2] [--steps 24] [--queries-per-step 256] [--classes 01234]
 
-Same data, projector init, batches and noise seeds for every allocator; accuracy is measured on
-the held-out half at a few checkpoints (its queries are not counted as training queries).
+Each seed is an independent replicate: its own choice of digit images and train/held-out split,
+projector initialisation, batches and noise. Within a seed every allocator starts from the same
+data and projector. Figures are means over the seeds with 95% Student-t intervals; comparisons
+with uniform allocation are paired by seed (``intervals.py``). Accuracy is measured on the
+held-out half at a few checkpoints (its queries are not training queries). No timings: the figures
+are quality per query, which the machine's load does not change.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import resource
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from blackbox import tasks
-from blackbox.adapters.causal_lm import load_causal_lm
-from blackbox.adapters.image_features import image_features
-from blackbox.alignment import evaluate, train_backprop, train_projector
+from intervals import curve_cell, fmt, paired_claim, reach_claim, reach_ratios  # noqa: E402
+
+from blackbox import tasks  # noqa: E402
+from blackbox.adapters.causal_lm import load_causal_lm  # noqa: E402
+from blackbox.adapters.image_features import image_features  # noqa: E402
+from blackbox.alignment import evaluate, train_backprop, train_projector  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+NAMES = {"uniform": "LR output noise, uniform", "neyman": "LR output noise, Neyman",
+         "flops": "LR output noise, FLOPS", "backprop": "backprop (white-box reference)"}
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def one_seed(seed: int, args) -> dict:
+    lm = load_causal_lm()
+    data = tasks.load_digits(tuple(int(c) for c in args.classes), per_class=args.per_class, seed=seed)
+    setup = tasks.alignment_setup(lm, image_features(data.images), data, context=args.context, loss=args.loss,
+                                  seed=seed)
+
+    def heldout(projector):
+        return evaluate(lm, projector, setup.test_x, setup.test_y, setup.task)
+
+    runs = {}
+    for name in args.allocators:
+        run = train_projector(lm, setup.projector, setup.train_x, setup.train_y, setup.task, steps=args.steps,
+                              batch_size=args.batch_size, queries_per_step=args.queries_per_step, sigma=args.sigma,
+                              lr=args.lr, allocator=name, seed=seed, eval_fn=heldout, eval_every=args.eval_every)
+        runs[name] = {"curve": [(e["queries"], e["accuracy"]) for e in run.evals], "queries": run.queries,
+                      "after": run.after["accuracy"]}
+        print(f"seed {seed} {name}: {run.before['accuracy']:.3f} -> {run.after['accuracy']:.3f}", flush=True)
+    bp = train_backprop(lm, setup.projector, setup.train_x, setup.train_y, setup.task, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, seed=seed, eval_fn=heldout, eval_every=args.eval_every)
+    runs["backprop"] = {"curve": [(e["step"], e["accuracy"]) for e in bp.evals], "queries": 0,
+                        "after": bp.after["accuracy"]}
+    return {"seed": seed, "data": data.summary(), "before": bp.before["accuracy"], "runs": runs}
+
+
+def report(seeds: list[dict], args) -> list[str]:
+    n, total = len(seeds), args.steps * args.queries_per_step
+    chance = 1 / len(args.classes)
+    data = seeds[0]["data"]
+    runs = lambda name: [s["runs"][name] for s in seeds]  # noqa: E731
+    lines = [f"# Alignment through a queried LM (digits, EfficientNet-Lite0 -> projector -> SmolLM2-135M), {n} seeds", "",
+             f"{len(args.classes)} classes (chance {chance:.0%}), {data['train_images']} train / "
+             f"{data['heldout_images']} held-out images per seed, {args.steps} steps x {args.batch_size} images x "
+             f"{args.queries_per_step} queries = {total} training queries; k=1 soft token, 16 PCA dims; LM input "
+             f"[{args.context!r}][soft token][class word]; loss {args.loss!r}; sigma {args.sigma}, Adam lr {args.lr}. "
+             f"Seeds {', '.join(str(s['seed']) for s in seeds)}; mean ± 95% t-interval.", "",
+             f"held-out accuracy before training: {fmt([s['before'] for s in seeds])}", "",
+             "| method | final held-out accuracy | x chance | / backprop (paired) | final - uniform (paired) | "
+             "queries to reach uniform's final acc (x total, seeds that got there) |", "|---|---|---|---|---|---|"]
+    targets = [r["after"] for r in runs("uniform")]
+    claims = []
+    for name in (*args.allocators, "backprop"):
+        rs = runs(name)
+        finals = [r["after"] for r in rs]
+        diffs = [r["after"] - u["after"] for r, u in zip(rs, runs("uniform"))]
+        rel = [r["after"] / b["after"] for r, b in zip(rs, runs("backprop")) if b["after"] > 0]
+        reach = ""
+        if name != "backprop":
+            ratios = reach_ratios([r["curve"] for r in rs], targets, total)
+            got = [x for x in ratios if x is not None]
+            reach = f"{fmt(got, 2)} ({len(got)}/{n})"
+        if name not in ("uniform", "backprop"):
+            claims += [reach_claim(NAMES[name], ratios, "uniform"), paired_claim(NAMES[name], diffs, "uniform")]
+        lines.append(f"| {NAMES[name]} | {fmt(finals)} | {fmt([f / chance for f in finals], 2)} | {fmt(rel, 2)} | "
+                     f"{'' if name == 'uniform' else fmt(diffs)} | {reach} |")
+    claims.append(paired_claim(NAMES["uniform"], [u["after"] - b["after"] for u, b in
+                                                  zip(runs("uniform"), runs("backprop"))], "backprop"))
+    lines += ["", "held-out accuracy by training queries (backprop: by step), mean ± interval:", "",
+              "| method | curve |", "|---|---|"]
+    lines += [f"| {NAMES[name]} | {curve_cell([r['curve'] for r in runs(name)])} |"
+              for name in (*args.allocators, "backprop")]
+    lines += ["", "claims, judged on the mean and its interval:", ""] + [f"- {c}" for c in claims]
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--classes", default="01234")
     ap.add_argument("--per-class", type=int, default=30)
-    ap.add_argument("--steps", type=int, default=36)
-    ap.add_argument("--queries-per-step", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--queries-per-step", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--loss", choices=("ranking", "nll"), default="ranking")
     ap.add_argument("--sigma", type=float, default=0.3)
@@ -47,65 +113,16 @@ def main() -> None:
     ap.add_argument("--context", default="Handwritten digit:", help="text before the soft token ('' for none)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     args = ap.parse_args()
-    t_all = time.perf_counter()
-    classes = tuple(int(c) for c in args.classes)
-    data = tasks.load_digits(classes, per_class=args.per_class, seed=0)
-    t = time.perf_counter()
-    feats = image_features(data.images)
-    feat_s = time.perf_counter() - t
-    labels, half = data.labels, int((~data.test).sum())
-    lm = load_causal_lm()
-    setup = tasks.alignment_setup(lm, feats, data, context=args.context, loss=args.loss)
-    task, proj = setup.task, setup.projector
-    tr_x, tr_y, te_x, te_y = setup.train_x, setup.train_y, setup.test_x, setup.test_y
-
-    def heldout(p):
-        return evaluate(lm, p, te_x, te_y, task)
-
-    rows = []
-    for name in args.allocators:
-        t = time.perf_counter()
-        run = train_projector(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size,
-                              queries_per_step=args.queries_per_step, sigma=args.sigma, lr=args.lr, allocator=name,
-                              seed=0, eval_fn=heldout, eval_every=args.eval_every)
-        rows.append({"method": f"LR output noise, {name}", "curve": [(e["queries"], e["accuracy"]) for e in run.evals],
-                     "final_accuracy": run.evals[-1]["accuracy"], "queries": run.queries,
-                     "seconds": round(time.perf_counter() - t, 1)})
-        print(rows[-1], flush=True)
-    t = time.perf_counter()
-    bp = train_backprop(lm, proj, tr_x, tr_y, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0,
-                        eval_fn=heldout, eval_every=args.eval_every)
-    rows.append({"method": "backprop (white-box reference)", "curve": [(e["step"], e["accuracy"]) for e in bp.evals],
-                 "final_accuracy": bp.evals[-1]["accuracy"], "queries": 0,
-                 "seconds": round(time.perf_counter() - t, 1)})
-    print(rows[-1], flush=True)
-    chance = 1 / len(classes)
-    bp_acc = rows[-1]["final_accuracy"]
-    info = {"classes": list(classes), "train_images": half, "heldout_images": len(labels) - half,
-            "steps": args.steps, "batch_size": args.batch_size, "queries_per_step": args.queries_per_step,
-            "loss": args.loss, "sigma": args.sigma, "lr": args.lr,
-            "chance": chance, "feature_seconds": round(feat_s, 1),
-            "wall_seconds": round(time.perf_counter() - t_all, 1), "peak_rss_mb": round(peak_mb()),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_average_at_end": os.getloadavg()[0]}
-    lines = ["# Alignment through a queried LM (digits, EfficientNet-Lite0 -> projector -> SmolLM2-135M)", "",
-             f"{len(classes)} classes (chance {chance:.0%}), {half} train / {len(labels) - half} held-out images, "
-             f"{args.steps} steps x {args.batch_size} images x {args.queries_per_step} queries; k=1 soft token, "
-             f"16 PCA dims; LM input [{args.context!r}][soft token][class word]; loss {args.loss!r}; "
-             f"sigma {args.sigma}, Adam lr {args.lr}.", "",
-             "| method | training queries | held-out accuracy by checkpoint (queries or step: acc) | final | x chance | / backprop | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        curve = ", ".join(f"{q}: {a:.2f}" for q, a in r["curve"])
-        rel = r["final_accuracy"] / bp_acc if bp_acc > 0 else float("nan")
-        lines.append(f"| {r['method']} | {r['queries']} | {curve} | {r['final_accuracy']:.3f} | "
-                     f"{r['final_accuracy'] / chance:.2f} | {rel:.2f} | {r['seconds']} |")
-    lines += ["", f"Wall time {info['wall_seconds']} s in total (features {info['feature_seconds']} s, cached after the "
-              f"first run); peak RSS {info['peak_rss_mb']} MB; {info['cores']} cores (load average at the end "
-              f"{info['load_average_at_end']:.1f})."]
+    if "uniform" not in args.allocators:
+        ap.error("the comparisons need uniform among --allocators")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"alignment{args.tag}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"alignment{args.tag}.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    seeds = []
+    for seed in args.seeds:
+        seeds.append(one_seed(seed, args))
+        lines = report(seeds, args)
+        info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
+        (RESULTS / f"alignment{args.tag}.md").write_text("\n".join(lines) + "\n")
+        (RESULTS / f"alignment{args.tag}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
     print("\n".join(lines))
 
 

@@ -1,28 +1,36 @@
-"""Query allocation benchmark on the real soft-prompt task (embedded SmolLM2-135M).
+"""Query allocation on the real soft-prompt task (embedded SmolLM2-135M), over several seeds.
+
+Each seed is an independent replicate: its own train/held-out split of the animal task, its own
+random prompt subspace, batches and noise. Every figure is a mean over the seeds with a 95%
+Student-t interval; comparisons with uniform allocation are paired by seed (``intervals.py``).
 
 (a) Variance of the combined LR gradient at equal budget, uniform vs Neyman vs FLOPS: every
     training example's antithetic-pair terms are measured on the real model (a pool per item);
     repeated draws resample each item's pool (bootstrap), so every allocator sees the same real
     per-item losses. Neyman uses variances from a separate pilot; FLOPS is first trained on the
     stream (item losses as features, variance-efficiency reward).
-(b) Held-out accuracy / label NLL against training queries for prompt tuning per allocator.
-(c) CMA-ES (``cma``) and MeZO-style SPSA (one shared perturbation per batch) at the same budget.
+(b) Held-out accuracy / label NLL against training queries for prompt tuning per allocator, the
+    backprop reference at the same steps, and how many queries each allocator needed to reach
+    uniform's final accuracy (a claim of fewer queries holds only if its interval lies below 1).
+(c) MeZO-style SPSA (one shared perturbation per step, a gradient source on the same loop) and
+    CMA-ES (``cma``) at the same budget.
 
-    python benchmarks/allocation.py [--quick] [--budget 256] [--batch 32] [--steps 40]
+    python benchmarks/allocation.py [--seeds 0 1 2] [--steps 30] [--queries-per-step 128] [--batch 16]
 
-Writes benchmarks/results/allocation.json and allocation.md (tables as printed).
+Writes benchmarks/results/allocation.json and allocation.md (tables as printed). No timings: the
+figures are quality per query, which the machine's load does not change.
 """
 import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from intervals import curve_cell, fmt, paired_claim, reach_claim, reach_ratios  # noqa: E402
 
 from blackbox import tasks  # noqa: E402
 from blackbox.allocators import make_allocator  # noqa: E402
@@ -30,12 +38,11 @@ from blackbox.forward_learning import Asked, ParameterNoise, batch_items, train 
 from blackbox.prompt_tuning import (backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
                                     tune_soft_prompt)
 
-UNINFORMATIVE_INIT = tasks.UNINFORMATIVE_INIT
-
 RESULTS = Path(__file__).parent / "results"
+ALLOCATORS = ("uniform", "neyman", "flops")
 
 
-def setup(seed=0):
+def setup(seed):
     """The shared soft-prompt task: 4 soft tokens after 'Answer:' from an uninformative phrase
     (zero-shot ~ chance, so the prompt has to learn the question), rank-16 subspace."""
     from blackbox.adapters.causal_lm import load_causal_lm
@@ -122,119 +129,113 @@ def cmaes(task, q, space, total, batch=8, sigma=0.5, seed=0):
     return np.asarray(es.result.xfavorite), spent
 
 
-def queries_to_reach(curve, accuracy=None, nll=None):
-    """The first training-query count at which held-out accuracy reached ``accuracy`` (or the
-    label NLL fell to ``nll``); None if never."""
-    # the curve holds values rounded to 3 decimals: compare at that precision
-    return next((qn for qn, acc, loss in curve
-                 if (accuracy is not None and acc >= round(accuracy, 3) - 1e-9)
-                 or (nll is not None and loss <= round(nll, 3) + 1e-9)), None)
+def one_seed(seed, args):
+    """Every measurement of one replicate (a dict of plain values)."""
+    task, q, space = setup(seed)
+    out = {"seed": seed, "task": task.summary()}
+    if not args.skip_variance:
+        res, info = variance_part(task, q, space, pairs=args.pairs, sigma=args.sigma, batch=args.batch,
+                                  budget=args.queries_per_step, seed=seed)
+        out["variance"] = {"results": res, "info": info}
+    total = args.steps * args.queries_per_step
+    runs = {}
+    for name in ALLOCATORS:
+        r = tune_soft_prompt(q.label_logprobs, task, space, steps=args.steps, batch_size=args.batch,
+                             queries_per_step=args.queries_per_step, sigma=args.sigma, lr=args.lr, allocator=name,
+                             seed=seed, eval_every=args.eval_every)
+        runs[name] = {"before": r.before, "after": r.after, "train_queries": r.queries,
+                      "curve": [(e["queries"], round(e["accuracy"], 3), round(e["label_nll"], 3)) for e in r.evals]}
+        print(f"seed {seed} {name}: {r.before['accuracy']:.3f} -> {r.after['accuracy']:.3f}", flush=True)
+    ref = backprop_soft_prompt(q.label_loss_grad, q.label_logprobs, task, space, steps=args.steps,
+                               batch_size=args.batch, lr=args.lr, seed=seed, eval_every=args.eval_every)
+    runs["backprop"] = {"before": ref.before, "after": ref.after, "train_queries": 0,
+                        "curve": [(e["step"], round(e["accuracy"], 3), round(e["label_nll"], 3)) for e in ref.evals]}
+    before = evaluate(q.label_logprobs, space.soft(np.zeros(space.dim)), task)
+    for name, run in (("spsa", lambda: spsa(task, q, space, total, batch=args.batch, sigma=args.sigma, lr=args.lr,
+                                            seed=seed)),
+                      ("cma-es", lambda: cmaes(task, q, space, total, batch=args.batch, sigma=args.sigma, seed=seed))):
+        theta, spent = run()
+        runs[name] = {"before": before, "after": evaluate(q.label_logprobs, space.soft(theta), task),
+                      "train_queries": spent}
+        print(f"seed {seed} {name}: {before['accuracy']:.3f} -> {runs[name]['after']['accuracy']:.3f}", flush=True)
+    out["runs"] = runs
+    return out
 
 
-def fmt_reach(reach, total):
-    return f"{reach} ({reach / total:.2f}x)" if reach is not None else "not reached"
+NAMES = {"uniform": "LR + uniform", "neyman": "LR + Neyman", "flops": "LR + FLOPS",
+         "backprop": "backprop (white box, same steps)", "spsa": "MeZO-style SPSA (one shared perturbation)",
+         "cma-es": "CMA-ES (cma)"}
+
+
+def report(seeds: list[dict], args) -> list[str]:
+    n = len(seeds)
+    total = args.steps * args.queries_per_step
+    runs = lambda name: [s["runs"][name] for s in seeds]  # noqa: E731
+    lines = [f"# Query allocation on the soft-prompt task ({n} seeds: {', '.join(str(s['seed']) for s in seeds)})", "",
+             f"task: {seeds[0]['task']} (the split changes with the seed); 4 soft tokens after 'Answer:' "
+             f"initialised from {tasks.UNINFORMATIVE_INIT!r}, rank-16 subspace; {args.steps} steps x "
+             f"{args.queries_per_step} queries over {args.batch} texts = {total} training queries; sigma "
+             f"{args.sigma}, Adam lr {args.lr}. Figures: mean ± 95% t-interval over the seeds.", ""]
+    if not args.skip_variance:
+        lines += [f"(a) combined-gradient variance at equal budget ({args.queries_per_step} queries over "
+                  f"{args.batch} texts), relative to uniform", "",
+                  "| allocator | analytic variance ratio | bootstrap variance ratio |", "|---|---|---|"]
+        for name in ("uniform", "neyman", "flops", "neyman (oracle V_i)"):
+            vals = [s["variance"]["results"][name] for s in seeds]
+            lines.append(f"| {name} | {fmt([v['analytic_ratio'] for v in vals])} | "
+                         f"{fmt([v['bootstrap_ratio'] for v in vals])} |")
+        lines += ["", "item std spread (coefficient of variation of sqrt V_i): "
+                  f"{fmt([s['variance']['info']['cv_of_item_std'] for s in seeds])}", ""]
+    targets = [r["after"]["accuracy"] for r in runs("uniform")]
+    lines += [f"(b) prompt tuning, held-out accuracy and label NLL ({seeds[0]['task']['test']} held-out texts)", "",
+              "| method | acc before | acc after | label NLL after | acc after - uniform (paired) | "
+              "queries to reach uniform's final acc (x total, seeds that got there) |", "|---|---|---|---|---|---|"]
+    claims = []
+    for name in (*ALLOCATORS, "backprop", "spsa", "cma-es"):
+        rs = runs(name)
+        diffs = [r["after"]["accuracy"] - u["after"]["accuracy"] for r, u in zip(rs, runs("uniform"))]
+        reach = ""
+        if name in ALLOCATORS:
+            ratios = reach_ratios([[(c[0], c[1]) for c in r["curve"]] for r in rs], targets, total)
+            got = [x for x in ratios if x is not None]
+            reach = f"{fmt(got, 2)} ({len(got)}/{n})"
+            if name != "uniform":
+                claims += [reach_claim(NAMES[name], ratios, "uniform"), paired_claim(NAMES[name], diffs, "uniform")]
+        elif name != "backprop":
+            claims.append(paired_claim(NAMES[name], diffs, "uniform"))
+        lines.append(f"| {NAMES[name]} | {fmt([r['before']['accuracy'] for r in rs])} | "
+                     f"{fmt([r['after']['accuracy'] for r in rs])} | {fmt([r['after']['label_nll'] for r in rs])} | "
+                     f"{'' if name == 'uniform' else fmt(diffs)} | {reach} |")
+    lines += ["", "held-out accuracy by training queries (backprop: by step), mean ± interval:", "",
+              "| method | curve |", "|---|---|"]
+    for name in (*ALLOCATORS, "backprop"):
+        lines.append(f"| {NAMES[name]} | {curve_cell([[(c[0], c[1]) for c in r['curve']] for r in runs(name)])} |")
+    lines += ["", "claims, judged on the mean and its interval:", ""] + [f"- {c}" for c in claims]
+    return lines
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="half the steps")
-    p.add_argument("--skip-tuning", action="store_true")
-    p.add_argument("--budget", type=int, default=256, help="queries per step (default 256)")
-    p.add_argument("--batch", type=int, default=32, help="training texts per step (default 32)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--queries-per-step", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16, help="training texts per step")
     p.add_argument("--lr", type=float, default=0.3)
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--pairs", type=int, default=6, help="antithetic pairs measured per item in part (a)")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--skip-variance", action="store_true", help="leave out part (a)")
     p.add_argument("--tag", default="", help="suffix for the result files")
     args = p.parse_args()
-    steps = args.steps // 2 if args.quick else args.steps
-    qps, batch, lr, sigma = args.budget, args.batch, args.lr, args.sigma
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"settings": {"steps": steps, "queries_per_step": qps, "batch": batch, "rank": 16, "soft_tokens": 4,
-                        "sigma": sigma, "lr": lr, "init": UNINFORMATIVE_INIT}}
-    lines = []
-
-    def emit(line=""):
-        print(line, flush=True)
-        lines.append(line)
-
-    def save():
-        (RESULTS / f"allocation{args.tag}.json").write_text(json.dumps(out, indent=1))
+    seeds = []
+    for seed in args.seeds:
+        seeds.append(one_seed(seed, args))
+        lines = report(seeds, args)
+        info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
+        (RESULTS / f"allocation{args.tag}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
         (RESULTS / f"allocation{args.tag}.md").write_text("\n".join(lines) + "\n")
-
-    t0 = time.time()
-    task, q, space = setup()
-    emit(f"task: {task.summary()}; 4 soft tokens after 'Answer:' initialised from {UNINFORMATIVE_INIT!r}, rank-16 subspace")
-    res, info = variance_part(task, q, space, pairs=args.pairs, sigma=sigma, batch=batch, budget=qps)
-    out["variance"] = {"results": res, "info": info}
-    emit(f"\n(a) combined-gradient variance at equal budget ({qps} queries over {batch} texts per step)")
-    emit("| allocator | analytic var | ratio | bootstrap var | ratio |")
-    emit("|---|---|---|---|---|")
-    for name, r in res.items():
-        emit(f"| {name} | {r['analytic_variance']:.4g} | {r['analytic_ratio']:.3f} | "
-             f"{r['bootstrap_variance']:.4g} | {r['bootstrap_ratio']:.3f} |")
-    emit(f"item std spread (coefficient of variation of sqrt V_i): {info['cv_of_item_std']:.3f}; "
-         f"pool: {info['pool_queries']} real queries; FLOPS params {info['flops_params']}")
-    save()
-    if args.skip_tuning:
-        return
-    total = steps * qps
-    every = args.eval_every
-    emit(f"\n(b) prompt tuning, {steps} steps x {qps} queries = {total} training queries "
-         f"(held-out: {len(task.test_texts)} texts; accuracy every {every} steps)")
-    emit("| method | acc before | acc after | label NLL before | label NLL after | training queries | "
-         "queries to reach uniform's final acc | ... its final label NLL | curve (queries: acc) | seconds |")
-    emit("|---|---|---|---|---|---|---|---|---|---|")
-    out["tuning"] = {}
-    target = None
-    for name in ("uniform", "neyman", "flops"):
-        r = tune_soft_prompt(q.label_logprobs, task, space, steps=steps, batch_size=batch, queries_per_step=qps,
-                             sigma=sigma, lr=lr, allocator=name, seed=0, eval_every=every)
-        curve = [(e["queries"], round(e["accuracy"], 3), round(e["label_nll"], 3)) for e in r.evals]
-        if target is None:
-            target = (r.after["accuracy"], r.after["label_nll"])
-        reach = queries_to_reach(curve, accuracy=target[0])
-        reach_nll = queries_to_reach(curve, nll=target[1])
-        out["tuning"][name] = {**r.summary(), "before": r.before, "after": r.after, "curve": curve,
-                               "queries_to_reach_uniform_final_accuracy": reach,
-                               "queries_to_reach_uniform_final_nll": reach_nll,
-                               "loss_curve": [(h["queries"], h["loss"]) for h in r.history]}
-        emit(f"| LR + {name} | {r.before['accuracy']:.3f} | {r.after['accuracy']:.3f} | "
-             f"{r.before['label_nll']:.3f} | {r.after['label_nll']:.3f} | {r.queries} | "
-             f"{fmt_reach(reach, total)} | {fmt_reach(reach_nll, total)} | "
-             f"{' '.join(f'{c[0]}:{c[1]:.2f}' for c in curve)} | {r.seconds:.0f} |")
-        save()
-    ref = backprop_soft_prompt(q.label_loss_grad, q.label_logprobs, task, space, steps=steps, batch_size=batch,
-                               lr=lr, seed=0, eval_every=every)
-    out["tuning"]["backprop"] = {**ref.summary(), "before": ref.before, "after": ref.after,
-                                 "curve": [(e["step"], round(e["accuracy"], 3)) for e in ref.evals]}
-    emit(f"| backprop (white box, same steps) | {ref.before['accuracy']:.3f} | {ref.after['accuracy']:.3f} | "
-         f"{ref.before['label_nll']:.3f} | {ref.after['label_nll']:.3f} | 0 | | | "
-         f"{' '.join(f'step {e[0]}:{e[1]:.2f}' for e in out['tuning']['backprop']['curve'])} | {ref.seconds:.0f} |")
-    save()
-    emit(f"\n(c) the same task and {total} training queries with other black-box optimisers")
-    emit("| method | acc before | acc after | label NLL before | label NLL after | training queries | seconds |")
-    emit("|---|---|---|---|---|---|---|")
-    before = evaluate(q.label_logprobs, space.soft(np.zeros(space.dim)), task)
-    others = (("MeZO-style SPSA (one shared perturbation per batch)",
-               lambda: spsa(task, q, space, total, batch=batch, sigma=sigma, lr=lr)),
-              ("CMA-ES (cma)", lambda: cmaes(task, q, space, total, batch=batch, sigma=sigma)))
-    for name, run in others:
-        t = time.time()
-        theta, spent = run()
-        after = evaluate(q.label_logprobs, space.soft(theta), task)
-        out["tuning"][name] = {"before": before, "after": after, "train_queries": spent}
-        emit(f"| {name} | {before['accuracy']:.3f} | {after['accuracy']:.3f} | {before['label_nll']:.3f} | "
-             f"{after['label_nll']:.3f} | {spent} | {time.time() - t:.0f} |")
-        save()
-    gains = {k: v["after"]["accuracy"] - v["before"]["accuracy"] for k, v in out["tuning"].items()}
-    if gains["backprop"] > 0:
-        emit("\nshare of the backprop accuracy gain: " + ", ".join(
-            f"{k} {g / gains['backprop']:.0%}" for k, g in gains.items() if k != "backprop"))
-    emit(f"\ntotal wall time {time.time() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.1f}")
-    out["seconds"] = round(time.time() - t0)
-    save()
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
