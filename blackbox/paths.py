@@ -20,3 +20,22 @@ def cache_dir(*parts: str) -> Path:
         raise InputError(f"cannot use the cache folder {path} ({exc.strerror or exc}): "
                          "point BLACKBOX_CACHE_DIR at a folder you can write") from None
     return path
+
+
+def read_json_object(path: str, what: str, shape: str, hint: str = "") -> dict:
+    """The JSON object in the file at ``path`` (a spec, a price table...), or one clear error line
+    naming ``what`` it is, the ``shape`` it must have and, if missing, the ``hint`` how to give one."""
+    import json
+
+    from .errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"{what} not found: {path}{f' ({hint})' if hint else ''}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path} must be {shape}")
+    return data

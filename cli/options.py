@@ -15,32 +15,20 @@ def _number(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _bounded(kind: type, what: str, ok, rule: str):
+    """An argparse type: ``kind`` parsed from the text, then held to ``ok`` (one-line errors)."""
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    value = _number(text, int, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "at least 1")
+nonneg_int = _bounded(int, "a whole number", lambda v: v >= 0, ">= 0")
+positive_float = _bounded(float, "a number", lambda v: v > 0, "> 0")
+nonneg_float = _bounded(float, "a number", lambda v: v >= 0, ">= 0")
 
 
 def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,

@@ -30,6 +30,7 @@ import httpx2
 import numpy as np
 
 from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.paths import read_json_object
 
 from .engine import QueryEngine, classify_status, retry_after_seconds
 from .http_limits import failure, limited_client, parse_json, request_limits
@@ -173,15 +174,8 @@ def spec_view(spec: dict, where: str, resolution: int | None = None) -> ViewRule
 
 
 def load_spec(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise InputError(f"HTTP endpoint spec not found: {path} (use --model http:SPEC.json)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            spec = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read endpoint spec {path}: {exc}") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"endpoint spec {path} must be a JSON object with url, request and score_path")
+    spec = read_json_object(path, "endpoint spec", "a JSON object with url, request and score_path",
+                            hint="use --model http:SPEC.json")
     missing = [k for k in ("url", "request", "score_path") if k not in spec]
     if missing:
         raise InputError(f"endpoint spec {path} lacks {', '.join(missing)}")

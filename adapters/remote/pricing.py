@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 from blackbox.errors import InputError
+from blackbox.paths import read_json_object
 
 DEFAULT_PRICES = {  # USD per million tokens (input, output); edit your own copy, see PriceTable.load
     "gpt-4o": {"input": 2.50, "output": 10.00},
@@ -58,19 +58,12 @@ class PriceTable:
             if candidate and os.path.isfile(candidate):
                 prices.update_from(candidate)
         if path:
-            if not os.path.isfile(path):
-                raise InputError(f"price table not found: {path}")
             prices.update_from(path)
         return prices
 
     def update_from(self, path: str) -> None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read price table {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"price table {path} must map model names to {{'input': .., 'output': ..}}")
+        data = read_json_object(path, "price table", "a JSON object mapping model names to "
+                                "{'input': .., 'output': ..}")
         for name, entry in data.items():
             try:
                 self.table[name] = {"input": float(entry["input"]), "output": float(entry["output"])}
