@@ -316,18 +316,23 @@ class CausalLM:
         """
         shared = np.asarray(soft).ndim == 2
         soft = self._check(soft, prompts, targets)
+        return self._losses_and_grads(soft, shared, len(prompts), lambda soft_t, s, e: self._nll_torch(
+            soft_t, prompts[s:e], targets[s:e], soft_position, reduction))
+
+    def _losses_and_grads(self, soft: np.ndarray, shared: bool, n: int, losses):
+        """Per-row losses ``losses(soft_t, s, e)`` (a tensor for rows s:e) and their gradients by
+        autograd, in batches: ``(values (n,), grad)``, the gradient of the sum for a shared prompt."""
         torch = self.torch
-        values = np.empty(len(prompts))
-        grads = np.zeros(soft.shape if not shared else soft.shape[1:])
+        values = np.empty(n)
+        grads = np.zeros(soft.shape[1:] if shared else soft.shape)
         with self._lock:
-            for s in range(0, len(prompts), self.max_batch):
+            for s in range(0, n, self.max_batch):
                 e = s + self.max_batch
-                part = soft if shared else soft[s:e]
-                soft_t = torch.from_numpy(part).float().requires_grad_(True)
+                soft_t = torch.from_numpy(soft if shared else soft[s:e]).float().requires_grad_(True)
                 with torch.enable_grad():
-                    nll = self._nll_torch(soft_t, prompts[s:e], targets[s:e], soft_position, reduction)
-                    nll.sum().backward()
-                values[s:e] = nll.detach().numpy()
+                    loss = losses(soft_t, s, e)
+                    loss.sum().backward()
+                values[s:e] = loss.detach().numpy()
                 g = soft_t.grad.double().numpy()
                 if shared:
                     grads += g[0]
@@ -347,29 +352,16 @@ class CausalLM:
             raise InputError(f"{soft.shape[0]} soft prompts for {len(prompts)} prompts")
         torch = self.torch
         cols = torch.tensor(list(token_ids), dtype=torch.long)
-        values = np.empty(len(prompts))
-        grad = np.zeros(soft.shape[1:] if shared else soft.shape)
-        with self._lock:
-            for s in range(0, len(prompts), self.max_batch):
-                e = s + self.max_batch
-                soft_t = torch.from_numpy(soft if shared else soft[s:e]).float().requires_grad_(True)
-                prompt_ids = [self.tokenize(p) for p in prompts[s:e]]
-                with torch.enable_grad():
-                    embeds, mask, starts = self._build(soft_t, prompt_ids, [[] for _ in prompt_ids],
-                                                       soft_position)
-                    last = self._logits_at(embeds, mask, torch.arange(len(prompt_ids)),
-                                           torch.tensor(starts) - 1)
-                    lp = torch.log_softmax(last.double(), dim=-1)[:, cols]
-                    y = torch.tensor(list(labels[s:e]), dtype=torch.long)
-                    ce = torch.logsumexp(lp, dim=1) - lp[torch.arange(len(y)), y]
-                    ce.sum().backward()
-                values[s:e] = ce.detach().numpy()
-                g = soft_t.grad.double().numpy()
-                if shared:
-                    grad += g[0]
-                else:
-                    grad[s:e] = g
-        return values, grad
+
+        def cross_entropy(soft_t, s, e):
+            prompt_ids = [self.tokenize(p) for p in prompts[s:e]]
+            embeds, mask, starts = self._build(soft_t, prompt_ids, [[] for _ in prompt_ids], soft_position)
+            last = self._logits_at(embeds, mask, torch.arange(len(prompt_ids)), torch.tensor(starts) - 1)
+            lp = torch.log_softmax(last.double(), dim=-1)[:, cols]
+            y = torch.tensor(list(labels[s:e]), dtype=torch.long)
+            return torch.logsumexp(lp, dim=1) - lp[torch.arange(len(y)), y]
+
+        return self._losses_and_grads(soft, shared, len(prompts), cross_entropy)
 
     def next_token_logprobs(self, soft: np.ndarray, prompts: Sequence[str], token_ids: Sequence[int], *,
                             soft_position: str = "prefix") -> np.ndarray:
