@@ -51,7 +51,9 @@ def overlay(image: np.ndarray, saliency_map: np.ndarray, *, title: str = "", sig
     """
     plt = _pyplot()
     if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
+        aspect = image.shape[0] / image.shape[1]  # the panels' height follows the photo's: no blank bands
+        fig, axes = plt.subplots(1, 2, figsize=(10, min(8.0, max(2.4, 4.4 * aspect + 0.7))),
+                                 gridspec_kw={"width_ratios": [1, 1.12]})
     else:
         fig, axes = ax.figure, [None, ax]
     values = np.asarray(saliency_map, dtype=np.float64)
