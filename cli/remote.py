@@ -40,6 +40,8 @@ def dry_run_report(model, args, map_queries: int) -> dict:
             "capabilities": getattr(model, "capabilities", None),
             "already_cached": u.cache_hits, "would_send": u.would_send,
             "estimated_tokens": u.estimated_tokens, "estimated_cost": round(u.estimated_cost, 6),
+            "detail": getattr(model, "detail", None),
+            "tokens_per_request": round(u.estimated_tokens / u.would_send) if u.would_send else None,
             "max_tokens": args.max_tokens, "max_cost": args.max_cost}
 
 
@@ -52,7 +54,10 @@ def print_dry_run(report: dict) -> None:
     if not probed:
         print("the endpoint's capabilities are not known yet (the probe is not cached): assumed logprobs; "
               "without them the fallback sends samples, still within --queries")
-    print(f"at most ~{report['estimated_tokens']} tokens, ~${report['estimated_cost']:.4f} "
+    each = (f" (~{report['tokens_per_request']} per request"
+            + (f", image detail {report['detail']}" if report.get("detail") else "") + ")"
+            if report.get("tokens_per_request") else "")
+    print(f"at most ~{report['estimated_tokens']} tokens{each}, ~${report['estimated_cost']:.4f} "
           "(worst-case reservations; actual usage is usually lower)")
     for cap, est, what in ((report["max_tokens"], report["estimated_tokens"], "tokens"),
                            (report["max_cost"], report["estimated_cost"], "cost")):

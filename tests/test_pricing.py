@@ -163,6 +163,35 @@ def test_dry_run_of_1000_queries_costs_what_the_guide_says(photo_512, tmp_path, 
     assert plan["estimated_cost"] / plan["would_send"] >= per_request  # a reservation never falls short
 
 
+def test_a_dry_run_needs_no_key_and_opens_no_connection(photo_512, tmp_path, monkeypatch, capsys):
+    """Previewing the bill of the default endpoint (api.openai.com) before any key is set up: the
+    dry run connects nowhere (every socket connect fails the test) and prints the cost."""
+    import socket
+
+    from blackbox.cli.main import main
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    attempts = []
+
+    def refuse(self, address, *a, **k):
+        attempts.append(address)
+        raise OSError("the dry run tried to connect")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    code = main(["saliency", str(photo_512), "--model", "gpt-vision", "--target", "espresso", "--queries", "200",
+                 "--dry-run", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and not attempts
+    assert "per request, image detail low" in out and "$" in out
+    # a real run still asks for the key, in one line
+    assert main(["saliency", str(photo_512), "--model", "gpt-vision", "--target", "espresso", "--queries", "10",
+                 "--no-progress"]) == 2
+    assert "no API key" in capsys.readouterr().err and not attempts
+
+
 # -- what is sent, over loopback -----------------------------------------------------------------
 def _brightness(data_url: str) -> float:
     from PIL import Image

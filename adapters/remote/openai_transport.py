@@ -42,7 +42,8 @@ class OpenAITransport:
     """``send(request) -> dict`` over ``chat.completions`` (``kind='chat'``) or ``completions``."""
 
     def __init__(self, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 kind: str = "chat", max_connections: int = 64, api_key: str | None = None):
+                 kind: str = "chat", max_connections: int = 64, api_key: str | None = None,
+                 require_key: bool = True):
         if kind not in KINDS:
             raise InputError(f"unknown request kind {kind!r} ({', '.join(KINDS)})")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -50,10 +51,10 @@ class OpenAITransport:
             raise InputError(f"--base-url must start with http:// or https://, got {base_url!r}")
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         if not key:
-            if not is_loopback(base_url):
+            if require_key and not is_loopback(base_url):
                 raise InputError(f"no API key: set the environment variable {api_key_env} "
                                  "(or name another one with --api-key-env)")
-            key = "no-key"  # local servers usually need none; the SDK insists on a value
+            key = "no-key"  # local servers (and dry runs) need none; the SDK insists on a value
         self._secret = key
         self.kind = kind
         self.base_url = base_url
@@ -61,6 +62,11 @@ class OpenAITransport:
         self._http = limited_client(max_connections)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, http_client=self._http)
         self._path = "/chat/completions" if kind == "chat" else "/completions"
+
+    @property
+    def has_key(self) -> bool:
+        """False when running without a key (a loopback server, or a dry run that sends nothing)."""
+        return self._secret != "no-key"
 
     def redact(self, text: str) -> str:
         text = str(text)

@@ -259,7 +259,7 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
                         max_wait: float = 60.0, backoff: float = 0.5, **options) -> OpenAIVisionModel:
     """Build the model for ``gpt-vision`` or ``openai:<model>`` with its engine. The endpoint's
     model card (if it has one) sets the view and, when the price table has none, the price."""
-    from .openai_transport import OpenAITransport
+    from .openai_transport import OpenAITransport, is_loopback
 
     if name in PRESETS:
         model = PRESETS[name]
@@ -268,8 +268,10 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
     else:
         raise InputError(f"expected gpt-vision or openai:<model>, got {name!r}")
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="chat",
-                                max_connections=max(concurrency, 8))
-    card = transport.model_card(model, timeout=min(timeout, 10.0))
+                                max_connections=max(concurrency, 8), require_key=not dry_run)
+    # a dry run without a key asks a remote API nothing (its model card would only answer 401)
+    card = (transport.model_card(model, timeout=min(timeout, 10.0))
+            if transport.has_key or is_loopback(transport.base_url) else None)
     table = prices if isinstance(prices, PriceTable) else PriceTable.load(prices)
     described = _card_price((card or {}).get("pricing"))
     if described is not None and table.price(model) is None:
