@@ -101,7 +101,7 @@ class ViewRule:
             return cls(str(described.get("kind", "full")), _whole(size),
                        float(described.get("crop_fraction", 224 / 256)))
         except (TypeError, ValueError, InputError) as exc:
-            raise InputError(f"{where}: {exc}") from None
+            raise InputError(f"{'--resolution' if resolution is not None else where}: {exc}") from None
 
 
 def _whole(value) -> int:
