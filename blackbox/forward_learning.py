@@ -242,7 +242,8 @@ class TrainResult:
     ``history`` rows: ``step``, ``queries`` (cumulative training queries), ``loss`` (mean over the
     batch of each item's loss), ``items``, ``allocation`` (None for exact sources), ``grad_norm``,
     ``est_variance`` (trace variance of the combined gradient; None for exact sources),
-    ``seconds`` (wall time since the run started, a resumed run continuing its count) and
+    ``seconds`` (wall time since the run started, a resumed run continuing its count; the
+    result's ``seconds`` is the same clock at the end) and
     whatever the source describes (e.g. the discrete prompt). ``evals`` rows: ``step``,
     ``queries`` and the scalar metrics of ``eval_fn`` (its own query count as ``eval_queries``).
     ``learned`` is what ``theta`` stands for (soft prompt, prompt text, projector).
@@ -430,7 +431,7 @@ def train(source, theta0: np.ndarray, *, batch_size: int, lr: float, steps: int 
         _save_checkpoint(ckpt, config, step, theta, adam, alloc, memory, result)
     result.theta, result.steps = theta, step
     result.learned = source.learned(theta) if hasattr(source, "learned") else theta.copy()
-    result.seconds = time.perf_counter() - t_start
+    result.seconds = seconds_before + time.perf_counter() - t_start  # the history's clock
     return result
 
 
@@ -478,7 +479,7 @@ def _history_row(step: int, queries: int, est: Estimate, items: np.ndarray, coun
     return {"step": step + 1, "queries": queries, "loss": float(np.mean(est.item_loss)),
             "items": items.tolist(), "allocation": None if counts is None else counts.tolist(),
             "grad_norm": float(np.linalg.norm(est.grad)), "est_variance": variance,
-            "seconds": round(seconds, 4)}
+            "seconds": seconds}
 
 
 def _save_checkpoint(path: Path, config, step, theta, adam, alloc, memory, result) -> None:
