@@ -176,6 +176,22 @@ def test_banzhaf_queries_are_masks_and_their_complements():
     assert space.dim == 16
 
 
+def test_binary_masks_render_exactly_as_the_general_mixing_does():
+    """The fast path for 0/1 masks copies each cell from the image or the baseline; it must give
+    the very pixels (and delivered mask values) of the general mixing, on an uneven grid."""
+    rng = np.random.default_rng(5)
+    image, baseline = rng.random((37, 50, 3)).astype(np.float32), rng.random((37, 50, 3)).astype(np.float32)
+    space = MaskSpace(image, PatchGrid(37, 50, 5, 7), baseline)
+    masks = (rng.random((9, 35)) < 0.5).astype(np.float64)
+    nudged = masks.copy()
+    nudged[0, 0] = 1 - 1e-12  # not binary: the whole batch takes the general path
+    fast, fast_delivered = space.render(masks)
+    general, general_delivered = space.render(nudged)
+    np.testing.assert_array_equal(fast[1:], general[1:])
+    np.testing.assert_array_equal(fast_delivered[1:], general_delivered[1:])
+    assert not np.array_equal(fast[0], fast[1])
+
+
 def test_smooth_upsample_interpolates_between_cell_centres():
     grid = PatchGrid(40, 40, 4)
     cells = np.random.default_rng(0).random((4, 4))
