@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
-from blackbox.saliency import SPACES, defaults  # noqa: E402
+from blackbox.saliency import METHODS, SPACES, defaults  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
@@ -54,8 +54,9 @@ PARTS = RESULTS / "saliency-parts"
 # the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
 TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
 # photos that chose the default, kept out of the table: scikit-image's cameraman (a tripod),
-# coins, a wall clock and the Hubble deep field (real photos; the first three are greyscale)
-TUNING_PHOTOS = ["camera", "coins", "clock", "hubble_deep_field"]
+# coins, a wall clock, the Hubble deep field and a stained tissue slide (immunohistochemistry),
+# and matplotlib's photo of a blue gift pack (real photos; the first three are greyscale)
+TUNING_PHOTOS = ["camera", "coins", "clock", "hubble_deep_field", "ihc", "gift_pack"]
 BUDGETS = [250, 500, 1000, 4000]
 TARGET_BUDGETS = [250, 500, 1000]
 SEED_BUDGET = 1000  # the budget at which two seeds are compared
@@ -69,7 +70,16 @@ def load_photo(name: str) -> np.ndarray:
     """A real photo from an installed package as uint8 (H, W, 3)."""
     if name in SAMPLE_IMAGES:
         return load_sample(name)
+    if name == "gift_pack":
+        import matplotlib.cbook
+        from PIL import Image
+
+        with Image.open(matplotlib.cbook.get_sample_data("Minduka_Present_Blue_Pack.png")) as img:
+            return np.asarray(img.convert("RGB"))
     from skimage import data
+
+    if name == "ihc":
+        return data.immunohistochemistry()
 
     image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
@@ -89,8 +99,9 @@ def describe(options: dict) -> str:
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
     if o.get("sigma") is not None:
         text += f" s{o['sigma']}"
-    if o.get("noise"):
-        text += f" {o['noise']}"
+    noise = o.get("noise") or METHODS[method].noise
+    if noise != "gaussian":
+        text += f" {noise}"
     if o.get("refine"):
         text += " coarse-to-fine"
     return text
@@ -101,7 +112,9 @@ def table_specs() -> list[dict]:
     return [
         {"name": DEFAULT, "kind": "lr", "options": {}, "seeds": both},
         {"name": "LR mean over the default's queries", "kind": "lr", "options": {"estimator": "lr"}},
-        {"name": "previous default: ig mask g14 lr", "kind": "lr",
+        {"name": "previous default: banzhaf mask g14 ridge smooth 0.3 (random halves)", "kind": "lr",
+         "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0.3}, "seeds": both},
+        {"name": "first default: ig mask g14 lr", "kind": "lr",
          "options": {"method": "ig", "estimator": "lr", "grid": 14}, "budgets": TARGET_BUDGETS},
         {"name": "RISE 7x7", "kind": "rise", "seeds": both},
         {"name": "occlusion (finest grid in budget)", "kind": "occlusion"},
@@ -114,17 +127,18 @@ def table_specs() -> list[dict]:
 
 
 CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the same queries for free
-    {"method": "ig", "estimator": "lr", "grid": 14},
-    {"method": "ig", "estimator": "ridge", "grid": 14},
-    {"method": "banzhaf", "estimator": "lr", "grid": 14},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": None},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 1.0},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 3.0},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 10, "smoothness": 0.3},
-    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3, "refine": True},
-    {"method": "ig", "estimator": "ridge", "grid": 14, "refine": True},
+    {"method": "ig", "estimator": "ridge", "grid": 14, "smoothness": 0.3},
+    {"method": "banzhaf", "estimator": "lr", "grid": 14, "noise": "rademacher"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "rademacher"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3, "noise": "rademacher"},
+    {"method": "banzhaf", "estimator": "lr", "grid": 14, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": None, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.03, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.3, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 1.0, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 10, "smoothness": 0.1, "noise": "hadamard"},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard", "refine": True},
 ]
 
 
@@ -181,8 +195,24 @@ class Photo:
                 "cells": np.round(cells, 7).tolist()}
 
 
+def config_of(spec: dict) -> str:
+    """What a row measured: the library's settings in full (so rows of a changed default are
+    stale), or the peer's kind."""
+    return describe(spec["options"]) if spec["kind"] == "lr" else spec["kind"]
+
+
+def is_current(row: dict, specs: dict) -> bool:
+    """A part-file row still measures its spec (rows from before configs were kept: peers only)."""
+    spec = specs.get(row["method"])
+    if spec is None:
+        return row["method"] == WHITEBOX
+    return row.get("config", None if spec["kind"] == "lr" else spec["kind"]) == config_of(spec)
+
+
 def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Path, log) -> None:
     rows = json.loads(part.read_text()) if part.exists() else []
+    by_name = {spec["name"]: spec for spec in specs}
+    rows = [r for r in rows if r["method"] not in by_name or is_current(r, by_name)]  # stale rows are redone
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
     photo = Photo(name, model)
     log(f"[{name}] target {photo.target.label!r} p={float(photo.oracle.prob(photo.work[None])[0]):.3f}")
@@ -199,8 +229,8 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
                 sal = compute_map(spec, photo.oracle, photo.work, photo.baseline, budget, seed)
                 wall = time.perf_counter() - t0
                 assert photo.oracle.evals <= budget, f"{spec['name']} spent {photo.oracle.evals} > {budget}"
-                row = {"photo": name, "target": photo.target.label, "method": spec["name"], "budget": budget,
-                       "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),
+                row = {"photo": name, "target": photo.target.label, "method": spec["name"], "config": config_of(spec),
+                       "budget": budget, "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),
                        **photo.judge(sal)}
                 rows.append(row)
                 part.write_text(json.dumps(rows))  # every row at once: an interrupted run keeps its work
@@ -284,9 +314,10 @@ def per_photo(rows: list[dict], key: str, budgets) -> str:
 
 
 def combine(which: str, log) -> None:
+    specs = {spec["name"]: spec for spec in (table_specs() if which == "table" else tuning_specs())}
     rows = []
     for part in sorted(PARTS.glob(f"{which}-*.json")):
-        rows += json.loads(part.read_text())
+        rows += [r for r in json.loads(part.read_text()) if is_current(r, specs)]  # what today's specs measure
     if not rows:
         raise SystemExit(f"no part files for {which!r} under {PARTS}")
     photos = list(dict.fromkeys(r["photo"] for r in rows))

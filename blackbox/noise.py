@@ -1,6 +1,6 @@
 """Perturbation directions for likelihood-ratio estimators.
 
-Four families, all returning rows with mean 0 and identity covariance; the first three are
+Five families, all returning rows with mean 0 and identity covariance; the first three are
 standard normal (each row marginally N(0, I)):
 
 * ``gaussian``: i.i.d. normals.
@@ -12,12 +12,17 @@ standard normal (each row marginally N(0, I)):
 * ``rademacher``: independent random signs +-1: the largest perturbation a bounded coordinate
   allows for its variance (in mask space around m = 0.5 with sigma 0.5: binary masks, each
   antithetic pair a mask and its complement).
+* ``hadamard``: random signs in blocks of ``N`` rows (``N`` the power of two above ``d``) whose
+  columns are mutually orthogonal and balanced: ``d`` random non-constant columns of a Sylvester
+  Hadamard matrix, each with a random sign, rows in random order. Over a whole block every pair
+  of coordinates is perturbed alike exactly as often as oppositely (a two-level orthogonal
+  design), so least squares sees no cross-talk between coordinates.
 """
 from __future__ import annotations
 
 import numpy as np
 
-NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher")
+NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher", "hadamard")
 
 
 def _first_primes(k: int) -> np.ndarray:
@@ -83,21 +88,42 @@ class NoiseSource:
             return self._orthogonal(n)
         if self.kind == "rademacher":
             return np.where(self.rng.random((n, self.dim)) < 0.5, -1.0, 1.0)
+        if self.kind == "hadamard":
+            return self._blocks(n, self._hadamard_block)
         return self._halton(n)
 
     def _orthogonal(self, n: int) -> np.ndarray:
+        return self._blocks(n, self._orthogonal_block)
+
+    def _blocks(self, n: int, block) -> np.ndarray:
+        """``n`` rows from whole blocks, the rest of the last block kept for the next draw."""
         rows = [self._pending]
         have = len(self._pending)
         while have < n:
-            g = self.rng.standard_normal((self.dim, self.dim))
-            q, r = np.linalg.qr(g)
-            q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
-            norms = np.sqrt(self.rng.chisquare(self.dim, size=self.dim))
-            rows.append(q.T * norms[:, None])
-            have += self.dim
+            rows.append(block())
+            have += len(rows[-1])
         allrows = np.concatenate(rows)
         self._pending = allrows[n:]
         return allrows[:n]
+
+    def _orthogonal_block(self) -> np.ndarray:
+        g = self.rng.standard_normal((self.dim, self.dim))
+        q, r = np.linalg.qr(g)
+        q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
+        norms = np.sqrt(self.rng.chisquare(self.dim, size=self.dim))
+        return q.T * norms[:, None]
+
+    def _hadamard_block(self) -> np.ndarray:
+        size = 1 << int(self.dim).bit_length()  # > dim: a non-constant column for every coordinate
+        ids = np.arange(size)
+        bits = np.bitwise_and(ids[:, None], ids[None, :])
+        parity = np.zeros_like(bits)
+        while bits.any():  # Sylvester: H[i, j] = (-1)^popcount(i & j)
+            parity ^= bits & 1
+            bits >>= 1
+        columns = 1 + self.rng.choice(size - 1, self.dim, replace=False)
+        signs = np.where(self.rng.random(self.dim) < 0.5, -1.0, 1.0)
+        return (1.0 - 2.0 * parity[self.rng.permutation(size)][:, columns]) * signs
 
     def _halton(self, n: int) -> np.ndarray:
         idx = np.arange(self._index + 1, self._index + n + 1)

@@ -62,7 +62,7 @@ def saliency(
     per_channel: bool = False,
     control: str = "antithetic",
     noise: str | None = None,
-    smoothness: float | None = 0.3,
+    smoothness: float | None = 0.1,
     baseline: str | np.ndarray = "blur",
     allocation: np.ndarray | None = None,
     seed: int | None = 0,
@@ -80,10 +80,10 @@ def saliency(
 
     ``image`` is the working image the model sees, ``(H, W, 3)`` in [0, 1] (or uint8).
     The defaults were chosen on tuning photos kept out of the benchmark
-    (``benchmarks/results/saliency.tuning.md``): in mask space the ``banzhaf`` method (random
-    halves of the patches removed, each mask followed by its complement) with the ``ridge``
-    estimator (least squares over all answers, neighbouring patches alike with weight
-    ``smoothness``); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space.
+    (``benchmarks/results/saliency.tuning.md``): in mask space the ``banzhaf`` method (halves of
+    the patches removed by a randomised Hadamard design, each mask followed by its complement)
+    with the ``ridge`` estimator (least squares over all answers, neighbouring patches alike with
+    weight ``smoothness``); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space.
     ``score`` may be a plain function or a :class:`QueryRunner` (to share a budget and counters).
     Spends at most ``queries`` queries; if a budget runs out first, the map built from the
     queries already answered is returned with ``stopped`` set.

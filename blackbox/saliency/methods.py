@@ -10,9 +10,12 @@ method only says where the noise is centred and what the map multiplies the grad
   antithetic pair;
 * ``gradxinput``: gradient times (input - baseline);
 * ``banzhaf`` (mask space): the average effect of removing each patch when a random half of the
-  others is removed too (its Banzhaf value): random binary masks, each antithetic pair a mask
-  and its complement (the LR pairs with +-1/2 sign noise around m = 1/2). Large, on-off
-  perturbations: what deletion and insertion curves measure.
+  others is removed too (its Banzhaf value): binary masks, each antithetic pair a mask and its
+  complement (the LR pairs with +-1/2 sign noise around m = 1/2). Large, on-off perturbations:
+  what deletion and insertion curves measure. The masks come from randomised Hadamard designs
+  (``noise="hadamard"``): every two patches are removed together exactly as often as apart, so
+  the estimate of one patch carries no share of another's effect (``noise="rademacher"``: fully
+  random halves).
 """
 from __future__ import annotations
 
@@ -52,5 +55,5 @@ METHODS = {m.name: m for m in (
     Method("ig", "Integrated Gradients from the baseline to the image", path=True, times_input=True),
     Method("gradxinput", "gradient x (input - baseline)", times_input=True),
     Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
-           center="half", noise="rademacher", default_sigma=0.5),
+           center="half", noise="hadamard", default_sigma=0.5),
 )}
