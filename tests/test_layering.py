@@ -97,3 +97,18 @@ def test_importing_the_core_loads_no_heavy_or_http_dependency():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_package_folder_is_shipped():
+    """A folder with an __init__.py that pyproject does not list is left out of the wheel: a user's
+    `pip install blackbox-lr` would then fail to import it (an editable install hides this)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, folders = set(config["packages"]), config["package-dir"]
+    assert all(folders[package] == folder for package, folder in FOLDERS.items())
+    found = set()
+    for package, folder in FOLDERS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join([package, *init.parent.relative_to(ROOT / folder).parts]))
+    assert found <= listed, f"not shipped: {sorted(found - listed)}"
