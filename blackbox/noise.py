@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher", "hadamard")
+_BYTE_PARITY = np.array([bin(b).count("1") & 1 for b in range(256)], dtype=np.uint8)
 
 
 def _first_primes(k: int) -> np.ndarray:
@@ -115,15 +116,14 @@ class NoiseSource:
 
     def _hadamard_block(self) -> np.ndarray:
         size = 1 << int(self.dim).bit_length()  # > dim: a non-constant column for every coordinate
-        ids = np.arange(size)
-        bits = np.bitwise_and(ids[:, None], ids[None, :])
-        parity = np.zeros_like(bits)
-        while bits.any():  # Sylvester: H[i, j] = (-1)^popcount(i & j)
-            parity ^= bits & 1
-            bits >>= 1
         columns = 1 + self.rng.choice(size - 1, self.dim, replace=False)
         signs = np.where(self.rng.random(self.dim) < 0.5, -1.0, 1.0)
-        return (1.0 - 2.0 * parity[self.rng.permutation(size)][:, columns]) * signs
+        bits = np.bitwise_and(self.rng.permutation(size)[:, None], columns[None, :])  # rows in random order
+        parity = np.zeros(bits.shape, dtype=np.uint8)
+        while bits.any():  # Sylvester: H[i, j] = (-1)^popcount(i & j), a byte at a time
+            parity ^= _BYTE_PARITY[bits & 255]
+            bits >>= 8
+        return (1.0 - 2.0 * parity) * signs
 
     def _halton(self, n: int) -> np.ndarray:
         idx = np.arange(self._index + 1, self._index + n + 1)
