@@ -308,9 +308,7 @@ class MaskSpace:
         self.center = np.ones(self.dim)
         self.diff = self.image - self.baseline
         self._diff255, self._base255 = self.diff * 255, self.baseline * 255
-        # the rendering of m = 0 and m = 1, by the same arithmetic as render()'s general path
-        self._ends = [np.rint(np.clip(np.float32(v) * self._diff255 + self._base255, 0, 255)) * np.float32(1 / 255)
-                      for v in (0, 1)]
+        self._ends = None  # the renderings of m = 0 and m = 1 (binary masks copy from them)
         # value p moves by m*d_p from b_p and is clipped to [0, 1]: in units of m the change is
         # clamp(m, lo_p, hi_p) with hi_p = (1 - b_p)/d_p or -b_p/d_p; weight d_p^2 (least squares)
         d = self.diff.reshape(-1).astype(np.float64)
@@ -342,23 +340,35 @@ class MaskSpace:
         if out is None or out.shape != (n,) + self.image.shape:
             out = np.empty((n,) + self.image.shape, dtype=np.float32)
         cells = points.reshape(n, self.grid.rows, self.grid.cols)
-        if np.all((cells == 0) | (cells == 1)):  # binary masks (banzhaf): each cell the image's or the baseline's
-            rows, cols = self.grid.row_edges, self.grid.col_edges
-            on = cells == 1
-            for i in range(self.grid.rows):
-                for j in range(self.grid.cols):
-                    box = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
-                    kept = on[:, i, j]
-                    out[(kept,) + box] = self._ends[1][box]
-                    out[(~kept,) + box] = self._ends[0][box]
-            return out, self._delivery(points)
+        if np.all((cells == 0) | (cells == 1)):
+            self._copy_cells(cells == 1, out)
+        else:
+            self._mix(cells, out)
+        return out, self._delivery(points)
+
+    def _mix(self, cells: np.ndarray, out: np.ndarray) -> None:
+        """Pixels ``baseline + m (image - baseline)``, clipped and 8-bit quantised, into ``out``."""
         m = self.grid.upsample(cells.astype(np.float32))
         np.multiply(m[..., None], self._diff255, out=out)
         np.add(out, self._base255, out=out)
         np.clip(out, 0.0, 255.0, out=out)
         np.rint(out, out=out)
         np.multiply(out, np.float32(1 / 255), out=out)
-        return out, self._delivery(points)
+
+    def _copy_cells(self, kept: np.ndarray, out: np.ndarray) -> None:
+        """Binary masks (banzhaf): each cell copied from the rendering of m = 1 or of m = 0, the
+        very pixels :meth:`_mix` gives them, in one pass instead of five."""
+        if self._ends is None:
+            self._ends = np.empty((2,) + self.image.shape, dtype=np.float32)
+            self._mix(np.arange(2, dtype=np.float32)[:, None, None] * np.ones((1, self.grid.rows, self.grid.cols)),
+                      self._ends)
+        rows, cols = self.grid.row_edges, self.grid.col_edges
+        for i in range(self.grid.rows):
+            for j in range(self.grid.cols):
+                box = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
+                on = kept[:, i, j]
+                out[(on,) + box] = self._ends[1][box]
+                out[(~on,) + box] = self._ends[0][box]
 
     def prior(self) -> np.ndarray:
         """Smoothness penalty over the coordinates: neighbouring cells alike."""
