@@ -1,6 +1,6 @@
 """Perturbation directions for likelihood-ratio estimators.
 
-Five families, all returning rows with mean 0 and identity covariance; the first three are
+Six families, all returning rows with mean 0 and identity covariance; the first three are
 standard normal (each row marginally N(0, I)):
 
 * ``gaussian``: i.i.d. normals.
@@ -17,12 +17,15 @@ standard normal (each row marginally N(0, I)):
   Hadamard matrix, each with a random sign, rows in random order. Over a whole block every pair
   of coordinates is perturbed alike exactly as often as oppositely (a two-level orthogonal
   design), so least squares sees no cross-talk between coordinates.
+* ``coordinate``: one coordinate at a time, ``sqrt(d) e_c``, each coordinate once per block of
+  ``d`` rows in random order: with the baseline control, finite differences (the end of the
+  family where no answer carries another coordinate's effect; d + 1 queries per full gradient).
 """
 from __future__ import annotations
 
 import numpy as np
 
-NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher", "hadamard")
+NOISE_KINDS = ("gaussian", "orthogonal", "halton", "rademacher", "hadamard", "coordinate")
 _BYTE_PARITY = np.array([bin(b).count("1") & 1 for b in range(256)], dtype=np.uint8)
 
 
@@ -91,6 +94,8 @@ class NoiseSource:
             return np.where(self.rng.random((n, self.dim)) < 0.5, -1.0, 1.0)
         if self.kind == "hadamard":
             return self._blocks(n, self._hadamard_block)
+        if self.kind == "coordinate":
+            return self._blocks(n, self._coordinate_block)
         return self._halton(n)
 
     def _orthogonal(self, n: int) -> np.ndarray:
@@ -113,6 +118,9 @@ class NoiseSource:
         q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
         norms = np.sqrt(self.rng.chisquare(self.dim, size=self.dim))
         return q.T * norms[:, None]
+
+    def _coordinate_block(self) -> np.ndarray:
+        return np.eye(self.dim)[self.rng.permutation(self.dim)] * np.sqrt(self.dim)
 
     def _hadamard_block(self) -> np.ndarray:
         size = 1 << int(self.dim).bit_length()  # > dim: a non-constant column for every coordinate

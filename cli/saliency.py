@@ -22,6 +22,7 @@ examples:
   blackbox saliency coffee.png --target "tea cup" --method ig --estimator lr --json
   blackbox saliency photo.jpg --refine --out photo-saliency.png --save-map map.npy
   blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
+  blackbox saliency coffee.png --method ig-steps --estimator lr   # the map white-box IG would draw
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
@@ -29,7 +30,9 @@ how it works:
   mixed with a blurred copy, so the map says how much removing each patch lowers the target
   score: red supports the target, blue speaks against it. The default method (banzhaf) removes
   random halves of the patches, each mask followed by its complement; ig walks the path from
-  the blurred copy to the image instead. The default estimator fits all answers at once by
+  the blurred copy to the image instead, and ig-steps walks it without randomness, one patch
+  nudged at a time at fixed points (the same map from any seed, close to white-box IG, but
+  less faithful to removal than banzhaf: pick it to compare with gradient methods). The default estimator fits all answers at once by
   least squares with a prior that neighbouring patches are alike (ridge); lr is the plain
   likelihood-ratio mean over the same queries (unbiased, noisier).
 
@@ -57,7 +60,7 @@ def add_parser(sub) -> None:
     default = defaults()
     s.add_argument("--method", choices=METHODS,
                    help=f"banzhaf = remove random halves of the patches (mask space), ig = Integrated Gradients, "
-                        f"vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
+                        f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness), vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
                         f"{SPACES['pixel'].default_method} in pixel space)")
     s.add_argument("--space", choices=SPACES, default=default["space"],
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
@@ -74,7 +77,8 @@ def add_parser(sub) -> None:
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
     s.add_argument("--sigma", type=positive_float,
-                   help="noise scale (default: 0.5 for banzhaf, else 0.3 in mask space and 0.1 in pixel space)")
+                   help="noise scale (default: 0.5 for banzhaf, the step 0.05 for ig-steps, else 0.3 in mask space "
+                        "and 0.1 in pixel space)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     s.add_argument("--out", metavar="PNG",
                    help="write an overlay picture: the cell map smoothly upsampled, colour scale centred at 0")

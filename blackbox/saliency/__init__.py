@@ -13,7 +13,9 @@ A map is composed of small parts, each replaceable on its own:
   likelihood-ratio mean (the unbiased reference) or least squares over the same queries with a
   smoothness prior;
 * a **sampler**: one pass with a fixed allocation across blocks, rounds rationed by an
-  allocator (:mod:`blackbox.rationing`), or coarse to fine (:mod:`blackbox.saliency.refine`).
+  allocator (:mod:`blackbox.rationing`), coarse to fine (:mod:`blackbox.saliency.refine`), or,
+  for ``ig-steps``, a fixed walk along the path, one patch at a time
+  (:mod:`blackbox.saliency.path_steps`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ..images import ImageView, as_float_image, blur
 from ..queries import Budget, QueryRunner
 from ..rationing import rationed_gradient
 from .methods import METHODS, Method
+from .path_steps import path_points, path_steps
 from .refine import coarse_to_fine
 from .result import SaliencyResult
 
@@ -93,6 +96,9 @@ def saliency(
     ``refine`` spends part of the budget on a coarser grid first, then the rest on the fine cells
     of the coarse cells that matter, rationed by ``allocator`` (default ``neyman``; see
     :mod:`blackbox.saliency.refine`).
+    ``method="ig-steps"`` (mask space) needs no randomness: at ``queries // (patches + 1)`` fixed
+    points of the path it nudges each patch alone by ``sigma`` (default 0.05), the map that agrees
+    with white-box Integrated Gradients; blocks, allocators and refinement do not apply to it.
     ``target`` (what the map explains) and ``view`` (how the working image was cut from the
     original) are kept in the result, which maps itself back to the original with ``view``.
     """
@@ -109,20 +115,29 @@ def saliency(
     base = as_float_image(baseline if isinstance(baseline, np.ndarray) else make_baseline(image, baseline))
     perturbed = space_cls(image, cell_grid, baseline=base, per_channel=per_channel)
     sigma = method_def.sigma(perturbed, sigma, smooth)
+    noise = noise or method_def.noise
+    stepped = method_def.path and noise == "coordinate"
+    planned = queries
+    if stepped:
+        _check_steps(space, allocation, allocator, rounds, target_error, refine, blocks, control)
+        planned = len(path_points(queries, perturbed.dim)) * (perturbed.dim + 1)  # whole path points
     sample = _sampler(allocation, allocator, rounds, target_error, refine, blocks)
     runner = _runner(score, budget, batch_size)
     if progress:
-        runner.start_progress(queries, f"saliency ({method}, {space})")
+        runner.start_progress(planned, f"saliency ({method}, {space})")
     q0, m0, t0 = runner.record.queries, runner.record.model_seconds, time.perf_counter()
     try:
         rng = np.random.default_rng(seed)
-        if refine:
+        if stepped:
+            est = path_steps(perturbed.probe(method_def, runner, cell_blocks).f, perturbed.dim, queries=queries,
+                             step=sigma, keep_samples=explainer.keep_samples)
+        elif refine:
             est = sample(perturbed, method_def, runner, queries=queries, sigma=sigma, control=control,
-                         noise=noise or method_def.noise, seed=rng, keep_samples=explainer.keep_samples)
+                         noise=noise, seed=rng, keep_samples=explainer.keep_samples)
         else:
             probe = perturbed.probe(method_def, runner, cell_blocks)
             est = sample(probe.f, probe.center, queries=queries, sigma=sigma, control=control,
-                         noise=noise or method_def.noise, blocks=probe.blocks, seed=rng,
+                         noise=noise, blocks=probe.blocks, seed=rng,
                          center_fn=probe.center_fn, keep_samples=explainer.keep_samples)
         attribution = perturbed.attribution(method_def, *explainer.fit(est, perturbed.prior()))
     finally:
@@ -166,6 +181,19 @@ def _runner(score, budget: Budget | None, batch_size: int) -> QueryRunner:
             raise InputError("pass the budget to the QueryRunner, not to saliency()")
         return score
     return QueryRunner(score, budget=budget, batch_size=batch_size)
+
+
+def _check_steps(space: str, allocation, allocator, rounds, target_error, refine: bool, blocks: int,
+                 control: str) -> None:
+    """Integrated Gradients in steps walks the path one patch at a time: nothing to ration."""
+    if space != "mask":
+        raise InputError("Integrated Gradients in steps (one-patch steps on the path) works in mask space")
+    if (allocation is not None or allocator is not None or rounds is not None or target_error is not None
+            or refine or blocks != 1):
+        raise InputError("Integrated Gradients in steps nudges every patch at every path point: "
+                         "blocks, allocators, target errors and refinement do not apply")
+    if control != "antithetic":
+        raise InputError("Integrated Gradients in steps uses its own control (the path image); leave control alone")
 
 
 def _sampler(allocation, allocator: str | None, rounds: int | None, target_error: float | None,

@@ -16,6 +16,10 @@ method only says where the noise is centred and what the map multiplies the grad
   (``noise="hadamard"``): every two patches are removed together exactly as often as apart, so
   the estimate of one patch carries no share of another's effect (``noise="rademacher"``: fully
   random halves).
+* ``ig-steps`` (mask space): Integrated Gradients without random directions: at fixed midpoints
+  of the path each patch is nudged alone (``noise="coordinate"``: finite differences; see
+  :mod:`blackbox.saliency.path_steps`). The same map from any seed, and the one that agrees with
+  white-box IG; ``queries // (patches + 1)`` path points.
 """
 from __future__ import annotations
 
@@ -56,4 +60,6 @@ METHODS = {m.name: m for m in (
     Method("gradxinput", "gradient x (input - baseline)", times_input=True),
     Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
            center="half", noise="hadamard", default_sigma=0.5),
+    Method("ig-steps", "Integrated Gradients from one-patch steps at fixed points on the path",
+           path=True, times_input=True, noise="coordinate", default_sigma=0.05),
 )}
