@@ -64,6 +64,7 @@ METRIC_CELLS = 14
 BATCH = 64
 DEFAULT = "default"
 WHITEBOX = "white-box IG (torch autograd, reference)"
+IG_STEPS = "ig-steps mask g14 lr (one-patch steps on the path; not the default)"
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -116,6 +117,7 @@ def table_specs() -> list[dict]:
          "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0.3}, "seeds": both},
         {"name": "first default: ig mask g14 lr", "kind": "lr",
          "options": {"method": "ig", "estimator": "lr", "grid": 14}, "budgets": TARGET_BUDGETS},
+        {"name": IG_STEPS, "kind": "lr", "options": {"method": "ig-steps", "estimator": "lr"}, "seeds": both},
         {"name": "RISE 7x7", "kind": "rise", "seeds": both},
         {"name": "occlusion (finest grid in budget)", "kind": "occlusion"},
         {"name": "KernelSHAP g14", "kind": "kernelshap", "seeds": both},
@@ -139,6 +141,11 @@ CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the sa
     {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 1.0, "noise": "hadamard"},
     {"method": "banzhaf", "estimator": "ridge", "grid": 10, "smoothness": 0.1, "noise": "hadamard"},
     {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard", "refine": True},
+    # Integrated Gradients in steps (for agreement with white-box IG): its step and estimator
+    {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.025},
+    {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.05},
+    {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.1},
+    {"method": "ig-steps", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "sigma": 0.05},
 ]
 
 
