@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .path_steps import STEP
 
 
 @dataclass(frozen=True)
@@ -61,5 +62,5 @@ METHODS = {m.name: m for m in (
     Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
            center="half", noise="hadamard", default_sigma=0.5),
     Method("ig-steps", "Integrated Gradients from one-patch steps at fixed points on the path",
-           path=True, times_input=True, noise="coordinate", default_sigma=0.05),
+           path=True, times_input=True, noise="coordinate", default_sigma=STEP),
 )}
