@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     default = defaults()
     s.add_argument("--method", choices=METHODS,
                    help=f"banzhaf = remove random halves of the patches (mask space), ig = Integrated Gradients, "
-                        f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness), vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
+                        f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness; read it with "
+                        f"--estimator lr), vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
                         f"{SPACES['pixel'].default_method} in pixel space)")
     s.add_argument("--space", choices=SPACES, default=default["space"],
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
@@ -198,10 +199,8 @@ def _explain(args, model, original, budget, started) -> int:
     if args.out:
         title = (f"{model.name}: '{target.label}' ({result.method}, {args.estimator}, {args.space} space, "
                  f"grid {args.grid}{', refined' if args.refine else ''}) - {result.queries} queries")
-        what = "effect of removing the patch" if args.space == "mask" else (
-            "attribution" if result.signed else "|gradient|")
         fig = overlay(original, result.display_map, title=title, signed=result.signed, coverage=view.coverage(),
-                      legend=f"{what} on the target score\n(per patch, smoothed between patch centres)")
+                      legend=f"{_legend(args.space, result)}\n(per patch, smoothed between patch centres)")
         save_figure(fig, args.out)
     seconds = time.perf_counter() - started
     report = {
@@ -233,3 +232,15 @@ def _explain(args, model, original, budget, started) -> int:
         if path:
             print(f"wrote {what}: {path}")
     return 0
+
+
+def _legend(space: str, result) -> str:
+    """What the colours mean: a removal effect, or (on the IG path) each patch's share of the score's
+    change from the blurred copy to the image (the shares add up to that change)."""
+    from blackbox.saliency import METHODS
+
+    if space == "mask":
+        if METHODS[result.method].path:
+            return "IG share of the target score's change from blur"
+        return "effect of removing the patch on the target score"
+    return "attribution on the target score" if result.signed else "|gradient| of the target score"
