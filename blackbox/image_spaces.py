@@ -308,7 +308,7 @@ class MaskSpace:
         self.center = np.ones(self.dim)
         self.diff = self.image - self.baseline
         self._diff255, self._base255 = self.diff * 255, self.baseline * 255
-        self._ends = None  # the renderings of m = 0 and m = 1 (binary masks copy from them)
+        self._levels = None  # two mask levels and their uniform renderings (two-level masks copy from them)
         # value p moves by m*d_p from b_p and is clipped to [0, 1]: in units of m the change is
         # clamp(m, lo_p, hi_p) with hi_p = (1 - b_p)/d_p or -b_p/d_p; weight d_p^2 (least squares)
         d = self.diff.reshape(-1).astype(np.float64)
@@ -340,8 +340,9 @@ class MaskSpace:
         if out is None or out.shape != (n,) + self.image.shape:
             out = np.empty((n,) + self.image.shape, dtype=np.float32)
         cells = points.reshape(n, self.grid.rows, self.grid.cols)
-        if np.all((cells == 0) | (cells == 1)):
-            self._copy_cells(cells == 1, out)
+        low, high = (cells.min(), cells.max()) if n else (0.0, 0.0)
+        if np.all((cells == low) | (cells == high)):  # two levels: binary masks, one-patch steps
+            self._copy_cells(cells == high, (float(low), float(high)), out)
         else:
             self._mix(cells, out)
         return out, self._delivery(points)
@@ -355,20 +356,23 @@ class MaskSpace:
         np.rint(out, out=out)
         np.multiply(out, np.float32(1 / 255), out=out)
 
-    def _copy_cells(self, kept: np.ndarray, out: np.ndarray) -> None:
-        """Binary masks (banzhaf): each cell copied from the rendering of m = 1 or of m = 0, the
-        very pixels :meth:`_mix` gives them, in one pass instead of five."""
-        if self._ends is None:
-            self._ends = np.empty((2,) + self.image.shape, dtype=np.float32)
-            self._mix(np.arange(2, dtype=np.float32)[:, None, None] * np.ones((1, self.grid.rows, self.grid.cols)),
-                      self._ends)
+    def _copy_cells(self, high: np.ndarray, levels: tuple[float, float], out: np.ndarray) -> None:
+        """Masks with two levels (banzhaf's 0 and 1; ig-steps' two sides of a step): each cell
+        copied from the rendering of the uniform mask at its level, the very pixels :meth:`_mix`
+        gives it, in one pass instead of five."""
+        if self._levels is None or self._levels[0] != levels:
+            ends = np.empty((2,) + self.image.shape, dtype=np.float32)
+            self._mix(np.array(levels, dtype=np.float32)[:, None, None] * np.ones((1, self.grid.rows, self.grid.cols)),
+                      ends)
+            self._levels = (levels, ends)
+        ends = self._levels[1]
         rows, cols = self.grid.row_edges, self.grid.col_edges
         for i in range(self.grid.rows):
             for j in range(self.grid.cols):
                 box = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
-                on = kept[:, i, j]
-                out[(on,) + box] = self._ends[1][box]
-                out[(~on,) + box] = self._ends[0][box]
+                on = high[:, i, j]
+                out[(on,) + box] = ends[1][box]
+                out[(~on,) + box] = ends[0][box]
 
     def prior(self) -> np.ndarray:
         """Smoothness penalty over the coordinates: neighbouring cells alike."""

@@ -176,15 +176,17 @@ def test_banzhaf_queries_are_masks_and_their_complements():
     assert space.dim == 16
 
 
-def test_binary_masks_render_exactly_as_the_general_mixing_does():
-    """The fast path for 0/1 masks copies each cell from the image or the baseline; it must give
-    the very pixels (and delivered mask values) of the general mixing, on an uneven grid."""
+@pytest.mark.parametrize("levels", [(0.0, 1.0), (0.475, 0.525), (-0.2, 1.3)])
+def test_two_level_masks_render_exactly_as_the_general_mixing_does(levels):
+    """The fast path for two-level masks (banzhaf's 0/1, ig-steps' two sides of a step, levels
+    that clip) copies each cell from a uniform rendering; it must give the very pixels (and
+    delivered mask values) of the general mixing, on an uneven grid."""
     rng = np.random.default_rng(5)
     image, baseline = rng.random((37, 50, 3)).astype(np.float32), rng.random((37, 50, 3)).astype(np.float32)
     space = MaskSpace(image, PatchGrid(37, 50, 5, 7), baseline)
-    masks = (rng.random((9, 35)) < 0.5).astype(np.float64)
+    masks = np.where(rng.random((9, 35)) < 0.5, *levels[::-1])
     nudged = masks.copy()
-    nudged[0, 0] = 1 - 1e-12  # not binary: the whole batch takes the general path
+    nudged[0, 0] = 0.3  # a third level: the whole batch takes the general path
     fast, fast_delivered = space.render(masks)
     general, general_delivered = space.render(nudged)
     np.testing.assert_array_equal(fast[1:], general[1:])
