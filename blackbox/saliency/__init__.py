@@ -130,7 +130,7 @@ def saliency(
         rng = np.random.default_rng(seed)
         if stepped:
             est = path_steps(perturbed.probe(method_def, runner, cell_blocks).f, perturbed.dim, queries=queries,
-                             step=sigma, keep_samples=explainer.keep_samples)
+                             step=sigma, chunk=runner.batch_size, keep_samples=explainer.keep_samples)
         elif refine:
             est = sample(perturbed, method_def, runner, queries=queries, sigma=sigma, control=control,
                          noise=noise, seed=rng, keep_samples=explainer.keep_samples)

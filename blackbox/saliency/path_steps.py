@@ -13,9 +13,10 @@ cell, so no other cell's effect lands in its estimate.
 
 The step is in units of ``m`` (default 0.05: small enough for a derivative, large enough to move
 8-bit pixels); the perturbation actually delivered (after clipping) divides each difference.
-Standard errors come from the spread of a cell's differences along the path (they measure how
-much the gradient varies along it, an upper bound on the quadrature error). A budget stop keeps
-every difference already paid for.
+Standard errors come from the spread of a cell's differences along the path (how much its
+gradient varies along it: a rough, usually pessimistic gauge of the quadrature error). Queries
+go out in chunks of ``chunk`` (the runner's batch), so a budget stop keeps every difference
+already paid for.
 """
 from __future__ import annotations
 
