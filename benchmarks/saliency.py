@@ -291,6 +291,7 @@ def target_check(rows: list[dict], default: str) -> str:
     """The default against every peer, paired by photo: mean difference with a bootstrap interval."""
     lines = ["| budget | peer | deletion: default - peer | default lower on | insertion: default - peer "
              "| default higher on |", "|---|---|---|---|---|---|"]
+
     def by_photo(method: str, budget: int, seeds: tuple[int, ...]) -> dict:
         """Per photo, deletion and insertion averaged over ``seeds`` (photos with all of them)."""
         got: dict = {}
