@@ -3,17 +3,30 @@
 The ``coordinate`` end of the likelihood-ratio family (directions ``sqrt(d) e_c``, one cell at a
 time) with the baseline control is a finite difference. On the path of Integrated Gradients
 (mask space, ``m = alpha`` for every patch) it needs no randomness at all: at ``K`` midpoints
-``alpha_k = (k + 1/2) / K`` the sampler asks for the path image half a step below,
-``m = alpha_k - step/2``, and for the ``d`` images with one patch raised by ``step`` from there
-(so that patch's step spans ``alpha_k``), and averages each patch's difference over its step
-along the path: the midpoint rule for ``IG_c = int_0^1 dF/dm_c(alpha) d alpha`` with
+``alpha_k = (k + 1/2) / K`` the sampler asks for the path image itself and for the ``d`` images
+with one patch moved by ``step`` from it, up at even ``k`` and down at odd ``k`` (the other way
+where the step would leave [0, 1]), and averages each patch's difference quotients along the
+path: the midpoint rule for ``IG_c = int_0^1 dF/dm_c(alpha) d alpha`` with
 ``K = queries // (d + 1)`` points. The map is the same from any seed (no noise is drawn), and it
 agrees with white-box IG where random directions cannot afford to: every answer measures one
 cell, so no other cell's effect lands in its estimate.
 
+Why from the path image, and why alternate: a forward difference is off by ``step/2`` times
+the patch's own curvature, and that curvature is large (on the tuning photos, unquantised,
+forward differences at step 0.1 agree with white-box IG at 0.56, central ones at 0.79). Central
+differences cost two queries per patch and point, halving the points; steps up and down at
+alternate points cancel the constant part of that error at one query each. Each patch's
+estimate is the mean of its upward quotients and its downward ones, weighted equally (exact on
+quadratics: both halves of the midpoints average to 1/2). A step spanning the point from half a
+step below is central in the patch's own direction, but leaves every other patch half a step
+behind, so it measures the slope off the path, with an error of the same sign at every point.
+On the tuning photos at 1000 queries the alternating steps agree with white-box IG at 0.67, the
+spanning ones at 0.61.
+
 The step is in units of ``m`` (default 0.05: small enough for a derivative, large enough to move
-8-bit pixels); the perturbation actually delivered (after clipping) divides each difference.
-Standard errors come from the spread of a cell's differences along the path (how much its
+8-bit pixels, whose rounding otherwise dominates: unquantised, step 0.02 would agree better);
+the perturbation actually delivered (after clipping) divides each difference.
+Standard errors come from the spread of a cell's quotients along the path (how much its
 gradient varies along it: a rough, usually pessimistic gauge of the quadrature error). Queries
 go out in chunks of ``chunk`` (the runner's batch), so a budget stop keeps every difference
 already paid for.
@@ -42,23 +55,33 @@ def path_points(queries: int, dim: int) -> np.ndarray:
     return (np.arange(k) + 0.5) / k
 
 
+def step_signs(alphas: np.ndarray, step: float) -> np.ndarray:
+    """+1 (step up) at even path points, -1 (down) at odd ones, turned round where the step would
+    leave [0, 1]."""
+    signs = np.where(np.arange(len(alphas)) % 2 == 0, 1.0, -1.0)
+    signs[alphas + step > 1] = -1.0
+    signs[alphas - step < 0] = 1.0
+    return signs
+
+
 def path_steps(f: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], dim: int, *, queries: int,
                step: float = STEP, chunk: int = 64, keep_samples: bool = False) -> GradientEstimate:
     """``f`` maps ``(n, dim)`` mask values to ``(scores, delivered mask values)``."""
     if not 0 < step <= 0.5:
         raise InputError(f"the step of Integrated Gradients in steps must be in (0, 0.5], got {step}")
     alphas = path_points(queries, dim)
+    signs = step_signs(alphas, step)
     est = GradientEstimate.empty(dim)
-    sums, squares = np.zeros(dim), np.zeros(dim)
-    counts = np.zeros(dim, dtype=np.int64)
+    sums, counts = np.zeros((2, dim)), np.zeros((2, dim), dtype=np.int64)  # [up, down] per patch
+    squares = np.zeros(dim)
     kept: list[Samples] = []
     used = 0
     try:
-        for alpha in alphas:
-            # the path image half a step below alpha first, then each patch raised by a step
-            # (alpha - step/2 -> alpha + step/2), one at a time
-            low = np.full(dim, alpha - step / 2)
-            points = np.concatenate([low[None], low[None] + step * np.eye(dim)])
+        for alpha, sign in zip(alphas, signs):
+            # the path image first, then each patch moved alone by a step (up or down)
+            here = np.full(dim, alpha)
+            points = np.concatenate([here[None], here[None] + sign * step * np.eye(dim)])
+            side = 0 if sign > 0 else 1
             f0 = moved0 = None
             for start in range(0, dim + 1, chunk):
                 values, delivered = f(points[start:start + chunk])
@@ -71,19 +94,22 @@ def path_steps(f: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], dim: in
                     first = start - 1
                 cells = np.arange(first, first + len(values))
                 moved = delivered - moved0
-                size = moved[np.arange(len(cells)), cells]
-                ok = size > 0
+                size = moved[np.arange(len(cells)), cells]  # signed: what the step delivered
+                ok = size != 0
                 slope = np.where(ok, (values - f0) / np.where(ok, size, 1.0), 0.0)
-                sums[cells] += slope
+                sums[side, cells] += slope
                 squares[cells] += slope ** 2
-                counts[cells] += ok
+                counts[side, cells] += ok
                 if keep_samples:
                     kept.append(Samples(moved[ok], (values - f0)[ok]))
     except BudgetExceeded as exc:
         est.stopped = str(exc)
-    mean = sums / np.maximum(counts, 1)
-    est.mean, est.count = mean, counts
-    est.m2 = np.maximum(squares - counts * mean ** 2, 0.0)  # the spread along the path (Welford's m2)
+    sides = sums / np.maximum(counts, 1)
+    both = counts > 0
+    mean = (sides * both).sum(0) / np.maximum(both.sum(0), 1)  # up and down weighted equally
+    count = counts.sum(0)
+    est.mean, est.count = mean, count
+    est.m2 = np.maximum(squares - 2 * mean * sums.sum(0) + count * mean ** 2, 0.0)  # spread around the mean
     est.queries = used
     est.extras.update(path_points=len(alphas), step=step)
     if keep_samples:
