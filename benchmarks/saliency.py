@@ -105,6 +105,8 @@ def describe(options: dict) -> str:
         text += f" {noise}"
     if o.get("refine"):
         text += " coarse-to-fine"
+    if method == "ig-steps":
+        text += " up/down"  # steps up and down from the path image (before: spanning it from below)
     return text
 
 
