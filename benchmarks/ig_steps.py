@@ -117,8 +117,8 @@ def main() -> None:
             d = space.dim
             ref = photo.whitebox["ig"].ravel()
             for kind in PRODUCT:
-                per_query = 2 * d if kind == "central" else d + 1
-                alphas = path_points(BUDGET // per_query * (d + 1), d)
+                points = BUDGET // (2 * d if kind == "central" else d + 1)
+                alphas = (np.arange(points) + 0.5) / points  # midpoints, as path_points() places them
                 photo.oracle.reset()
                 cells = design_map(kind, f, d, alphas, STEP)
                 assert photo.oracle.evals <= BUDGET
