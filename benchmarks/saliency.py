@@ -44,6 +44,7 @@ import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
 from blackbox.saliency import METHODS, SPACES, defaults  # noqa: E402
+from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
@@ -106,7 +107,7 @@ def describe(options: dict) -> str:
     if o.get("refine"):
         text += " coarse-to-fine"
     if method == "ig-steps":
-        text += " up/down"  # steps up and down from the path image (before: spanning it from below)
+        text += f" {IG_STEPS_DESIGN}"  # the difference it takes (before "up/down": spanning each point)
     return text
 
 
