@@ -96,8 +96,9 @@ def library_default() -> dict:
 def describe(options: dict) -> str:
     o = {**library_default(), **options}
     method = o["method"] or SPACES[o["space"]].default_method
-    text = f"{method} {o['space']} g{o['grid']} {o['estimator']}"
-    if o["estimator"] == "ridge":
+    estimator = o["estimator"] or METHODS[method].default_estimator
+    text = f"{method} {o['space']} g{o['grid']} {estimator}"
+    if estimator == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
     if o.get("sigma") is not None:
         text += f" s{o['sigma']}"

@@ -22,7 +22,7 @@ examples:
   blackbox saliency coffee.png --target "tea cup" --method ig --estimator lr --json
   blackbox saliency photo.jpg --refine --out photo-saliency.png --save-map map.npy
   blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
-  blackbox saliency coffee.png --method ig-steps --estimator lr   # the map white-box IG would draw
+  blackbox saliency coffee.png --method ig-steps   # the map white-box IG would draw
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
@@ -34,7 +34,8 @@ how it works:
   nudged at a time at fixed points (the same map from any seed, close to white-box IG, but
   less faithful to removal than banzhaf: pick it to compare with gradient methods). The default estimator fits all answers at once by
   least squares with a prior that neighbouring patches are alike (ridge); lr is the plain
-  likelihood-ratio mean over the same queries (unbiased, noisier).
+  likelihood-ratio mean over the same queries (unbiased, noisier; the default for ig-steps,
+  whose steps the prior would only blur).
 
 outputs:
   --out      the cell map smoothly upsampled (bilinear between cell centres, as the colour bar
@@ -60,14 +61,15 @@ def add_parser(sub) -> None:
     default = defaults()
     s.add_argument("--method", choices=METHODS,
                    help=f"banzhaf = remove random halves of the patches (mask space), ig = Integrated Gradients, "
-                        f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness; read it with "
-                        f"--estimator lr), vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
+                        f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness), "
+                        f"vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
                         f"{SPACES['pixel'].default_method} in pixel space)")
     s.add_argument("--space", choices=SPACES, default=default["space"],
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
-    s.add_argument("--estimator", choices=ESTIMATORS, default=default["estimator"],
+    s.add_argument("--estimator", choices=ESTIMATORS,
                    help=f"ridge = least squares over all answers with a smoothness prior; lr = the plain "
-                        f"likelihood-ratio mean (default: {default['estimator']})")
+                        f"likelihood-ratio mean (default: the method's own: {METHODS['banzhaf'].default_estimator}, "
+                        f"{METHODS['ig-steps'].default_estimator} for ig-steps)")
     s.add_argument("--smoothness", type=_smoothness, default=default["smoothness"], metavar="S",
                    help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data; "
                         f"'auto' = cross-validation (default: {default['smoothness']})")
@@ -197,7 +199,7 @@ def _explain(args, model, original, budget, started) -> int:
     if args.save_map:
         save_npy(args.save_map, full_map)
     if args.out:
-        title = (f"{model.name}: '{target.label}' ({result.method}, {args.estimator}, {args.space} space, "
+        title = (f"{model.name}: '{target.label}' ({result.method}, {result.estimator}, {args.space} space, "
                  f"grid {args.grid}{', refined' if args.refine else ''}) - {result.queries} queries")
         fig = overlay(original, result.display_map, title=title, signed=result.signed, coverage=view.coverage(),
                       legend=f"{_legend(args.space, result)}\n(per patch, smoothed between patch centres)")
@@ -218,7 +220,7 @@ def _explain(args, model, original, budget, started) -> int:
     best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
     if top5:
         print(f"{model.name}: top classes {best}")
-    settings = ", ".join([result.method, args.estimator, f"{args.space} space", f"grid {args.grid}"]
+    settings = ", ".join([result.method, result.estimator, f"{args.space} space", f"grid {args.grid}"]
                          + (["refined"] if args.refine else []))
     print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
           f"({settings}; {result.overhead:.0%} of the time outside the model)")

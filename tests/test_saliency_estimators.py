@@ -268,6 +268,19 @@ def test_ig_steps_up_and_down_cancel_a_patchs_own_curvature():
     assert relative_error(steps.cells.ravel(), truth) < 0.01  # where one-sided steps would be 20% off
 
 
+def test_each_method_reads_its_answers_with_its_own_estimator_unless_told():
+    """ig-steps' differences are read by the plain mean (a smoothness prior would blur them),
+    banzhaf's masks by the ridge fit; an explicit estimator wins."""
+    options = dict(queries=200, grid=6, baseline=BASELINE)
+    steps = saliency(quadratic_model, IMAGE, method="ig-steps", **options)
+    assert steps.estimator == "lr"
+    np.testing.assert_array_equal(steps.cells, saliency(quadratic_model, IMAGE, method="ig-steps",
+                                                         estimator="lr", **options).cells)
+    ridge = saliency(quadratic_model, IMAGE, method="ig-steps", estimator="ridge", **options)
+    assert ridge.estimator == "ridge" and not np.array_equal(ridge.cells, steps.cells)
+    assert saliency(quadratic_model, IMAGE, **options).estimator == "ridge"
+
+
 def test_ig_steps_keeps_what_a_budget_paid_for_and_refuses_what_it_cannot_do():
     from blackbox import Budget, QueryRunner
 

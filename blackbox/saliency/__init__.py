@@ -57,7 +57,7 @@ def saliency(
     queries: int = 1000,
     method: str | None = None,
     space: str = "mask",
-    estimator: str = "ridge",
+    estimator: str | None = None,
     grid: int | tuple[int, int] = 14,
     blocks: int = 1,
     sigma: float | None = None,
@@ -86,7 +86,8 @@ def saliency(
     (``benchmarks/results/saliency.tuning.md``): in mask space the ``banzhaf`` method (halves of
     the patches removed by a randomised Hadamard design, each mask followed by its complement)
     with the ``ridge`` estimator (least squares over all answers, neighbouring patches alike with
-    weight ``smoothness``); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space.
+    weight ``smoothness``); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space,
+    ``estimator=None`` the method's own (``ridge``; ``lr`` for ``ig-steps``).
     ``score`` may be a plain function or a :class:`QueryRunner` (to share a budget and counters).
     Spends at most ``queries`` queries; if a budget runs out first, the map built from the
     queries already answered is returned with ``stopped`` set.
@@ -105,6 +106,7 @@ def saliency(
     space_cls = _choose(SPACES, space, "space")
     method = method or space_cls.default_method
     method_def = _choose(METHODS, method, "method")
+    estimator = estimator or method_def.default_estimator
     explainer = _estimator(estimator, smoothness)
     if not isinstance(queries, (int, np.integer)) or queries < 2:
         raise InputError(f"queries must be a whole number >= 2, got {queries}")

@@ -19,7 +19,9 @@ method only says where the noise is centred and what the map multiplies the grad
 * ``ig-steps`` (mask space): Integrated Gradients without random directions: at fixed midpoints
   of the path each patch is nudged alone (``noise="coordinate"``: finite differences; see
   :mod:`blackbox.saliency.path_steps`). The same map from any seed, and the one that agrees with
-  white-box IG; ``queries // (patches + 1)`` path points.
+  white-box IG; ``queries // (patches + 1)`` path points. Its differences are read by the plain
+  mean (``lr``): the smoothness prior of ``ridge`` only blurs them (tuning photos, 1000 queries:
+  rho with white-box IG 0.67 with ``lr``, 0.65 with ``ridge``).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class Method:
     center: str = "input"      # where the noise is centred: the input, or "half" (m = 1/2 in mask space)
     noise: str = "gaussian"    # the direction family it queries with by default
     default_sigma: float | None = None  # its own noise scale (else the space's)
+    default_estimator: str = "ridge"    # how its answers become a map unless told otherwise
 
     def sigma(self, space, sigma: float | None = None, smooth: float | None = None) -> float:
         """The noise scale this method queries with in ``space`` (defaults from the method or space)."""
@@ -62,5 +65,5 @@ METHODS = {m.name: m for m in (
     Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
            center="half", noise="hadamard", default_sigma=0.5),
     Method("ig-steps", "Integrated Gradients from one-patch steps at fixed points on the path",
-           path=True, times_input=True, noise="coordinate", default_sigma=STEP),
+           path=True, times_input=True, noise="coordinate", default_sigma=STEP, default_estimator="lr"),
 )}
