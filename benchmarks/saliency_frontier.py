@@ -82,7 +82,7 @@ def summary(rows: list[dict], which: str) -> str:
              "| deletion - LIME-ridge | lower on |", "|---|---|---|---|---|---|"]
     for config in configs:
         deletion = per_photo(config, "deletion")
-        rho = [spearman(get[(config, p, 0)]["cells"], get[(config, p, 1)]["cells"]) for p in photos]
+        rho = [spearman(get[(config, p, SEEDS[0])]["cells"], get[(config, p, SEEDS[1])]["cells"]) for p in photos]
         diff = deletion - lime
         paired = "- | -" if config == LIME else f"{bench.fmt(bench.bootstrap(diff))} | {int(np.sum(diff < 0))}/{len(photos)}"
         lines.append(f"| {config} | {bench.fmt(bench.bootstrap(deletion))} | "

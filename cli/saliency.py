@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
     s.add_argument("--estimator", choices=ESTIMATORS,
                    help=f"ridge = least squares over all answers with a smoothness prior; lr = the plain "
-                        f"likelihood-ratio mean (default: the method's own: {METHODS['banzhaf'].default_estimator}, "
+                        f"likelihood-ratio mean (default: the method's own: {METHODS[SPACES['mask'].default_method].default_estimator}, "
                         f"{METHODS['ig-steps'].default_estimator} for ig-steps)")
     s.add_argument("--smoothness", type=_smoothness, default=default["smoothness"], metavar="S",
                    help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data; "
