@@ -23,6 +23,7 @@ examples:
   blackbox saliency photo.jpg --refine --out photo-saliency.png --save-map map.npy
   blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
   blackbox saliency coffee.png --method ig-steps   # the map white-box IG would draw
+  blackbox saliency coffee.png --focus 0.3        # half the queries re-rank the top 30% of patches
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
@@ -35,7 +36,11 @@ how it works:
   less faithful to removal than banzhaf: pick it to compare with gradient methods). The default estimator fits all answers at once by
   least squares with a prior that neighbouring patches are alike (ridge); lr is the plain
   likelihood-ratio mean over the same queries (unbiased, noisier; the default for ig-steps,
-  whose steps the prior would only blur).
+  whose steps the prior would only blur). --focus F spends the second half of the queries on
+  the share F of patches the first half ranks highest: they are removed in halves among
+  themselves while every other patch stays (or, one pair in three, stays removed), so the
+  others' effects cancel and the top patches are ordered precisely. The map deletes faster,
+  but two seeds agree a little less and insertion is about the same or lower.
 
 outputs:
   --out      the cell map smoothly upsampled (bilinear between cell centres, as the colour bar
@@ -48,6 +53,7 @@ outputs:
 def add_parser(sub) -> None:
     from blackbox.adapters.registry import DEFAULT_MODEL, KNOWN_MODELS
     from blackbox.saliency import ESTIMATORS, METHODS, SPACES, defaults
+    from blackbox.saliency.focus import SHARE as FOCUS_SHARE
 
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
     s = sub.add_parser("saliency", help="a saliency map of an image from forward queries only",
@@ -75,6 +81,10 @@ def add_parser(sub) -> None:
                         f"'auto' = cross-validation (default: {default['smoothness']})")
     s.add_argument("--refine", action="store_true",
                    help="coarse to fine: a coarser grid first, then the queries go to the patches that matter")
+    s.add_argument("--focus", type=_share, default=0.0, metavar="F",
+                   help=f"banzhaf: spend the second half of the queries re-measuring the share F of patches the "
+                        f"first half ranks highest, among themselves with the rest held fixed (e.g. {FOCUS_SHARE}): "
+                        f"deletes faster, a little less stable from seed to seed (default: 0 = off)")
     s.add_argument("--grid", type=positive_int, default=default["grid"], metavar="G",
                    help=f"perturb a G x G patch grid (default: {default['grid']})")
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
@@ -98,6 +108,16 @@ def add_parser(sub) -> None:
     add_remote_options(s)
     add_model_file_options(s)
     saliency_many.add_many_options(s)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1, got {text!r}")
+    return value
 
 
 def _smoothness(text: str) -> float | None:
@@ -181,7 +201,7 @@ def _explain(args, model, original, budget, started) -> int:
     runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
     result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
                       estimator=args.estimator, smoothness=args.smoothness, refine=args.refine,
-                      grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
+                      focus=args.focus, grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
                       progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
                       target_error=args.target_error, target=target, view=view)
     if args.dry_run:
@@ -200,7 +220,8 @@ def _explain(args, model, original, budget, started) -> int:
         save_npy(args.save_map, full_map)
     if args.out:
         title = (f"{model.name}: '{target.label}' ({result.method}, {result.estimator}, {args.space} space, "
-                 f"grid {args.grid}{', refined' if args.refine else ''}) - {result.queries} queries")
+                 f"grid {args.grid}{', refined' if args.refine else ''}{', focused' if result.focus else ''})"
+                 f" - {result.queries} queries")
         fig = overlay(original, result.display_map, title=title, signed=result.signed, coverage=view.coverage(),
                       legend=f"{_legend(args.space, result)}\n(per patch, smoothed between patch centres)")
         save_figure(fig, args.out)
@@ -221,7 +242,8 @@ def _explain(args, model, original, budget, started) -> int:
     if top5:
         print(f"{model.name}: top classes {best}")
     settings = ", ".join([result.method, result.estimator, f"{args.space} space", f"grid {args.grid}"]
-                         + (["refined"] if args.refine else []))
+                         + (["refined"] if args.refine else [])
+                         + ([f"top {result.focus:.0%} of patches re-measured"] if result.focus else []))
     print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
           f"({settings}; {result.overhead:.0%} of the time outside the model)")
     if result.stopped:

@@ -69,7 +69,8 @@ def wanted(args) -> bool:
 def saliency_options(args) -> dict:
     return dict(method=args.method, space=args.space, estimator=args.estimator, smoothness=args.smoothness,
                 refine=args.refine, grid=args.grid, blocks=args.blocks, sigma=args.sigma,
-                seed=args.seed, allocator=args.allocator, rounds=args.rounds, target_error=args.target_error)
+                seed=args.seed, allocator=args.allocator, rounds=args.rounds, target_error=args.target_error,
+                **({"focus": args.focus} if args.focus else {}))  # off: the settings of earlier runs, unchanged
 
 
 def run(args) -> int:

@@ -35,6 +35,15 @@ def test_saliency_end_to_end(tmp_path, coffee_png, capsys):
         assert im.size[0] > 300
 
 
+def test_focus_spends_the_second_half_on_the_top_patches(coffee_png, capsys):
+    code = main(["saliency", str(coffee_png), "--queries", "200", "--grid", "7", "--focus", "0.3", "--json",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["focus"] == 0.3 and report["queries_used"] == 200
+
+
 def _help(capsys, *args) -> str:
     with pytest.raises(SystemExit) as info:
         main([*args, "--help"])
@@ -45,7 +54,7 @@ def _help(capsys, *args) -> str:
 def test_help_teaches_the_options(capsys):
     text = _help(capsys, "saliency")
     for option in ("--model", "--target", "--queries", "--method", "--grid", "--blocks", "--seed", "--out",
-                   "--save-map", "--json", "gpt-vision", "--deadline"):
+                   "--save-map", "--json", "gpt-vision", "--deadline", "--focus"):
         assert option in text
     assert "saliency" in _help(capsys)
 
@@ -69,12 +78,15 @@ def _bad_inputs(tmp_path, coffee_png):
         "negative queries": ([str(coffee_png), "--queries", "-5"], "must be at least 1"),
         "grid larger than the image": ([str(coffee_png), "--grid", "500"], "larger than the image"),
         "missing output folder": ([str(coffee_png), "--out", str(tmp_path / "no" / "x.png")], "does not exist"),
+        "focus out of range": ([str(coffee_png), "--focus", "2"], "between 0 and 1"),
+        "focus on another method": ([str(coffee_png), "--focus", "0.3", "--method", "ig"], "needs method banzhaf"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "directory", "truncated", "not an image", "empty file",
                                   "unknown model", "unknown target", "zero queries", "negative queries",
-                                  "grid larger than the image", "missing output folder"])
+                                  "grid larger than the image", "missing output folder", "focus out of range",
+                                  "focus on another method"])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, coffee_png, capsys, case):
     args, message = _bad_inputs(tmp_path, coffee_png)[case]
     out, npy = tmp_path / "o.png", tmp_path / "o.npy"

@@ -309,3 +309,64 @@ def test_coordinate_directions_are_finite_differences():
     x0 = np.random.default_rng(1).standard_normal(D)
     est = lr_gradient(quad, x0, queries=2 * D, sigma=0.1, noise="coordinate", seed=0)
     np.testing.assert_allclose(est.mean, G + x0, atol=1e-9)
+
+
+# ---- focus: the top cells re-measured among themselves, every other cell held fixed
+FOCUS_GRID = PatchGrid(32, 32, 8)
+FOCUS_IMAGE = 0.2 + 0.8 * np.random.default_rng(5).random((32, 32, 3)).astype(np.float32)
+_rng = np.random.default_rng(1)
+FOCUS_TOP = _rng.choice(64, 19, replace=False)           # 19 cells that matter, in a known order
+FOCUS_WEIGHTS = np.full(64, 0.02)
+FOCUS_WEIGHTS[FOCUS_TOP] = 1.0 + 0.05 * np.arange(19)
+FOCUS_TRIPLES = np.array([_rng.choice(np.setdiff1d(np.arange(64), FOCUS_TOP), 3, replace=False)
+                          for _ in range(40)])        # three-way interactions among the other cells
+
+
+def interacting_model(images):
+    """Additive in the cells that matter, plus odd interactions among the others: complement
+    pairs over every cell alias them onto the main effects; held fixed, they cancel."""
+    m = np.rint(FOCUS_GRID.pool(np.asarray(images, np.float64) / FOCUS_IMAGE)[..., 0].reshape(len(images), -1))
+    signs = 2 * m - 1
+    return m @ FOCUS_WEIGHTS + 0.1 * np.prod(signs[:, FOCUS_TRIPLES], axis=2).sum(axis=1)
+
+
+def test_focus_orders_the_top_cells_exactly_where_one_pass_cannot():
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE))
+    focused, one_pass = [], []
+    for seed in range(4):
+        result = saliency(interacting_model, FOCUS_IMAGE, queries=400, seed=seed, focus=0.3, **options)
+        assert result.focus == 0.3 and result.queries == 400
+        assert result.estimate.extras["focus_queries"] == 200 and len(result.estimate.extras["focus_cells"]) == 19
+        # the map keeps stage 1's values (its first 200 queries), only re-ordered among the candidates
+        first = saliency(interacting_model, FOCUS_IMAGE, queries=200, seed=seed, focus=0, **options)
+        np.testing.assert_allclose(np.sort(result.cells.ravel()), np.sort(first.cells.ravel()))
+        others = np.setdiff1d(np.arange(64), result.estimate.extras["focus_cells"])
+        np.testing.assert_array_equal(result.cells.ravel()[others], first.cells.ravel()[others])
+        focused.append(spearman(result.cells.ravel()[FOCUS_TOP], FOCUS_WEIGHTS[FOCUS_TOP]))
+        whole = saliency(interacting_model, FOCUS_IMAGE, queries=400, seed=seed, focus=0, **options)
+        one_pass.append(spearman(whole.cells.ravel()[FOCUS_TOP], FOCUS_WEIGHTS[FOCUS_TOP]))
+    assert min(focused) > 0.98, focused
+    assert max(one_pass) < 0.95 and np.mean(one_pass) < np.mean(focused) - 0.1, one_pass
+
+
+def test_focus_keeps_what_a_budget_paid_for_and_refuses_what_it_cannot_do():
+    from blackbox import Budget, QueryRunner
+
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE))
+    # stopped inside stage 1: the stage-1 map of what was answered, no second stage
+    options.update(focus=0.3)
+    early = saliency(QueryRunner(interacting_model, budget=Budget(max_queries=150)), FOCUS_IMAGE, queries=400, **options)
+    assert early.stopped and early.queries <= 150 and early.estimate.extras["focus_queries"] == 0
+    # stopped inside stage 2 with at least one pair per candidate: its pairs re-order the candidates
+    late = saliency(QueryRunner(interacting_model, budget=Budget(max_queries=300)), FOCUS_IMAGE, queries=400, **options)
+    assert late.stopped and late.queries <= 300 and 0 < late.estimate.extras["focus_queries"] <= 100
+    assert len(late.estimate.extras["focus_cells"]) == 19 and np.all(np.isfinite(late.cells))
+    assert saliency(interacting_model, FOCUS_IMAGE, queries=400, grid=8).focus == 0  # off unless asked
+    with pytest.raises(InputError, match="banzhaf"):
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, method="ig", **options)
+    with pytest.raises(InputError, match="does not combine"):
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, blocks=4, **options)
+    with pytest.raises(InputError, match="does not combine"):
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, refine=True, **options)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, **dict(options, focus=1.5))

@@ -37,6 +37,7 @@ class SaliencyResult:
     stopped: str | None = None
     queries_saved: int = 0     # left unspent when target_error was reached early
     allocator: str | None = None
+    focus: float = 0.0         # share of cells re-measured in a second stage (blackbox.saliency.focus)
     estimate: GradientEstimate | None = field(default=None, repr=False)
     target: object | None = None
     view: ImageView | None = field(default=None, repr=False)
@@ -70,5 +71,5 @@ class SaliencyResult:
                 "grid": list(self.grid), "blocks": self.blocks, "sigma": self.sigma,
                 "queries_used": self.queries, "seconds": round(self.seconds, 3),
                 "model_seconds": round(self.model_seconds, 3), "overhead": round(self.overhead, 4),
-                "stopped": self.stopped, "allocator": self.allocator, "queries_saved": self.queries_saved,
+                "stopped": self.stopped, "allocator": self.allocator, "focus": self.focus, "queries_saved": self.queries_saved,
                 "mean_stderr": float(np.mean(self.stderr)) if np.all(np.isfinite(self.stderr)) else None}
