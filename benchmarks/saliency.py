@@ -44,6 +44,7 @@ import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
 from blackbox.saliency import METHODS, SPACES, defaults  # noqa: E402
+from blackbox.saliency.focus import SHARE as FOCUS_SHARE  # noqa: E402
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
@@ -66,6 +67,7 @@ BATCH = 64
 DEFAULT = "default"
 WHITEBOX = "white-box IG (torch autograd, reference)"
 IG_STEPS = "ig-steps mask g14 lr (one-patch steps on the path; not the default)"
+FOCUS = f"the default + focus {FOCUS_SHARE} (top cells re-measured among themselves; opt-in)"
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -89,7 +91,7 @@ def load_photo(name: str) -> np.ndarray:
 
 def library_default() -> dict:
     """The keyword defaults of blackbox.saliency() that shape a map."""
-    keys = ("method", "space", "estimator", "grid", "blocks", "sigma", "smoothness", "noise", "refine")
+    keys = ("method", "space", "estimator", "grid", "blocks", "sigma", "smoothness", "noise", "refine", "focus")
     return {k: v for k, v in defaults().items() if k in keys}
 
 
@@ -107,6 +109,8 @@ def describe(options: dict) -> str:
         text += f" {noise}"
     if o.get("refine"):
         text += " coarse-to-fine"
+    if o.get("focus"):
+        text += f" focus {o['focus']}"  # the top cells re-measured among themselves (opt-in)
     if method == "ig-steps":
         text += f" {IG_STEPS_DESIGN}"  # the difference it takes (before "up/down": spanning each point)
     return text
@@ -117,6 +121,7 @@ def table_specs() -> list[dict]:
     return [
         {"name": DEFAULT, "kind": "lr", "options": {}, "seeds": both},
         {"name": "LR mean over the default's queries", "kind": "lr", "options": {"estimator": "lr"}},
+        {"name": FOCUS, "kind": "lr", "options": {"focus": FOCUS_SHARE}, "seeds": both},
         {"name": "previous default: banzhaf mask g14 ridge smooth 0.3 (random halves)", "kind": "lr",
          "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0.3}, "seeds": both},
         {"name": "first default: ig mask g14 lr", "kind": "lr",
@@ -145,6 +150,7 @@ CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the sa
     {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 1.0, "noise": "hadamard"},
     {"method": "banzhaf", "estimator": "ridge", "grid": 10, "smoothness": 0.1, "noise": "hadamard"},
     {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard", "refine": True},
+    {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard", "focus": FOCUS_SHARE},
     # Integrated Gradients in steps (for agreement with white-box IG): its step and estimator
     {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.025},
     {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.05},
@@ -291,10 +297,12 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def target_check(rows: list[dict], default: str) -> str:
-    """The default against every peer, paired by photo: mean difference with a bootstrap interval."""
-    lines = ["| budget | peer | deletion: default - peer | default lower on | insertion: default - peer "
-             "| default higher on |", "|---|---|---|---|---|---|"]
+def target_check(rows: list[dict], default: str, mine_label: str = "default") -> str:
+    """One method (the default) against every other, paired by photo: mean difference with a
+    bootstrap interval."""
+    me = mine_label
+    lines = [f"| budget | peer | deletion: {me} - peer | {me} lower on | insertion: {me} - peer "
+             f"| {me} higher on |", "|---|---|---|---|---|---|"]
 
     def by_photo(method: str, budget: int, seeds: tuple[int, ...]) -> dict:
         """Per photo, deletion and insertion averaged over ``seeds`` (photos with all of them)."""
@@ -367,6 +375,8 @@ def combine(which: str, log) -> None:
           "library's maps the log-probability (its default score). All use the same blurred baseline.\n",
           "## Means over photos\n", summary_table(summary),
           "\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
+          f"\n## The opt-in `focus={FOCUS_SHARE}` against every other row, paired by photo\n",
+          target_check(rows, FOCUS, "focus"),
           per_photo(rows, "deletion", budgets), per_photo(rows, "insertion", budgets),
           per_photo(rows, "rho_ig", budgets)]
     RESULTS.mkdir(parents=True, exist_ok=True)
