@@ -230,7 +230,7 @@ def _focus(focus: float | None, method, space: str, allocation, allocator, round
     if focus and not plain:
         raise InputError("focus runs its own two stages: it does not combine with blocks, allocators, "
                          "target errors, refinement or another control")
-    return float(focus)
+    return focus
 
 
 def _sampler(allocation, allocator: str | None, rounds: int | None, target_error: float | None,
