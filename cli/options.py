@@ -29,6 +29,7 @@ positive_int = _bounded(int, "a whole number", lambda v: v >= 1, "at least 1")
 nonneg_int = _bounded(int, "a whole number", lambda v: v >= 0, ">= 0")
 positive_float = _bounded(float, "a number", lambda v: v > 0, "> 0")
 nonneg_float = _bounded(float, "a number", lambda v: v >= 0, ">= 0")
+share = _bounded(float, "a number", lambda v: 0 <= v <= 1, "between 0 and 1")
 
 
 def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,

@@ -13,7 +13,7 @@ from blackbox.errors import InputError, ModelError
 from . import remote, saliency_many
 from .files import check_figure_format, check_outputs, save_npy
 from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
-                      positive_float, positive_int)
+                      positive_float, positive_int, share)
 
 EPILOG = """\
 examples:
@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
                         f"'auto' = cross-validation (default: {default['smoothness']})")
     s.add_argument("--refine", action="store_true",
                    help="coarse to fine: a coarser grid first, then the queries go to the patches that matter")
-    s.add_argument("--focus", type=_share, default=0.0, metavar="F",
+    s.add_argument("--focus", type=share, default=0.0, metavar="F",
                    help=f"banzhaf: spend the second half of the queries re-measuring the share F of patches the "
                         f"first half ranks highest, among themselves with the rest held fixed (e.g. {FOCUS_SHARE}): "
                         f"deletes faster, a little less stable from seed to seed (default: 0 = off)")
@@ -108,16 +108,6 @@ def add_parser(sub) -> None:
     add_remote_options(s)
     add_model_file_options(s)
     saliency_many.add_many_options(s)
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a share between 0 and 1, got {text!r}")
-    return value
 
 
 def _smoothness(text: str) -> float | None:
