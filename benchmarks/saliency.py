@@ -329,6 +329,43 @@ def target_check(rows: list[dict], default: str, mine_label: str = "default") ->
     return "\n".join(lines)
 
 
+SELECTION_RULE = (
+    f"Every candidate against the default at {SEED_BUDGET} queries, paired by photo (deletion and insertion "
+    "averaged over seeds 0 and 1, seed-to-seed rho per photo; bootstrap 95% intervals). A candidate would "
+    "replace the default only if it deletes faster beyond the noise (the interval of the paired difference "
+    "below 0) while neither its insertion nor its stability is lower beyond the noise (both intervals reach 0).")
+
+
+def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
+    """The tuning rule with its noise (:data:`SELECTION_RULE`): a table of every candidate
+    against the default and the verdict."""
+    def by_photo(method: str) -> dict:
+        got: dict = {}
+        for r in rows:
+            if r["method"] == method and r["budget"] == SEED_BUDGET and r["seed"] in (0, 1):
+                got.setdefault(r["photo"], {})[r["seed"]] = r
+        return {p: v for p, v in got.items() if len(v) == 2}
+
+    def stats(runs: dict) -> tuple[float, float, float]:
+        return (np.mean([runs[s]["deletion"] for s in (0, 1)]), np.mean([runs[s]["insertion"] for s in (0, 1)]),
+                spearman(runs[0]["cells"], runs[1]["cells"]))
+
+    mine = {p: stats(v) for p, v in by_photo(default).items()}
+    lines = ["| candidate | deletion: candidate - default | insertion: candidate - default "
+             "| seed-to-seed rho: candidate - default | verdict |", "|---|---|---|---|---|"]
+    for name in candidates:
+        theirs = {p: stats(v) for p, v in by_photo(name).items()}
+        common = [p for p in mine if p in theirs]
+        if name == default or not common:
+            continue
+        diff = [bootstrap([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
+        reasons = ([] if diff[0][2] < 0 else ["deletes no faster beyond the noise"]) + \
+                  ([] if diff[1][2] >= 0 else ["inserts worse"]) + ([] if diff[2][2] >= 0 else ["less stable"])
+        verdict = "would replace the default" if not reasons else "; ".join(reasons)
+        lines.append(f"| {name} | {fmt(diff[0])} | {fmt(diff[1])} | {fmt(diff[2], 2)} | {verdict} |")
+    return "\n".join(lines)
+
+
 def per_photo(rows: list[dict], key: str, budgets) -> str:
     photos = list(dict.fromkeys(r["photo"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -374,9 +411,12 @@ def combine(which: str, log) -> None:
           "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "
           "library's maps the log-probability (its default score). All use the same blurred baseline.\n",
           "## Means over photos\n", summary_table(summary),
-          "\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
-          f"\n## The opt-in `focus={FOCUS_SHARE}` against every other row, paired by photo\n",
-          target_check(rows, FOCUS, "focus"),
+          *(["\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
+             f"\n## The opt-in `focus={FOCUS_SHARE}` against every other row, paired by photo\n",
+             target_check(rows, FOCUS, "focus")] if which == "table" else
+            [f"\n## Choosing the default: every candidate against it at {SEED_BUDGET} queries, paired by photo\n",
+             SELECTION_RULE + "\n",
+             selection(rows, default, [describe(c) for c in CANDIDATES])]),
           per_photo(rows, "deletion", budgets), per_photo(rows, "insertion", budgets),
           per_photo(rows, "rho_ig", budgets)]
     RESULTS.mkdir(parents=True, exist_ok=True)
