@@ -353,10 +353,10 @@ def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
     mine = {p: stats(v) for p, v in by_photo(default).items()}
     lines = ["| candidate | deletion: candidate - default | insertion: candidate - default "
              "| seed-to-seed rho: candidate - default | verdict |", "|---|---|---|---|---|"]
-    for name in candidates:
+    for name in (c for c in candidates if c != default):
         theirs = {p: stats(v) for p, v in by_photo(name).items()}
         common = [p for p in mine if p in theirs]
-        if name == default or not common:
+        if not common:
             continue
         diff = [bootstrap([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
         reasons = ([] if diff[0][2] < 0 else ["deletes no faster beyond the noise"]) + \

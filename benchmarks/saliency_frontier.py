@@ -84,12 +84,14 @@ def rows_for(photo, which: str) -> list[dict]:
                 result = saliency(scores[score], photo.work, queries=BUDGET, seed=seed, batch_size=bench.BATCH,
                                   estimator=estimator, smoothness=smoothness)
                 assert photo.oracle.evals <= BUDGET
-                rows.append({"set": which, "photo": photo.name, "config": config_name(score, estimator, smoothness),
-                             "seed": seed, **photo.judge(result.map)})
-                if config_name(score, estimator, smoothness).endswith("(the default)"):  # its queries, refitted
+                config = config_name(score, estimator, smoothness)
+                rows.append({"set": which, "photo": photo.name, "config": config, "seed": seed,
+                             **photo.judge(result.map)})
+                if config.endswith("(the default)"):  # the default's queries, refitted
+                    grid = photo.cells
                     for share, rank, smooth in PEAKS:
-                        cells = peaks_fit(result.estimate.samples, photo.cells.laplacian(), share, rank, smooth)
-                        pixels = photo.cells.upsample(cells.reshape(1, photo.cells.rows, photo.cells.cols).astype(np.float32))[0]
+                        cells = peaks_fit(result.estimate.samples, grid.laplacian(), share, rank, smooth)
+                        pixels = grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0]
                         rows.append({"set": which, "photo": photo.name, "config": peaks_name(share, rank, smooth),
                                      "seed": seed, **photo.judge(pixels)})
         photo.oracle.reset()
