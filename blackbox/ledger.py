@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import BudgetExceeded, InputError
+from .sqlite_wal import connect_wal
 from .queries import Budget, Reservation
 
 FIELDS = ("queries", "tokens", "cost")
@@ -108,10 +109,7 @@ class SQLiteLedger:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # committed spending survives a killed process
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid = connect_wal(self.path, self.timeout), os.getpid()
         return self._conn
 
     @contextmanager

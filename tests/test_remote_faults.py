@@ -290,6 +290,38 @@ def test_prompt_tuning_path_rejects_nan_logprobs(tmp_path):
 
 
 # -- 5. a corrupt cache is repaired from the CLI ----------------------------------------------------------
+def test_workers_opening_a_new_cache_or_ledger_at_once_all_get_it(tmp_path):
+    # the first opens of a new file race to switch it to WAL; SQLite answers the losers "database
+    # is locked" at once (no busy wait), which used to fail a fresh --executor pool run
+    from blackbox.adapters.remote.cache import ResponseCache
+    from blackbox.ledger import SQLiteLedger
+
+    errors, opened = [], []
+
+    def open_both(folder: Path, barrier: threading.Barrier, i: int) -> None:
+        barrier.wait()
+        try:
+            cache = ResponseCache(folder / "queries.sqlite", timeout=10)
+            cache.put(f"k{i}", {"body": {"i": i}})
+            opened.append(cache)
+            SQLiteLedger(folder / "ledger.sqlite", max_queries=10, timeout=10)
+        except Exception as exc:
+            errors.append(exc)
+
+    for trial in range(60):
+        folder = tmp_path / str(trial)
+        barrier = threading.Barrier(4)
+        threads = [threading.Thread(target=open_both, args=(folder, barrier, i)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    for cache in opened:
+        cache.close()
+    assert not errors, errors[0]
+    assert ResponseCache(tmp_path / "0" / "queries.sqlite").stats()["entries"] == 4
+
+
 def test_a_corrupt_cache_is_a_clear_error_and_cache_clear_repairs_it(capsys, image, tmp_path):
     with Hostile(sane) as srv:
         assert saliency(capsys, srv, image)[0] == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from blackbox.errors import InputError
 from blackbox.paths import cache_dir
+from blackbox.sqlite_wal import connect_wal
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, endpoint TEXT, value TEXT NOT NULL, created REAL NOT NULL)"""
@@ -88,13 +89,10 @@ class ResponseCache:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn = connect_wal(self.path, self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         return conn
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
