@@ -23,6 +23,7 @@ from blackbox.adapters import model_spec
 from blackbox.adapters.remote.serve import ClassifierScorer, ModelServer
 from blackbox.errors import InputError
 from blackbox.sample_images import load_sample
+from terminal import interruptible
 
 PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")
 SMALL = dict(grid=6, seed=3)
@@ -191,7 +192,7 @@ def test_an_interrupted_run_resumes_from_its_folder_without_paying_twice(server,
     args = [BLACKBOX, "saliency", str(photos), "--out-dir", str(out), "--model", "openai:efficientnet-lite0",
             "--base-url", server.url, "--target", "espresso", "--queries", "128", "--grid", "6",
             "--seed", "3", "--no-progress", "--no-overlays"]
-    run = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(interruptible(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not list(out.glob("*.json")) and run.poll() is None and time.monotonic() < deadline:

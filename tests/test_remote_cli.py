@@ -18,6 +18,7 @@ import pytest
 
 from blackbox.adapters.remote.serve import BrightnessScorer, ClassifierScorer, FaultPlan, ModelServer
 from blackbox.cli.main import main
+from terminal import interruptible
 
 pytestmark = pytest.mark.network
 BLACKBOX = str(Path(sys.executable).parent / "blackbox")
@@ -120,7 +121,8 @@ def test_killed_run_resumes_without_paying_twice(square_png, env, servers, sig):
     srv = servers(latency=0.05)  # the brightness scorer: this test is about payments, not the model
     args = remote_args(square_png, srv.url, "--queries", 161, "--grid", 5, "--concurrency", 4, "--json",
                        "--resolution", 64)
-    proc = subprocess.Popen([BLACKBOX, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(interruptible([BLACKBOX, *args]), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     assert _wait_for(lambda: srv.counters.answered >= 40), "the run never got going"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hostile import MODEL, Hostile, completion, sane
+from terminal import interruptible
 
 from blackbox.cli.main import main
 
@@ -111,9 +112,9 @@ def test_run_deadline_cuts_requests_in_flight_and_keeps_the_partial_map(capsys, 
 @pytest.mark.slow
 def test_ctrl_c_against_a_slow_loris_ends_the_process_within_2_seconds(image, env):
     with Hostile(slow_loris) as srv:
-        proc = subprocess.Popen([BLACKBOX, "saliency", str(image), "--model", f"openai:{MODEL}", "--base-url",
-                                 srv.url, "--target", "cat", "--queries", "32", "--resolution", "32", "--grid", "4",
-                                 "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(interruptible([BLACKBOX, "saliency", str(image), "--model", f"openai:{MODEL}",
+                                                "--base-url", srv.url, "--target", "cat", "--queries", "32",
+                                                "--resolution", "32", "--grid", "4", "--no-progress"]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         end = time.monotonic() + 30
         while srv.requests == 0 and time.monotonic() < end:
             time.sleep(0.05)
