@@ -297,6 +297,15 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def runs_by_photo(rows: list[dict], method: str, budget: int, seeds: tuple[int, ...]) -> dict:
+    """``{photo: {seed: row}}`` for the photos that have a row for every one of ``seeds``."""
+    got: dict = {}
+    for r in rows:
+        if r["method"] == method and r["budget"] == budget and r["seed"] in seeds:
+            got.setdefault(r["photo"], {})[r["seed"]] = r
+    return {p: v for p, v in got.items() if len(v) == len(seeds)}
+
+
 def target_check(rows: list[dict], default: str, mine_label: str = "default") -> str:
     """One method (the default) against every other, paired by photo: mean difference with a
     bootstrap interval."""
@@ -306,11 +315,8 @@ def target_check(rows: list[dict], default: str, mine_label: str = "default") ->
 
     def by_photo(method: str, budget: int, seeds: tuple[int, ...]) -> dict:
         """Per photo, deletion and insertion averaged over ``seeds`` (photos with all of them)."""
-        got: dict = {}
-        for r in rows:
-            if r["method"] == method and r["budget"] == budget and r["seed"] in seeds:
-                got.setdefault(r["photo"], []).append((r["deletion"], r["insertion"]))
-        return {p: np.mean(v, axis=0) for p, v in got.items() if len(v) == len(seeds)}
+        return {p: np.mean([(r["deletion"], r["insertion"]) for r in v.values()], axis=0)
+                for p, v in runs_by_photo(rows, method, budget, seeds).items()}
 
     for b in TARGET_BUDGETS:
         others = dict.fromkeys(r["method"] for r in rows if r["budget"] == b and r["method"] != default)
@@ -339,22 +345,17 @@ SELECTION_RULE = (
 def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
     """The tuning rule with its noise (:data:`SELECTION_RULE`): a table of every candidate
     against the default and the verdict."""
-    def by_photo(method: str) -> dict:
-        got: dict = {}
-        for r in rows:
-            if r["method"] == method and r["budget"] == SEED_BUDGET and r["seed"] in (0, 1):
-                got.setdefault(r["photo"], {})[r["seed"]] = r
-        return {p: v for p, v in got.items() if len(v) == 2}
+    def stats(method: str) -> dict:
+        """Per photo: deletion and insertion averaged over seeds 0 and 1, and their rank correlation."""
+        return {p: (np.mean([runs[s]["deletion"] for s in (0, 1)]), np.mean([runs[s]["insertion"] for s in (0, 1)]),
+                    spearman(runs[0]["cells"], runs[1]["cells"]))
+                for p, runs in runs_by_photo(rows, method, SEED_BUDGET, (0, 1)).items()}
 
-    def stats(runs: dict) -> tuple[float, float, float]:
-        return (np.mean([runs[s]["deletion"] for s in (0, 1)]), np.mean([runs[s]["insertion"] for s in (0, 1)]),
-                spearman(runs[0]["cells"], runs[1]["cells"]))
-
-    mine = {p: stats(v) for p, v in by_photo(default).items()}
+    mine = stats(default)
     lines = ["| candidate | deletion: candidate - default | insertion: candidate - default "
              "| seed-to-seed rho: candidate - default | verdict |", "|---|---|---|---|---|"]
     for name in (c for c in candidates if c != default):
-        theirs = {p: stats(v) for p, v in by_photo(name).items()}
+        theirs = stats(name)
         common = [p for p in mine if p in theirs]
         if not common:
             continue

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import BudgetExceeded, InputError
-from .sqlite_wal import connect_wal
 from .queries import Budget, Reservation
+from .sqlite_wal import connect_wal
 
 FIELDS = ("queries", "tokens", "cost")
 _SCHEMA = (
@@ -108,7 +108,6 @@ class SQLiteLedger:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # never share a connection across fork
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn, self._pid = connect_wal(self.path, self.timeout), os.getpid()
         return self._conn
 

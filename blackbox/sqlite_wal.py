@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from pathlib import Path
 
 RETRY_PAUSE = 0.02  # seconds between attempts to switch a new file to WAL
 
 
 def connect_wal(path: str | os.PathLike, timeout: float) -> sqlite3.Connection:
     """An autocommit connection to ``path`` in WAL mode, shareable across threads, that waits up
-    to ``timeout`` seconds for locks (the switch to WAL included)."""
+    to ``timeout`` seconds for locks (the switch to WAL included); the folder is made if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     while True:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)

@@ -88,7 +88,6 @@ class ResponseCache:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect_wal(self.path, self.timeout)
             self._local.conn = conn
             with self._lock:

@@ -71,5 +71,6 @@ class SaliencyResult:
                 "grid": list(self.grid), "blocks": self.blocks, "sigma": self.sigma,
                 "queries_used": self.queries, "seconds": round(self.seconds, 3),
                 "model_seconds": round(self.model_seconds, 3), "overhead": round(self.overhead, 4),
-                "stopped": self.stopped, "allocator": self.allocator, "focus": self.focus, "queries_saved": self.queries_saved,
+                "stopped": self.stopped, "allocator": self.allocator, "focus": self.focus,
+                "queries_saved": self.queries_saved,
                 "mean_stderr": float(np.mean(self.stderr)) if np.all(np.isfinite(self.stderr)) else None}
