@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
-from blackbox.saliency import METHODS, SPACES, defaults  # noqa: E402
+from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight  # noqa: E402
 from blackbox.saliency.focus import SHARE as FOCUS_SHARE  # noqa: E402
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
@@ -95,13 +95,18 @@ def library_default() -> dict:
     return {k: v for k, v in defaults().items() if k in keys}
 
 
-def describe(options: dict) -> str:
+def describe(options: dict, budget: int | None = None) -> str:
+    """The settings in full; at a ``budget`` where the smoothness prior has faded (above
+    ``PRIOR_QUERIES``), the smoothness the fit used there too."""
     o = {**library_default(), **options}
     method = o["method"] or SPACES[o["space"]].default_method
     estimator = o["estimator"] or METHODS[method].default_estimator
     text = f"{method} {o['space']} g{o['grid']} {estimator}"
     if estimator == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
+        faded = prior_weight(o["smoothness"], budget) if budget is not None else o["smoothness"]
+        if faded != o["smoothness"]:
+            text += f" (faded to {faded:g} at {budget} queries)"
     if o.get("sigma") is not None:
         text += f" s{o['sigma']}"
     noise = o.get("noise") or METHODS[method].noise
@@ -212,10 +217,10 @@ class Photo:
                 "cells": np.round(cells, 7).tolist()}
 
 
-def config_of(spec: dict) -> str:
-    """What a row measured: the library's settings in full (so rows of a changed default are
-    stale), or the peer's kind."""
-    return describe(spec["options"]) if spec["kind"] == "lr" else spec["kind"]
+def config_of(spec: dict, budget: int) -> str:
+    """What a row measured: the library's settings in full at its budget (so rows of a changed
+    default are stale), or the peer's kind."""
+    return describe(spec["options"], budget) if spec["kind"] == "lr" else spec["kind"]
 
 
 def is_current(row: dict, specs: dict) -> bool:
@@ -223,7 +228,7 @@ def is_current(row: dict, specs: dict) -> bool:
     spec = specs.get(row["method"])
     if spec is None:
         return row["method"] == WHITEBOX
-    return row.get("config", None if spec["kind"] == "lr" else spec["kind"]) == config_of(spec)
+    return row.get("config", None if spec["kind"] == "lr" else spec["kind"]) == config_of(spec, row["budget"])
 
 
 def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Path, log) -> None:
@@ -246,7 +251,8 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
                 sal = compute_map(spec, photo.oracle, photo.work, photo.baseline, budget, seed)
                 wall = time.perf_counter() - t0
                 assert photo.oracle.evals <= budget, f"{spec['name']} spent {photo.oracle.evals} > {budget}"
-                row = {"photo": name, "target": photo.target.label, "method": spec["name"], "config": config_of(spec),
+                row = {"photo": name, "target": photo.target.label, "method": spec["name"],
+                       "config": config_of(spec, budget),
                        "budget": budget, "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),
                        **photo.judge(sal)}
                 rows.append(row)
@@ -397,7 +403,8 @@ def combine(which: str, log) -> None:
           f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
           f"{', '.join(photos)}. Written by `python benchmarks/saliency.py{' --set ' + which if which != 'table' else ''}"
           f" --combine` from the part files under `benchmarks/results/saliency-parts/`.\n",
-          f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults).",
+          f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults; above "
+          f"{PRIOR_QUERIES} queries every ridge row's smoothness fades as S x {PRIOR_QUERIES} / N).",
           "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed into "
           "(inserted from) the blurred copy, most salient first (cells ranked by the map's mean over each cell); "
           "AUC on a normalised axis, 29 points per curve.",

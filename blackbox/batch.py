@@ -24,6 +24,7 @@ from .errors import BlackboxError, InputError, ModelError
 from .executors import EXECUTORS, Job, ModelHandle, ProcessPool, SerialExecutor, task_for
 from .images import load_image
 from .queries import Budget
+from .saliency import PRIOR_QUERIES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_ATTEMPTS = 3  # tries per image when workers die under it
@@ -126,9 +127,14 @@ def _assign_targets(items: list[ImageItem], targets) -> None:
 
 # -- the whole run ---------------------------------------------------------------------------------
 def run_settings(model_description: dict, queries: int, options: dict, faithfulness: int | None) -> dict:
-    """What must match for a stored result to be reused."""
-    return {"model": model_description, "queries": int(queries), "faithfulness": faithfulness,
-            **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in sorted(options.items())}}
+    """What must match for a stored result to be reused. Above ``PRIOR_QUERIES`` the smoothness
+    prior fades (:func:`blackbox.saliency.prior_weight`), so such runs say so: a folder of maps made
+    before it faded is not mixed with new ones."""
+    settings = {"model": model_description, "queries": int(queries), "faithfulness": faithfulness,
+                **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in sorted(options.items())}}
+    if queries > PRIOR_QUERIES:
+        settings["prior_fades_above"] = PRIOR_QUERIES
+    return settings
 
 
 def explain_many(

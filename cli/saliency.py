@@ -52,7 +52,7 @@ outputs:
 
 def add_parser(sub) -> None:
     from blackbox.adapters.registry import DEFAULT_MODEL, KNOWN_MODELS
-    from blackbox.saliency import ESTIMATORS, METHODS, SPACES, defaults
+    from blackbox.saliency import ESTIMATORS, METHODS, PRIOR_QUERIES, SPACES, defaults
     from blackbox.saliency.focus import SHARE as FOCUS_SHARE
 
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
@@ -77,8 +77,9 @@ def add_parser(sub) -> None:
                         f"likelihood-ratio mean (default: the method's own: {METHODS[SPACES['mask'].default_method].default_estimator}, "
                         f"{METHODS['ig-steps'].default_estimator} for ig-steps)")
     s.add_argument("--smoothness", type=_smoothness, default=default["smoothness"], metavar="S",
-                   help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data; "
-                        f"'auto' = cross-validation (default: {default['smoothness']})")
+                   help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data "
+                        f"of up to {PRIOR_QUERIES} queries (above, it stays as strong as there, so it fades as the "
+                        f"budget grows); 'auto' = cross-validation (default: {default['smoothness']})")
     s.add_argument("--refine", action="store_true",
                    help="coarse to fine: a coarser grid first, then the queries go to the patches that matter")
     s.add_argument("--focus", type=share, default=0.0, metavar="F",

@@ -225,6 +225,12 @@ def test_a_results_folder_is_resumed_and_guarded(model, photos, tmp_path):
         blackbox.explain_many(photos, model, queries=48, out_dir=out, progress=False, **SMALL)
     with pytest.raises(InputError, match="model description"):
         blackbox.explain_many(photos, model, queries=32, executor="pool")
+    # above 1000 queries the smoothness prior fades: such runs say so, so that a folder of maps
+    # made before it faded refuses to mix with new ones (one clear error) instead of resuming
+    from blackbox.batch import run_settings
+
+    assert "prior_fades_above" not in run_settings({}, 1000, {}, None)
+    assert run_settings({}, 4000, {}, None)["prior_fades_above"] == 1000
 
 
 def test_bad_inputs_are_one_clear_error(model, photos, tmp_path):

@@ -370,3 +370,37 @@ def test_focus_keeps_what_a_budget_paid_for_and_refuses_what_it_cannot_do():
         saliency(interacting_model, FOCUS_IMAGE, queries=400, refine=True, **options)
     with pytest.raises(InputError, match="between 0 and 1"):
         saliency(interacting_model, FOCUS_IMAGE, queries=400, **dict(options, focus=1.5))
+
+
+# ---- the smoothness prior fades above 1000 queries: more queries, closer to the true values
+def banzhaf_model(images):
+    """Additive in the cells (weights that are not smooth) plus pairwise interactions (complement
+    pairs turn them into main effects: cell i's Banzhaf value is a_i + sum_j b_ij / 2) plus odd
+    three-way interactions (noise to every fit)."""
+    m = np.rint(FOCUS_GRID.pool(np.asarray(images, np.float64) / FOCUS_IMAGE)[..., 0].reshape(len(images), -1))
+    signs = 2 * m - 1
+    return m @ BANZHAF_A + np.einsum("ni,ij,nj->n", m, BANZHAF_B, m) + 0.1 * np.prod(signs[:, FOCUS_TRIPLES], axis=2).sum(axis=1)
+
+
+_rng = np.random.default_rng(3)
+BANZHAF_A = _rng.standard_normal(64)
+BANZHAF_B = np.triu(0.2 * _rng.standard_normal((64, 64)), 1)
+BANZHAF_VALUES = BANZHAF_A + (BANZHAF_B + BANZHAF_B.T).sum(axis=1) / 2
+
+
+def test_the_smoothness_prior_fades_above_1000_queries_so_the_map_converges_to_the_banzhaf_values():
+    from blackbox.saliency import PRIOR_QUERIES, prior_weight
+
+    assert prior_weight(0.1, 500) == prior_weight(0.1, PRIOR_QUERIES) == 0.1
+    assert prior_weight(0.1, 4000) == pytest.approx(0.025) and prior_weight(None, 4000) is None
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0)
+    error = lambda cells: np.linalg.norm(cells.ravel() - BANZHAF_VALUES) / np.linalg.norm(BANZHAF_VALUES)
+    faded, held = {}, {}
+    for n in (1000, 2000, 8000):
+        result = saliency(banzhaf_model, FOCUS_IMAGE, queries=n, **options)
+        assert result.estimate.extras["smoothness"] == pytest.approx(0.1 * min(1, 1000 / n))
+        faded[n] = error(result.cells)
+        held[n] = error(Regression(0.1).fit(result.estimate, FOCUS_GRID.laplacian())[0])  # the prior as at 1000
+    assert faded[1000] == pytest.approx(held[1000])  # up to 1000 queries nothing changes
+    assert held[8000] > 0.7 * held[2000], held    # held relative to the data, its bias stays
+    assert faded[8000] < 0.5 * held[8000] and faded[8000] < faded[2000] < faded[1000], (faded, held)

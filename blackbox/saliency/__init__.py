@@ -38,7 +38,28 @@ from .focus import focused
 from .refine import coarse_to_fine
 from .result import SaliencyResult
 
-__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "defaults", "make_baseline", "saliency"]
+__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "defaults", "make_baseline", "saliency",
+           "prior_weight"]
+
+PRIOR_QUERIES = 1000
+"""Up to this many queries the smoothness prior weighs ``smoothness`` times the data's weight per
+patch; beyond it the prior stays as strong as it was here, so it fades relative to the data and the
+map converges to the plain least squares (the patches' Banzhaf values) as the budget grows. Held
+relative to the data at every budget, the prior's bias never fades: on the table photos the map
+then deleted slower at 4000 queries than at 1000 (see :func:`prior_weight`)."""
+
+
+def prior_weight(smoothness: float | None, queries: int) -> float | None:
+    """The smoothness the fit uses for a budget of ``queries``: ``smoothness`` up to
+    :data:`PRIOR_QUERIES`, ``smoothness * PRIOR_QUERIES / queries`` beyond (``None``, cross-validation,
+    stays ``None``).
+
+    Exploratory measurement on the default's queries (seeds 0 and 1; truth: least squares without
+    a prior over 16000 queries), relative error of the cell map at 4000 queries held / faded:
+    camera 0.23 / 0.15, coffee 0.21 / 0.18, coins 0.36 / 0.33, chelsea 0.19 / 0.17."""
+    if smoothness is None or queries <= PRIOR_QUERIES:
+        return smoothness
+    return smoothness * PRIOR_QUERIES / queries
 
 
 def make_baseline(image: np.ndarray, kind: str = "blur", radius: float | None = None) -> np.ndarray:
@@ -89,7 +110,8 @@ def saliency(
     (``benchmarks/results/saliency.tuning.md``): in mask space the ``banzhaf`` method (halves of
     the patches removed by a randomised Hadamard design, each mask followed by its complement)
     with the ``ridge`` estimator (least squares over all answers, neighbouring patches alike with
-    weight ``smoothness``); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space,
+    weight ``smoothness``, held fixed above 1000 queries so that it fades relative to the data:
+    :func:`prior_weight`); ``method=None`` means ``banzhaf`` in mask space and ``ig`` in pixel space,
     ``estimator=None`` the method's own (``ridge``; ``lr`` for ``ig-steps``).
     ``score`` may be a plain function or a :class:`QueryRunner` (to share a budget and counters).
     Spends at most ``queries`` queries; if a budget runs out first, the map built from the
@@ -114,9 +136,9 @@ def saliency(
     method = method or space_cls.default_method
     method_def = _choose(METHODS, method, "method")
     estimator = estimator or method_def.default_estimator
-    explainer = _estimator(estimator, smoothness)
     if not isinstance(queries, (int, np.integer)) or queries < 2:
         raise InputError(f"queries must be a whole number >= 2, got {queries}")
+    explainer = _estimator(estimator, smoothness, queries)
     image = as_float_image(image)
     rows, cols = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
     cell_grid = PatchGrid(image.shape[0], image.shape[1], int(rows), int(cols))
@@ -182,12 +204,12 @@ def _choose(options: dict, name: str, what: str):
     return options[name]
 
 
-def _estimator(name: str, smoothness: float | None):
+def _estimator(name: str, smoothness: float | None, queries: int):
     cls = _choose(ESTIMATORS, name, "estimator")
     if cls is Regression:
         if smoothness is not None and smoothness < 0:
             raise InputError(f"smoothness must be >= 0 (or None to choose it by cross-validation), got {smoothness}")
-        return Regression(smoothness)
+        return Regression(prior_weight(smoothness, queries))
     return cls()
 
 
