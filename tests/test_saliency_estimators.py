@@ -379,7 +379,8 @@ def banzhaf_model(images):
     three-way interactions (noise to every fit)."""
     m = np.rint(FOCUS_GRID.pool(np.asarray(images, np.float64) / FOCUS_IMAGE)[..., 0].reshape(len(images), -1))
     signs = 2 * m - 1
-    return m @ BANZHAF_A + np.einsum("ni,ij,nj->n", m, BANZHAF_B, m) + 0.1 * np.prod(signs[:, FOCUS_TRIPLES], axis=2).sum(axis=1)
+    pairs = np.einsum("ni,ij,nj->n", m, BANZHAF_B, m)
+    return m @ BANZHAF_A + pairs + 0.1 * np.prod(signs[:, FOCUS_TRIPLES], axis=2).sum(axis=1)
 
 
 _rng = np.random.default_rng(3)

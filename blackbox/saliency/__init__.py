@@ -38,8 +38,8 @@ from .focus import focused
 from .refine import coarse_to_fine
 from .result import SaliencyResult
 
-__all__ = ["ESTIMATORS", "METHODS", "SPACES", "Method", "SaliencyResult", "defaults", "make_baseline", "saliency",
-           "prior_weight"]
+__all__ = ["ESTIMATORS", "METHODS", "PRIOR_QUERIES", "SPACES", "Method", "SaliencyResult", "defaults",
+           "make_baseline", "prior_weight", "saliency"]
 
 PRIOR_QUERIES = 1000
 """Up to this many queries the smoothness prior weighs ``smoothness`` times the data's weight per
