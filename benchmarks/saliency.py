@@ -44,7 +44,7 @@ import peers  # noqa: E402
 
 from blackbox import make_baseline, saliency  # noqa: E402
 from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight  # noqa: E402
-from blackbox.saliency.focus import SHARE as FOCUS_SHARE  # noqa: E402
+from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage  # noqa: E402
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
 from blackbox.image_spaces import PatchGrid  # noqa: E402
 from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
@@ -104,9 +104,13 @@ def describe(options: dict, budget: int | None = None) -> str:
     text = f"{method} {o['space']} g{o['grid']} {estimator}"
     if estimator == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
-        faded = prior_weight(o["smoothness"], budget) if budget is not None else o["smoothness"]
+        fitted = budget  # the queries the fit reads: with focus, its stage 1 only
+        if budget is not None and o.get("focus"):
+            fitted = first_stage(budget, o["grid"] ** 2, o["focus"])
+        faded = prior_weight(o["smoothness"], fitted) if budget is not None else o["smoothness"]
         if faded != o["smoothness"]:
-            text += f" (faded to {faded:g} at {budget} queries)"
+            text += f" (faded to {faded:g} at {budget} queries)" if fitted == budget else \
+                f" (faded to {faded:g} at stage 1's {fitted} queries)"
     if o.get("sigma") is not None:
         text += f" s{o['sigma']}"
     noise = o.get("noise") or METHODS[method].noise

@@ -405,3 +405,12 @@ def test_the_smoothness_prior_fades_above_1000_queries_so_the_map_converges_to_t
     assert faded[1000] == pytest.approx(held[1000])  # up to 1000 queries nothing changes
     assert held[8000] > 0.7 * held[2000], held    # held relative to the data, its bias stays
     assert faded[8000] < 0.5 * held[8000] and faded[8000] < faded[2000] < faded[1000], (faded, held)
+
+
+def test_focus_fits_stage_1_with_the_prior_of_its_own_queries():
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0)
+    result = saliency(banzhaf_model, FOCUS_IMAGE, queries=4000, focus=0.3, **options)
+    first = saliency(banzhaf_model, FOCUS_IMAGE, queries=2000, **options)  # stage 1 alone: 2000 queries
+    assert result.estimate.extras["focus_queries"] == 2000
+    assert result.estimate.extras["smoothness"] == pytest.approx(0.05)  # faded for 2000 queries, not 4000
+    np.testing.assert_allclose(np.sort(result.cells.ravel()), np.sort(first.cells.ravel()))

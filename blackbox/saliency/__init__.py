@@ -34,7 +34,7 @@ from ..queries import Budget, QueryRunner
 from ..rationing import rationed_gradient
 from .methods import METHODS, Method
 from .path_steps import path_points, path_steps
-from .focus import focused
+from .focus import first_stage, focused
 from .refine import coarse_to_fine
 from .result import SaliencyResult
 
@@ -154,6 +154,8 @@ def saliency(
         planned = len(path_points(queries, perturbed.dim)) * (perturbed.dim + 1)  # whole path points
     sample = _sampler(allocation, allocator, rounds, target_error, refine, blocks)
     focus = _focus(focus, method_def, space, allocation, allocator, rounds, target_error, refine, blocks, control)
+    if focus:  # the map is stage 1's fit: its prior fades with stage 1's queries, not the budget's
+        explainer = _estimator(estimator, smoothness, first_stage(queries, perturbed.dim, focus))
     runner = _runner(score, budget, batch_size)
     if progress:
         runner.start_progress(planned, f"saliency ({method}, {space})")

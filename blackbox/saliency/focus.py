@@ -36,9 +36,15 @@ def plan(queries: int, cells: int, share: float = SHARE) -> tuple[int, int]:
     return (second, candidates) if candidates >= 2 else (0, 0)
 
 
+def first_stage(queries: int, cells: int, share: float = SHARE) -> int:
+    """The queries of stage 1, the pass whose fit (and smoothness prior) draws the map."""
+    return queries - plan(queries, cells, share)[0]
+
+
 def focused(probe, explainer, prior, *, queries: int, sigma: float, noise: str, seed: np.random.Generator,
             share: float = SHARE) -> tuple[GradientEstimate, np.ndarray, np.ndarray]:
-    """Two-stage Banzhaf map: ``(estimate, values, standard errors)`` over every cell."""
+    """Two-stage Banzhaf map: ``(estimate, values, standard errors)`` over every cell. ``explainer``
+    fits stage 1 (:func:`first_stage` queries): its prior is set for that many."""
     second, k = plan(queries, probe.center.size, share)
     first = lr_gradient(probe.f, probe.center, queries=queries - second, sigma=sigma, noise=noise, seed=seed,
                         keep_samples=explainer.keep_samples)
