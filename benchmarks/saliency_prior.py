@@ -49,11 +49,11 @@ SMOOTHNESS = bench.library_default()["smoothness"]
 FITS = ("held", "faded (the default)", "no prior")
 
 
-def fit(samples: Samples, laplacian: np.ndarray, smoothness: float, ridge: float | None = None) -> np.ndarray:
+def fit(samples: Samples, laplacian: np.ndarray, smoothness: float, **ridge) -> np.ndarray:
+    """The cell map least squares reads from ``samples`` (the library's ``ridge`` unless given)."""
     est = GradientEstimate.empty(samples.directions.shape[1])
     est.samples = samples
-    regression = Regression(smoothness=smoothness) if ridge is None else Regression(smoothness, ridge=ridge)
-    return regression.fit(est, laplacian)[0]
+    return Regression(smoothness, **ridge).fit(est, laplacian)[0]
 
 
 def smoothness_of(name: str, budget: int) -> float:
