@@ -267,6 +267,24 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
 
 
 # ---------------------------------------------------------------- summaries
+def rows_over_photos(rows_for, sets: dict[str, list[str]]) -> tuple[list[dict], float]:
+    """``rows_for(photo, set name)`` over every photo of ``sets`` on the embedded model, answers
+    saved per photo (for the scripts that read the default's queries again): ``(rows, seconds)``."""
+    from blackbox.adapters import load_image_model
+
+    model = load_image_model()
+    model.batch_size = BATCH
+    t0 = time.perf_counter()
+    rows = []
+    for which, names in sets.items():
+        for name in names:
+            photo = Photo(name, model)
+            rows += rows_for(photo, which)
+            photo.oracle.save()
+            print(f"{time.perf_counter() - t0:7.1f}s [{name}] done", flush=True)
+    return rows, time.perf_counter() - t0
+
+
 def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
     v = np.asarray(values, dtype=np.float64)

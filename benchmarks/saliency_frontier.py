@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -152,19 +151,7 @@ def main() -> None:
     if "--combine" in sys.argv[1:]:
         saved = json.loads((bench.RESULTS / "saliency_frontier.json").read_text())
         return write(saved["rows"], saved.get("seconds"))
-    from blackbox.adapters import load_image_model
-
-    model = load_image_model()
-    model.batch_size = bench.BATCH
-    t0 = time.perf_counter()
-    rows = []
-    for which, names in (("tuning", bench.TUNING_PHOTOS), ("table", bench.TABLE_PHOTOS)):
-        for name in names:
-            photo = bench.Photo(name, model)
-            rows += rows_for(photo, which)
-            photo.oracle.save()
-            print(f"{time.perf_counter() - t0:7.1f}s [{name}] done", flush=True)
-    write(rows, time.perf_counter() - t0)
+    write(*bench.rows_over_photos(rows_for, {"tuning": bench.TUNING_PHOTOS, "table": bench.TABLE_PHOTOS}))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -148,26 +147,14 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--set", choices=("table", "tuning", "both"), default="table", help="which photos")
+    p.add_argument("--set", choices=("table", "tuning", "both"), default="both", help="which photos (default both)")
     p.add_argument("--combine", action="store_true", help="rewrite the .md from the .json")
     args = p.parse_args(argv)
     if args.combine:
         saved = json.loads((bench.RESULTS / "saliency_prior.json").read_text())
         return write(saved["rows"], saved.get("seconds"))
-    from blackbox.adapters import load_image_model
-
-    model = load_image_model()
-    model.batch_size = bench.BATCH
     sets = {"tuning": bench.TUNING_PHOTOS, "table": bench.TABLE_PHOTOS}
-    t0 = time.perf_counter()
-    rows = []
-    for which in (("tuning", "table") if args.set == "both" else (args.set,)):
-        for name in sets[which]:
-            photo = bench.Photo(name, model)
-            rows += rows_for(photo, which)
-            photo.oracle.save()
-            print(f"{time.perf_counter() - t0:7.1f}s [{name}] done", flush=True)
-    write(rows, time.perf_counter() - t0)
+    write(*bench.rows_over_photos(rows_for, sets if args.set == "both" else {args.set: sets[args.set]}))
 
 
 if __name__ == "__main__":
