@@ -138,7 +138,6 @@ def saliency(
     estimator = estimator or method_def.default_estimator
     if not isinstance(queries, (int, np.integer)) or queries < 2:
         raise InputError(f"queries must be a whole number >= 2, got {queries}")
-    explainer = _estimator(estimator, smoothness, queries)
     image = as_float_image(image)
     rows, cols = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
     cell_grid = PatchGrid(image.shape[0], image.shape[1], int(rows), int(cols))
@@ -154,8 +153,8 @@ def saliency(
         planned = len(path_points(queries, perturbed.dim)) * (perturbed.dim + 1)  # whole path points
     sample = _sampler(allocation, allocator, rounds, target_error, refine, blocks)
     focus = _focus(focus, method_def, space, allocation, allocator, rounds, target_error, refine, blocks, control)
-    if focus:  # the map is stage 1's fit: its prior fades with stage 1's queries, not the budget's
-        explainer = _estimator(estimator, smoothness, first_stage(queries, perturbed.dim, focus))
+    # the prior fades with the queries the fit reads: with focus, stage 1's (the map is its fit)
+    explainer = _estimator(estimator, smoothness, first_stage(queries, perturbed.dim, focus) if focus else queries)
     runner = _runner(score, budget, batch_size)
     if progress:
         runner.start_progress(planned, f"saliency ({method}, {space})")
