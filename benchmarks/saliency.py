@@ -285,6 +285,15 @@ def rows_over_photos(rows_for, sets: dict[str, list[str]]) -> tuple[list[dict], 
     return rows, time.perf_counter() - t0
 
 
+def run_or_combine(stem: str, rows_for, write) -> None:
+    """The main of a script over both photo sets: ``--combine`` rewrites ``results/<stem>.md`` from
+    its .json (``write(rows, seconds)``); otherwise ``rows_for`` runs over every photo first."""
+    if "--combine" in sys.argv[1:]:
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        return write(saved["rows"], saved.get("seconds"))
+    write(*rows_over_photos(rows_for, {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
+
+
 def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
     v = np.asarray(values, dtype=np.float64)

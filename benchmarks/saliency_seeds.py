@@ -116,10 +116,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
 
 
 def main() -> None:
-    if "--combine" in sys.argv[1:]:
-        saved = json.loads((bench.RESULTS / "saliency_seeds.json").read_text())
-        return write(saved["rows"], saved.get("seconds"))
-    write(*bench.rows_over_photos(rows_for, {"tuning": bench.TUNING_PHOTOS, "table": bench.TABLE_PHOTOS}))
+    bench.run_or_combine("saliency_seeds", rows_for, write)
 
 
 if __name__ == "__main__":
