@@ -104,9 +104,8 @@ def describe(options: dict, budget: int | None = None) -> str:
     text = f"{method} {o['space']} g{o['grid']} {estimator}"
     if estimator == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
-        fitted = budget  # the queries the fit reads: with focus, its stage 1 only
-        if budget is not None and o.get("focus"):
-            fitted = first_stage(budget, o["grid"] ** 2, o["focus"])
+        # the queries the fit reads: with focus, its stage 1 only
+        fitted = first_stage(budget, o["grid"] ** 2, o["focus"] or 0.0) if budget is not None else None
         faded = prior_weight(o["smoothness"], fitted) if budget is not None else o["smoothness"]
         if faded != o["smoothness"]:
             text += f" (faded to {faded:g} at {budget} queries)" if fitted == budget else \
@@ -285,13 +284,14 @@ def rows_over_photos(rows_for, sets: dict[str, list[str]]) -> tuple[list[dict], 
     return rows, time.perf_counter() - t0
 
 
-def run_or_combine(stem: str, rows_for, write) -> None:
-    """The main of a script over both photo sets: ``--combine`` rewrites ``results/<stem>.md`` from
-    its .json (``write(rows, seconds)``); otherwise ``rows_for`` runs over every photo first."""
-    if "--combine" in sys.argv[1:]:
+def run_or_combine(stem: str, rows_for, write, *, combine: bool | None = None, sets: dict | None = None) -> None:
+    """The main of a script over photo sets (default both): ``combine`` (default: ``--combine`` on
+    the command line) rewrites ``results/<stem>.md`` from its .json (``write(rows, seconds)``);
+    otherwise ``rows_for`` runs over every photo first."""
+    if "--combine" in sys.argv[1:] if combine is None else combine:
         saved = json.loads((RESULTS / f"{stem}.json").read_text())
         return write(saved["rows"], saved.get("seconds"))
-    write(*rows_over_photos(rows_for, {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
+    write(*rows_over_photos(rows_for, sets or {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
 
 
 def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:

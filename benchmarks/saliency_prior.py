@@ -150,11 +150,9 @@ def main(argv=None) -> None:
     p.add_argument("--set", choices=("table", "tuning", "both"), default="both", help="which photos (default both)")
     p.add_argument("--combine", action="store_true", help="rewrite the .md from the .json")
     args = p.parse_args(argv)
-    if args.combine:
-        saved = json.loads((bench.RESULTS / "saliency_prior.json").read_text())
-        return write(saved["rows"], saved.get("seconds"))
     sets = {"tuning": bench.TUNING_PHOTOS, "table": bench.TABLE_PHOTOS}
-    write(*bench.rows_over_photos(rows_for, sets if args.set == "both" else {args.set: sets[args.set]}))
+    bench.run_or_combine("saliency_prior", rows_for, write, combine=args.combine,
+                         sets=sets if args.set == "both" else {args.set: sets[args.set]})
 
 
 if __name__ == "__main__":

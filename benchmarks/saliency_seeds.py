@@ -50,7 +50,7 @@ def rows_for(photo, which: str) -> list[dict]:
             m = bench.compute_map(spec, photo.oracle, photo.work, photo.baseline, BUDGET, seed)
             assert photo.oracle.evals <= BUDGET
             rows.append({"set": which, "photo": photo.name, "method": name, "seed": seed,
-                         "config": bench.config_of(spec, BUDGET) if spec["kind"] == "lr" else spec["kind"],
+                         "config": bench.config_of(spec, BUDGET),
                          **photo.judge(m)})
         photo.oracle.save()
     return rows

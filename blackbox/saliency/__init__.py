@@ -154,7 +154,7 @@ def saliency(
     sample = _sampler(allocation, allocator, rounds, target_error, refine, blocks)
     focus = _focus(focus, method_def, space, allocation, allocator, rounds, target_error, refine, blocks, control)
     # the prior fades with the queries the fit reads: with focus, stage 1's (the map is its fit)
-    explainer = _estimator(estimator, smoothness, first_stage(queries, perturbed.dim, focus) if focus else queries)
+    explainer = _estimator(estimator, smoothness, first_stage(queries, perturbed.dim, focus))
     runner = _runner(score, budget, batch_size)
     if progress:
         runner.start_progress(planned, f"saliency ({method}, {space})")

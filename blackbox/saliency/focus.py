@@ -37,7 +37,8 @@ def plan(queries: int, cells: int, share: float = SHARE) -> tuple[int, int]:
 
 
 def first_stage(queries: int, cells: int, share: float = SHARE) -> int:
-    """The queries of stage 1, the pass whose fit (and smoothness prior) draws the map."""
+    """The queries of stage 1, the pass whose fit (and smoothness prior) draws the map (every
+    query when ``share`` is 0: no focus)."""
     return queries - plan(queries, cells, share)[0]
 
 
