@@ -140,6 +140,9 @@ def table_specs() -> list[dict]:
         {"name": "KernelSHAP g14", "kind": "kernelshap", "seeds": both},
         {"name": "LIME g14 (lasso, Captum default)", "kind": "lime"},
         {"name": "LIME g14 (ridge)", "kind": "lime-ridge", "seeds": both},
+        # the same samples read on the default's score: separates the score from the method
+        {"name": "LIME g14 (ridge) on log p, the default's score", "kind": "lime-ridge", "score": "logp",
+         "seeds": both},
         {"name": "HSIC g8", "kind": "hsic"},
         {"name": "Sobol (Jansen, finest grid in budget)", "kind": "sobol"},
     ]
@@ -186,7 +189,8 @@ def compute_map(spec: dict, oracle: peers.Oracle, image, baseline, budget: int, 
     if kind == "sobol":
         return peers.sobol(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
     grid = peers.occlusion_grid(budget, min(image.shape[:2])) if kind == "occlusion" else METRIC_CELLS
-    return peers.captum_map(kind, oracle.prob, image, baseline, budget, grid, seed=seed, batch=BATCH)
+    score = oracle.logp if spec.get("score") == "logp" else oracle.prob
+    return peers.captum_map(kind, score, image, baseline, budget, grid, seed=seed, batch=BATCH)
 
 
 class Photo:
@@ -222,8 +226,10 @@ class Photo:
 
 def config_of(spec: dict, budget: int) -> str:
     """What a row measured: the library's settings in full at its budget (so rows of a changed
-    default are stale), or the peer's kind."""
-    return describe(spec["options"], budget) if spec["kind"] == "lr" else spec["kind"]
+    default are stale), or the peer's kind (and score, when not the probability)."""
+    if spec["kind"] == "lr":
+        return describe(spec["options"], budget)
+    return spec["kind"] + (" on log p" if spec.get("score") == "logp" else "")
 
 
 def is_current(row: dict, specs: dict) -> bool:
@@ -448,7 +454,8 @@ def combine(which: str, log) -> None:
           "- Peers: RISE (7x7 masks, p = 0.5, own implementation), occlusion / KernelSHAP / LIME from Captum on "
           "the same 14x14 cells (occlusion on the finest grid its budget allows), HSIC (8x8) and Sobol "
           "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "
-          "library's maps the log-probability (its default score). All use the same blurred baseline.\n",
+          "library's maps the log-probability (its default score); one LIME-ridge row reads the same samples "
+          "on the log-probability, to separate the score from the method. All use the same blurred baseline.\n",
           "## Means over photos\n", summary_table(summary),
           *(["\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
              f"\n## The opt-in `focus={FOCUS_SHARE}` against every other row, paired by photo\n",
