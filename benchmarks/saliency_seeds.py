@@ -1,18 +1,20 @@
-"""Six seeds at 1000 queries: is the default's deletion gap to LIME-ridge a gap or a tie?
+"""Six seeds at 500 and 1000 queries: are the default's gaps to the strongest peers gaps or ties?
 
 In results/saliency.md (seed 0) LIME with a ridge model deletes slightly faster than the default
-map at 1000 queries, inside the noise of one seed. This script measures the three maps that
-decide that target over seeds 0 to 5 on the tuning and table photos:
+map at 1000 queries, and the control row that reads LIME-ridge's samples on the log-probability
+deletes faster at 500, each inside the noise of one seed. This script measures the maps that
+decide those targets over seeds 0 to 5 on the tuning and table photos:
 
 * the default map (``blackbox.saliency``'s keyword defaults);
 * the default with ``focus=0.3`` (the opt-in map that re-measures its top cells);
-* LIME-ridge (Captum, the same 14x14 cells and blurred baseline).
+* LIME-ridge (Captum, the same 14x14 cells and blurred baseline), on the probability as in
+  saliency.md, and on the log-probability (the default's score: the control row).
 
 Judged as in benchmarks/saliency.py. Per photo, deletion and insertion AUC are averaged over the
 six seeds; intervals are bootstrap 95% intervals over photos. Seed-to-seed rho is the Spearman
 correlation of the 14x14 cell maps, averaged over the 15 pairs of seeds per photo. The last table
-shows what one seed's table would have said: for each seed, the mean over photos of the paired
-deletion difference to LIME-ridge.
+of each budget shows what one seed's table would have said: for each seed, the mean over photos
+of the default's paired differences to the two LIME-ridge rows.
 
     python benchmarks/saliency_seeds.py            # -> results/saliency_seeds.{md,json}
     python benchmarks/saliency_seeds.py --combine  # rewrite the .md from the .json
@@ -32,32 +34,36 @@ import saliency as bench  # noqa: E402
 
 from blackbox.metrics import spearman  # noqa: E402
 
-BUDGET = 1000
+BUDGETS = (500, 1000)
 SEEDS = tuple(range(6))
 LIME = "LIME g14 (ridge)"
+CONTROL = "LIME g14 (ridge) on log p, the default's score"
+PEERS = (LIME, CONTROL)
 MAPS = [
     (bench.DEFAULT, {"kind": "lr", "options": {}}),
     (bench.FOCUS, {"kind": "lr", "options": {"focus": bench.FOCUS_SHARE}}),
     (LIME, {"kind": "lime-ridge"}),
+    (CONTROL, {"kind": "lime-ridge", "score": "logp"}),
 ]
+SHORT = {bench.DEFAULT: "default", bench.FOCUS: "focus", LIME: "LIME-ridge", CONTROL: "LIME-ridge on log p"}
 
 
 def rows_for(photo, which: str) -> list[dict]:
     rows = []
-    for seed in SEEDS:
-        for name, spec in MAPS:
-            photo.oracle.reset()
-            m = bench.compute_map(spec, photo.oracle, photo.work, photo.baseline, BUDGET, seed)
-            assert photo.oracle.evals <= BUDGET
-            rows.append({"set": which, "photo": photo.name, "method": name, "seed": seed,
-                         "config": bench.config_of(spec, BUDGET),
-                         **photo.judge(m)})
+    for budget in BUDGETS:
+        for seed in SEEDS:
+            for name, spec in MAPS:
+                photo.oracle.reset()
+                m = bench.compute_map(spec, photo.oracle, photo.work, photo.baseline, budget, seed)
+                assert photo.oracle.evals <= budget
+                rows.append({"set": which, "photo": photo.name, "method": name, "budget": budget, "seed": seed,
+                             "config": bench.config_of(spec, budget), **photo.judge(m)})
         photo.oracle.save()
     return rows
 
 
-def summary(rows: list[dict], which: str) -> str:
-    rows = [r for r in rows if r["set"] == which]
+def summary(rows: list[dict], which: str, budget: int) -> str:
+    rows = [r for r in rows if r["set"] == which and r["budget"] == budget]
     photos = list(dict.fromkeys(r["photo"] for r in rows))
     get = {(r["method"], r["photo"], r["seed"]): r for r in rows}
 
@@ -68,50 +74,53 @@ def summary(rows: list[dict], which: str) -> str:
         return np.array([np.mean([spearman(get[(method, p, a)]["cells"], get[(method, p, b)]["cells"])
                                   for a, b in itertools.combinations(SEEDS, 2)]) for p in photos])
 
-    lime_del, lime_ins = per_photo(LIME, "deletion"), per_photo(LIME, "insertion")
-    lines = [f"\n## {which.capitalize()} photos ({', '.join(photos)})\n",
-             "| map | deletion AUC (lower better) | insertion AUC (higher better) | seed-to-seed rho "
-             "| deletion - LIME-ridge | lower on | insertion - LIME-ridge | higher on |",
-             "|---|---|---|---|---|---|---|---|"]
+    n = len(photos)
+    lines = [f"\n## {which.capitalize()} photos at {budget} queries ({', '.join(photos)})\n",
+             "| map | deletion AUC (lower better) | insertion AUC (higher better) | seed-to-seed rho |",
+             "|---|---|---|---|"]
     for name, _ in MAPS:
-        d, i = per_photo(name, "deletion"), per_photo(name, "insertion")
-        versus = "- | - | - | -" if name == LIME else (
-            f"{bench.fmt(bench.bootstrap(d - lime_del))} | {int(np.sum(d < lime_del))}/{len(photos)} | "
-            f"{bench.fmt(bench.bootstrap(i - lime_ins))} | {int(np.sum(i > lime_ins))}/{len(photos)}")
-        lines.append(f"| {name} | {bench.fmt(bench.bootstrap(d))} | {bench.fmt(bench.bootstrap(i))} | "
-                     f"{bench.fmt(bench.bootstrap(stability(name)), 2)} | {versus} |")
-    lines += ["", "What one seed's table would have said (mean over photos, paired by photo):", "",
-              "| seed | default: deletion - LIME-ridge | default: insertion - LIME-ridge "
-              "| focus: deletion - LIME-ridge | focus: insertion - LIME-ridge |", "|---|---|---|---|---|"]
+        lines.append(f"| {name} | {bench.fmt(bench.bootstrap(per_photo(name, 'deletion')))} | "
+                     f"{bench.fmt(bench.bootstrap(per_photo(name, 'insertion')))} | "
+                     f"{bench.fmt(bench.bootstrap(stability(name)), 2)} |")
+    lines += ["", "Paired by photo (both maps averaged over the six seeds):", "",
+              "| map - peer | deletion | lower on | insertion | higher on |", "|---|---|---|---|---|"]
+    for name in (bench.DEFAULT, bench.FOCUS):
+        for peer in PEERS:
+            d = per_photo(name, "deletion") - per_photo(peer, "deletion")
+            i = per_photo(name, "insertion") - per_photo(peer, "insertion")
+            lines.append(f"| {SHORT[name]} - {SHORT[peer]} | {bench.fmt(bench.bootstrap(d))} | "
+                         f"{int(np.sum(d < 0))}/{n} | {bench.fmt(bench.bootstrap(i))} | {int(np.sum(i > 0))}/{n} |")
+    lines += ["", "What one seed's table would have said (the default's mean paired difference over photos):", "",
+              "| seed | " + " | ".join(f"{k} - {SHORT[peer]}" for peer in PEERS for k in ("deletion", "insertion"))
+              + " |", "|---|" + "---|" * 2 * len(PEERS)]
     for s in SEEDS:
-        cells = []
-        for name in (bench.DEFAULT, bench.FOCUS):
-            for key in ("deletion", "insertion"):
-                cells.append(f"{np.mean([get[(name, p, s)][key] - get[(LIME, p, s)][key] for p in photos]):+.4f}")
+        cells = [f"{np.mean([get[(bench.DEFAULT, p, s)][key] - get[(peer, p, s)][key] for p in photos]):+.4f}"
+                 for peer in PEERS for key in ("deletion", "insertion")]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write(rows: list[dict], seconds: float | None = None) -> None:
     (bench.RESULTS / "saliency_seeds.json").write_text(
-        json.dumps({"budget": BUDGET, "seeds": SEEDS, "seconds": seconds, "rows": rows}))
+        json.dumps({"budgets": BUDGETS, "seeds": SEEDS, "seconds": seconds, "rows": rows}))
     head = [
-        f"# Six seeds at {BUDGET} queries: the default, the opt-in focus and LIME-ridge",
+        "# Six seeds at 500 and 1000 queries: the default, the opt-in focus and LIME-ridge (on p and on log p)",
         "",
         f"Written by `python benchmarks/saliency_seeds.py`{f' ({seconds:.0f} s)' if seconds else ''}. "
         "Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class, blurred baseline, "
-        f"14x14 cells, {BUDGET} queries per map, seeds {SEEDS[0]} to {SEEDS[-1]}.",
+        f"14x14 cells, {' and '.join(map(str, BUDGETS))} queries per map, seeds {SEEDS[0]} to {SEEDS[-1]}.",
         "",
         "- Deletion / insertion AUC: as in `saliency.md`, averaged over the six seeds per photo, then over "
         "photos (bootstrap 95% intervals over photos).",
         "- seed-to-seed rho: Spearman correlation of the 14x14 cell maps, the mean over the 15 pairs of seeds "
         "per photo (`saliency.md` has the one pair, seeds 0 and 1).",
-        "- X - LIME-ridge: paired by photo (both averaged over the six seeds); lower / higher on: photos where "
-        "the map deletes faster / inserts higher.",
-        "- Targets of the issue at 1000 queries: deletion below and insertion above LIME-ridge's, and "
-        "seed-to-seed rho >= 0.8.",
+        "- LIME-ridge explains the probability, as every peer in `saliency.md`; the control row reads the same "
+        "samples on the log-probability, the default's score.",
+        "- map - peer: paired by photo; lower / higher on: photos where the map deletes faster / inserts higher.",
+        "- Targets of the issue at 500 and 1000 queries: deletion below and insertion above every peer's; at "
+        "1000, seed-to-seed rho >= 0.8.",
     ]
-    body = [summary(rows, which) for which in dict.fromkeys(r["set"] for r in rows)]
+    body = [summary(rows, which, b) for b in BUDGETS for which in dict.fromkeys(r["set"] for r in rows)]
     (bench.RESULTS / "saliency_seeds.md").write_text("\n".join(head + body) + "\n")
 
 
