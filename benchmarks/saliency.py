@@ -68,6 +68,8 @@ DEFAULT = "default"
 WHITEBOX = "white-box IG (torch autograd, reference)"
 IG_STEPS = "ig-steps mask g14 lr (one-patch steps on the path; not the default)"
 FOCUS = f"the default + focus {FOCUS_SHARE} (top cells re-measured among themselves; opt-in)"
+LIME_RIDGE = "LIME g14 (ridge)"
+LIME_LOGP = "LIME g14 (ridge) on log p, the default's score"  # the control row: LIME-ridge on the default's score
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -139,10 +141,9 @@ def table_specs() -> list[dict]:
         {"name": "occlusion (finest grid in budget)", "kind": "occlusion"},
         {"name": "KernelSHAP g14", "kind": "kernelshap", "seeds": both},
         {"name": "LIME g14 (lasso, Captum default)", "kind": "lime"},
-        {"name": "LIME g14 (ridge)", "kind": "lime-ridge", "seeds": both},
+        {"name": LIME_RIDGE, "kind": "lime-ridge", "seeds": both},
         # the same samples read on the default's score: separates the score from the method
-        {"name": "LIME g14 (ridge) on log p, the default's score", "kind": "lime-ridge", "score": "logp",
-         "seeds": both},
+        {"name": LIME_LOGP, "kind": "lime-ridge", "score": "logp", "seeds": both},
         {"name": "HSIC g8", "kind": "hsic"},
         {"name": "Sobol (Jansen, finest grid in budget)", "kind": "sobol"},
     ]

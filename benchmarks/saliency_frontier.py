@@ -39,7 +39,7 @@ from blackbox.metrics import spearman  # noqa: E402
 
 BUDGET = 1000
 SEEDS = (0, 1)
-LIME = "LIME g14 (ridge)"
+LIME = bench.LIME_RIDGE
 FITS = [("lr", None), ("ridge", 0.0), ("ridge", 0.03), ("ridge", 0.1), ("ridge", 0.3)]
 PEAKS = [(0.3, 0.1, 1.0), (0.4, 0.3, 1.0)]  # (share of cells freed, smoothness ranking them, smoothness of the rest)
 SCORES = ("log p", "p / p(image)")

@@ -36,8 +36,7 @@ from blackbox.metrics import spearman  # noqa: E402
 
 BUDGETS = (500, 1000)
 SEEDS = tuple(range(6))
-LIME = "LIME g14 (ridge)"
-CONTROL = "LIME g14 (ridge) on log p, the default's score"
+LIME, CONTROL = bench.LIME_RIDGE, bench.LIME_LOGP
 PEERS = (LIME, CONTROL)
 MAPS = [
     (bench.DEFAULT, {"kind": "lr", "options": {}}),
