@@ -38,12 +38,8 @@ BUDGETS = (500, 1000)
 SEEDS = tuple(range(6))
 LIME, CONTROL = bench.LIME_RIDGE, bench.LIME_LOGP
 PEERS = (LIME, CONTROL)
-MAPS = [
-    (bench.DEFAULT, {"kind": "lr", "options": {}}),
-    (bench.FOCUS, {"kind": "lr", "options": {"focus": bench.FOCUS_SHARE}}),
-    (LIME, {"kind": "lime-ridge"}),
-    (CONTROL, {"kind": "lime-ridge", "score": "logp"}),
-]
+TABLE = {spec["name"]: spec for spec in bench.table_specs()}
+MAPS = [(name, TABLE[name]) for name in (bench.DEFAULT, bench.FOCUS, LIME, CONTROL)]  # the table's own rows
 SHORT = {bench.DEFAULT: "default", bench.FOCUS: "focus", LIME: "LIME-ridge", CONTROL: "LIME-ridge on log p"}
 
 
