@@ -11,7 +11,11 @@ the answers are cached, so only the deletion curves are paid for) and changes on
   relative to the full image's (what LIME and the deletion curve measure);
 * for the log-probability, least squares with the strongest cells freed from the prior ("peaks"):
   a first fit ranks the cells, the top share keeps none of its neighbour terms, and the rest is
-  fitted with a stronger prior (steady weak cells, unblurred strong ones). Not in the library.
+  fitted with a stronger prior (steady weak cells, unblurred strong ones). Not in the library;
+* the default's map with its strongest cells re-ordered by the probability ("re-ordered"): the
+  top share keeps its values, handed out in the order of the least-squares fit (smoothness 0) of
+  the same queries read on p / p(image); every other cell keeps its value and rank. Not in the
+  library either.
 
 LIME-ridge (Captum, 14x14 cells, the same blurred baseline) runs beside them on every photo, seeds
 0 and 1, as the reference. Tuning and table photos, judged as in benchmarks/saliency.py: deletion
@@ -43,6 +47,8 @@ LIME = bench.LIME_RIDGE
 FITS = [("lr", None), ("ridge", 0.0), ("ridge", 0.03), ("ridge", 0.1), ("ridge", 0.3)]
 PEAKS = [(0.3, 0.1, 1.0), (0.4, 0.3, 1.0)]  # (share of cells freed, smoothness ranking them, smoothness of the rest)
 SCORES = ("log p", "p / p(image)")
+REORDER = (0.1, 0.2, 0.3)  # shares of the default's strongest cells re-ordered by the p / p(image) fit
+REORDER_BY = ("p / p(image)", "ridge", 0.0)
 
 
 def config_name(score: str, estimator: str, smoothness) -> str:
@@ -72,11 +78,28 @@ def peaks_name(share: float, rank_smoothness: float, smoothness: float) -> str:
             f"(ranked at smoothness {rank_smoothness})")
 
 
+def reordered(values: np.ndarray, by: np.ndarray, share: float) -> np.ndarray:
+    """``values`` with its top ``share`` of cells re-ordered by ``by``: the same values among the
+    same cells, the largest where ``by`` is largest; every other cell unchanged."""
+    top = np.argsort(-values, kind="stable")[:int(round(share * len(values)))]
+    out = values.copy()
+    out[top[np.argsort(-by[top], kind="stable")]] = np.sort(values[top])[::-1]
+    return out
+
+
+def reordered_name(share: float) -> str:
+    score, _, smoothness = REORDER_BY
+    return (f"log p, least squares, smoothness {bench.library_default()['smoothness']} (the default), its top {share:.0%} "
+            f"of cells re-ordered by {score}, least squares, smoothness {smoothness}")
+
+
 def rows_for(photo, which: str) -> list[dict]:
     log_full = float(photo.oracle.logp(photo.work[None])[0])
     scores = {"log p": photo.oracle.logp, "p / p(image)": lambda x: np.exp(photo.oracle.logp(x) - log_full)}
     rows = []
+    grid = photo.cells
     for seed in SEEDS:
+        cells_of = {}
         for score in SCORES:
             for estimator, smoothness in FITS:
                 photo.oracle.reset()
@@ -84,15 +107,21 @@ def rows_for(photo, which: str) -> list[dict]:
                                   estimator=estimator, smoothness=smoothness)
                 assert photo.oracle.evals <= BUDGET
                 config = config_name(score, estimator, smoothness)
+                cells_of[(score, estimator, smoothness)] = result.cells.ravel()
                 rows.append({"set": which, "photo": photo.name, "config": config, "seed": seed,
                              **photo.judge(result.map)})
                 if config.endswith("(the default)"):  # the default's queries, refitted
-                    grid = photo.cells
                     for share, rank, smooth in PEAKS:
                         cells = peaks_fit(result.estimate.samples, grid.laplacian(), share, rank, smooth)
                         pixels = grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0]
                         rows.append({"set": which, "photo": photo.name, "config": peaks_name(share, rank, smooth),
                                      "seed": seed, **photo.judge(pixels)})
+        default = cells_of[("log p", "ridge", bench.library_default()["smoothness"])]
+        for share in REORDER:
+            cells = reordered(default, cells_of[REORDER_BY], share)
+            pixels = grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0]
+            rows.append({"set": which, "photo": photo.name, "config": reordered_name(share), "seed": seed,
+                         **photo.judge(pixels)})
         photo.oracle.reset()
         lime = bench.compute_map({"kind": "lime-ridge"}, photo.oracle, photo.work, photo.baseline, BUDGET, seed)
         assert photo.oracle.evals <= BUDGET
