@@ -199,9 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def _send(self, status: int, payload, headers: dict | None = None, raw: bytes | None = None):
-        send_json(self, status, raw if raw is not None else json.dumps(payload).encode(), headers)
-        with self.server.lock:
+        with self.server.lock:  # counted before the answer leaves: a client that has it sees it counted
             self.server.counters.by_status[status] += 1
+        send_json(self, status, raw if raw is not None else json.dumps(payload).encode(), headers)
 
     def _error(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
         self._send(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
