@@ -40,6 +40,7 @@ import saliency as bench  # noqa: E402
 from blackbox import saliency  # noqa: E402
 from blackbox.estimators import GradientEstimate, Regression, Samples  # noqa: E402
 from blackbox.metrics import spearman  # noqa: E402
+from blackbox.saliency.focus import reorder_among  # noqa: E402
 
 BUDGET = 1000
 SEEDS = (0, 1)
@@ -82,9 +83,7 @@ def reordered(values: np.ndarray, by: np.ndarray, share: float) -> np.ndarray:
     """``values`` with its top ``share`` of cells re-ordered by ``by``: the same values among the
     same cells, the largest where ``by`` is largest; every other cell unchanged."""
     top = np.argsort(-values, kind="stable")[:int(round(share * len(values)))]
-    out = values.copy()
-    out[top[np.argsort(-by[top], kind="stable")]] = np.sort(values[top])[::-1]
-    return out
+    return reorder_among(values, top, by[top])
 
 
 def reordered_name(share: float) -> str:
@@ -93,11 +92,16 @@ def reordered_name(share: float) -> str:
             f"of cells re-ordered by {score}, least squares, smoothness {smoothness}")
 
 
+def judge_cells(photo, cells: np.ndarray) -> dict:
+    """``photo.judge`` of a 14x14 cell map (flat), smoothly upsampled as the library draws it."""
+    grid = photo.cells
+    return photo.judge(grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0])
+
+
 def rows_for(photo, which: str) -> list[dict]:
     log_full = float(photo.oracle.logp(photo.work[None])[0])
     scores = {"log p": photo.oracle.logp, "p / p(image)": lambda x: np.exp(photo.oracle.logp(x) - log_full)}
     rows = []
-    grid = photo.cells
     for seed in SEEDS:
         cells_of = {}
         for score in SCORES:
@@ -112,16 +116,13 @@ def rows_for(photo, which: str) -> list[dict]:
                              **photo.judge(result.map)})
                 if config.endswith("(the default)"):  # the default's queries, refitted
                     for share, rank, smooth in PEAKS:
-                        cells = peaks_fit(result.estimate.samples, grid.laplacian(), share, rank, smooth)
-                        pixels = grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0]
+                        cells = peaks_fit(result.estimate.samples, photo.cells.laplacian(), share, rank, smooth)
                         rows.append({"set": which, "photo": photo.name, "config": peaks_name(share, rank, smooth),
-                                     "seed": seed, **photo.judge(pixels)})
+                                     "seed": seed, **judge_cells(photo, cells)})
         default = cells_of[("log p", "ridge", bench.library_default()["smoothness"])]
         for share in REORDER:
-            cells = reordered(default, cells_of[REORDER_BY], share)
-            pixels = grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0]
             rows.append({"set": which, "photo": photo.name, "config": reordered_name(share), "seed": seed,
-                         **photo.judge(pixels)})
+                         **judge_cells(photo, reordered(default, cells_of[REORDER_BY], share))})
         photo.oracle.reset()
         lime = bench.compute_map({"kind": "lime-ridge"}, photo.oracle, photo.work, photo.baseline, BUDGET, seed)
         assert photo.oracle.evals <= BUDGET

@@ -74,7 +74,13 @@ def focused(probe, explainer, prior, *, queries: int, sigma: float, noise: str, 
         return first, values, stderr
     gram = z.T @ z
     effects = np.linalg.solve(gram + RIDGE * np.trace(gram) / k * np.eye(k), z.T @ r)
-    out = values.copy()
-    out[candidates[np.argsort(-effects, kind="stable")]] = np.sort(values[candidates])[::-1]
     first.extras.update(focus_cells=candidates.tolist(), focus_effects=effects)
-    return first, out, stderr
+    return first, reorder_among(values, candidates, effects), stderr
+
+
+def reorder_among(values: np.ndarray, cells: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """``values`` with the values of ``cells`` handed out among them in the order of ``by`` (one
+    entry per cell): the largest to the cell ``by`` ranks first; every other cell unchanged."""
+    out = values.copy()
+    out[cells[np.argsort(-by, kind="stable")]] = np.sort(values[cells])[::-1]
+    return out
