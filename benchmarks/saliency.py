@@ -224,6 +224,11 @@ class Photo:
                 "rho_gradient": round(spearman(cells, self.whitebox["gradient"]), 4),
                 "cells": np.round(cells, 7).tolist()}
 
+    def judge_cells(self, cells: np.ndarray) -> dict:
+        """``judge`` of a 14x14 cell map (flat or square), each cell's value over its pixels."""
+        grid = self.cells
+        return self.judge(grid.upsample(np.reshape(cells, (1, grid.rows, grid.cols)).astype(np.float32))[0])
+
 
 def config_of(spec: dict, budget: int) -> str:
     """What a row measured: the library's settings in full at its budget (so rows of a changed

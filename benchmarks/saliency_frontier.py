@@ -92,12 +92,6 @@ def reordered_name(share: float) -> str:
             f"of cells re-ordered by {score}, least squares, smoothness {smoothness}")
 
 
-def judge_cells(photo, cells: np.ndarray) -> dict:
-    """``photo.judge`` of a 14x14 cell map (flat), smoothly upsampled as the library draws it."""
-    grid = photo.cells
-    return photo.judge(grid.upsample(cells.reshape(1, grid.rows, grid.cols).astype(np.float32))[0])
-
-
 def rows_for(photo, which: str) -> list[dict]:
     log_full = float(photo.oracle.logp(photo.work[None])[0])
     scores = {"log p": photo.oracle.logp, "p / p(image)": lambda x: np.exp(photo.oracle.logp(x) - log_full)}
@@ -118,11 +112,11 @@ def rows_for(photo, which: str) -> list[dict]:
                     for share, rank, smooth in PEAKS:
                         cells = peaks_fit(result.estimate.samples, photo.cells.laplacian(), share, rank, smooth)
                         rows.append({"set": which, "photo": photo.name, "config": peaks_name(share, rank, smooth),
-                                     "seed": seed, **judge_cells(photo, cells)})
+                                     "seed": seed, **photo.judge_cells(cells)})
         default = cells_of[("log p", "ridge", bench.library_default()["smoothness"])]
         for share in REORDER:
             rows.append({"set": which, "photo": photo.name, "config": reordered_name(share), "seed": seed,
-                         **judge_cells(photo, reordered(default, cells_of[REORDER_BY], share))})
+                         **photo.judge_cells(reordered(default, cells_of[REORDER_BY], share))})
         photo.oracle.reset()
         lime = bench.compute_map({"kind": "lime-ridge"}, photo.oracle, photo.work, photo.baseline, BUDGET, seed)
         assert photo.oracle.evals <= BUDGET
