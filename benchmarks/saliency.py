@@ -320,6 +320,13 @@ def fmt(stat, digits: int = 4) -> str:
     return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def paired(diff, digits: int = 4) -> str:
+    """Two table cells for per-photo differences (row minus reference): the mean with its bootstrap
+    interval, and on how many photos the row is lower."""
+    diff = np.asarray(diff)
+    return f"{fmt(bootstrap(diff), digits)} | {int(np.sum(diff < 0))}/{diff.size}"
+
+
 def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
     by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
     return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]

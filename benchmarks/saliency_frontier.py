@@ -141,7 +141,7 @@ def summary(rows: list[dict], which: str) -> str:
         deletion = per_photo(config, "deletion")
         rho = [spearman(get[(config, p, SEEDS[0])]["cells"], get[(config, p, SEEDS[1])]["cells"]) for p in photos]
         diff = deletion - lime
-        paired = "- | -" if config == LIME else f"{bench.fmt(bench.bootstrap(diff))} | {int(np.sum(diff < 0))}/{len(photos)}"
+        paired = "- | -" if config == LIME else bench.paired(diff)
         lines.append(f"| {config} | {bench.fmt(bench.bootstrap(deletion))} | "
                      f"{bench.fmt(bench.bootstrap(per_photo(config, 'insertion')))} | {bench.fmt(bench.bootstrap(rho), 2)} "
                      f"| {paired} |")

@@ -122,7 +122,7 @@ def summary(rows: list[dict]) -> str:
              "| deletion - LIME-ridge | lower on |", "|---|---|---|---|---|---|"]
     for config in configs:
         diff = per_photo(config, "deletion") - lime
-        paired = "- | -" if config == LIME else f"{bench.fmt(bench.bootstrap(diff))} | {int(np.sum(diff < 0))}/{len(photos)}"
+        paired = "- | -" if config == LIME else bench.paired(diff)
         lines.append(f"| {config} | {bench.fmt(bench.bootstrap(per_photo(config, 'deletion')))} | "
                      f"{bench.fmt(bench.bootstrap(per_photo(config, 'insertion')))} | "
                      f"{bench.fmt(bench.bootstrap(per_photo(config, 'rho_ig')), 2)} | {paired} |")

@@ -107,7 +107,7 @@ def summary(rows: list[dict], which: str) -> str:
             elif smoothness_of(name, budget) == SMOOTHNESS:
                 paired = "(the same fit as held) | -"
             else:
-                paired = f"{bench.fmt(bench.bootstrap(diff), 3)} | {int(np.sum(diff < 0))}/{len(photos)}"
+                paired = bench.paired(diff, 3)
             lines.append(f"| {budget} | {name}, smoothness {smoothness_of(name, budget):g} | {bench.fmt(bench.bootstrap(error), 3)} "
                          f"| {bench.fmt(bench.bootstrap(per_photo(budget, name, 'rho')), 2)} | {paired} |")
     top = BUDGETS[-1]
