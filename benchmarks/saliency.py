@@ -215,6 +215,13 @@ class Photo:
     def pooled(self, saliency_map) -> np.ndarray:
         return self.cells.pool(np.asarray(saliency_map, dtype=np.float64)[None, :, :, None])[0, :, :, 0]
 
+    def paid_map(self, spec: dict, budget: int, seed: int) -> np.ndarray:
+        """``compute_map`` of this photo from a fresh count, checked to have spent at most ``budget``."""
+        self.oracle.reset()
+        sal = compute_map(spec, self.oracle, self.work, self.baseline, budget, seed)
+        assert self.oracle.evals <= budget, f"{spec.get('name', spec['kind'])} spent {self.oracle.evals} > {budget}"
+        return sal
+
     def judge(self, saliency_map) -> dict:
         f = deletion_insertion(self.oracle.prob, self.work, saliency_map, self.baseline, cells=METRIC_CELLS,
                                steps=28, batch_size=BATCH)
@@ -261,11 +268,9 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
             for seed in spec.get("seeds", {}).get(budget, [0]):
                 if (spec["name"], budget, seed) in done:
                     continue
-                photo.oracle.reset()
                 t0 = time.perf_counter()
-                sal = compute_map(spec, photo.oracle, photo.work, photo.baseline, budget, seed)
+                sal = photo.paid_map(spec, budget, seed)
                 wall = time.perf_counter() - t0
-                assert photo.oracle.evals <= budget, f"{spec['name']} spent {photo.oracle.evals} > {budget}"
                 row = {"photo": name, "target": photo.target.label, "method": spec["name"],
                        "config": config_of(spec, budget),
                        "budget": budget, "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),

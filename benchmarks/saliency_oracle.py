@@ -84,20 +84,11 @@ def rows_for(photo, which: str) -> list[dict]:
     def row(config: str, judged: dict) -> dict:
         return {"set": which, "photo": photo.name, "config": config, "seed": SEED, **judged}
 
-    cells = {}
-    photo.oracle.reset()
-    default = bench.compute_map({"kind": "lr", "options": {}}, photo.oracle, photo.work, photo.baseline, BUDGET, SEED)
-    assert photo.oracle.evals <= BUDGET
-    cells[DEFAULT] = photo.pooled(default).ravel()
-    photo.oracle.reset()
-    steps = bench.compute_map({"kind": "lr", "options": {"method": "ig-steps", "estimator": "lr"}}, photo.oracle,
-                              photo.work, photo.baseline, BUDGET, SEED)
-    assert photo.oracle.evals <= BUDGET
-    cells["ig-steps"] = photo.pooled(steps).ravel()
-    cells["white-box IG"] = np.ravel(photo.whitebox["ig"])
-    photo.oracle.reset()
-    lime = bench.compute_map({"kind": "lime-ridge"}, photo.oracle, photo.work, photo.baseline, BUDGET, SEED)
-    assert photo.oracle.evals <= BUDGET
+    default = photo.paid_map({"kind": "lr", "options": {}}, BUDGET, SEED)
+    steps = photo.paid_map({"kind": "lr", "options": {"method": "ig-steps", "estimator": "lr"}}, BUDGET, SEED)
+    lime = photo.paid_map({"kind": "lime-ridge"}, BUDGET, SEED)
+    cells = {DEFAULT: photo.pooled(default).ravel(), "ig-steps": photo.pooled(steps).ravel(),
+             "white-box IG": np.ravel(photo.whitebox["ig"])}
     rows = [row(DEFAULT, photo.judge(default)), row(LIME, photo.judge(lime)),
             row(IG, photo.judge(photo.whitebox_maps["ig"])), row(IG_STEPS, photo.judge(steps))]
     rows += [row(GREEDY_DELETION, photo.judge_cells(greedy_order(photo, deletion=True))),
