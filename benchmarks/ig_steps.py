@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import saliency as bench  # noqa: E402
 
-from blackbox.image_spaces import MaskSpace  # noqa: E402
-from blackbox.metrics import spearman  # noqa: E402
+from blackbox.saliency.spaces import MaskSpace  # noqa: E402
+from blackbox.saliency.metrics import spearman  # noqa: E402
 from blackbox.saliency import METHODS  # noqa: E402
 from blackbox.saliency.path_steps import path_points, path_steps  # noqa: E402
 

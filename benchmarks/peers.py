@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from blackbox.image_spaces import PatchGrid
+from blackbox.saliency.spaces import PatchGrid
 
 
 class Oracle:

@@ -56,7 +56,7 @@ def main():
     os.environ.setdefault("TQDM_DISABLE", "1")
     from blackbox.adapters import load_image_model
     from blackbox.adapters.remote.serve import ClassifierScorer, ModelServer
-    from blackbox.metrics import spearman
+    from blackbox.saliency.metrics import spearman
     from blackbox.sample_images import load_sample
 
     model = load_image_model()

@@ -46,8 +46,8 @@ from blackbox import make_baseline, saliency  # noqa: E402
 from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight  # noqa: E402
 from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage  # noqa: E402
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
-from blackbox.image_spaces import PatchGrid  # noqa: E402
-from blackbox.metrics import deletion_insertion, spearman  # noqa: E402
+from blackbox.saliency.spaces import PatchGrid  # noqa: E402
+from blackbox.saliency.metrics import deletion_insertion, spearman  # noqa: E402
 from blackbox.paths import cache_dir  # noqa: E402
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample  # noqa: E402
 

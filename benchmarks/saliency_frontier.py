@@ -39,7 +39,7 @@ import saliency as bench  # noqa: E402
 
 from blackbox import saliency  # noqa: E402
 from blackbox.estimators import GradientEstimate, Regression, Samples  # noqa: E402
-from blackbox.metrics import spearman  # noqa: E402
+from blackbox.saliency.metrics import spearman  # noqa: E402
 from blackbox.saliency.focus import reorder_among  # noqa: E402
 
 BUDGET = 1000

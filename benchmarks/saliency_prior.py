@@ -37,7 +37,7 @@ import saliency as bench  # noqa: E402
 
 from blackbox import saliency  # noqa: E402
 from blackbox.estimators import GradientEstimate, Regression, Samples  # noqa: E402
-from blackbox.metrics import spearman  # noqa: E402
+from blackbox.saliency.metrics import spearman  # noqa: E402
 from blackbox.saliency import PRIOR_QUERIES, prior_weight  # noqa: E402
 
 TRUTH_QUERIES = 16000

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import saliency as bench  # noqa: E402
 
-from blackbox.metrics import spearman  # noqa: E402
+from blackbox.saliency.metrics import spearman  # noqa: E402
 
 BUDGETS = (500, 1000)
 SEEDS = tuple(range(6))

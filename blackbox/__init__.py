@@ -5,13 +5,13 @@ metrics and plots. Models live in :mod:`blackbox.adapters`; the command line in 
 """
 from .errors import BlackboxError, BudgetExceeded, InputError, MissingDependency, ModelError
 from .estimators import GradientEstimate, lr_gradient
-from .image_spaces import MaskSpace, PatchGrid, PixelSpace
+from .saliency.spaces import MaskSpace, PatchGrid, PixelSpace
 from .images import ImageView, load_image
-from .metrics import cosine, deletion_insertion, spearman
+from .saliency.metrics import cosine, deletion_insertion, spearman
 from .models import Classifier, ImageModel, Target
 from .queries import Budget, QueryFunction, QueryRunner
 from .saliency import SaliencyResult, make_baseline, saliency
-from .batch import BatchResult, ImageResult, explain_many
+from .many import BatchResult, ImageResult, explain_many
 
 __version__ = "0.1.0"
 

@@ -160,7 +160,7 @@ def run(args) -> int:
 
 def _check_grid(args, working) -> None:
     """A grid and blocks that cannot give a map are refused before any query is paid."""
-    from blackbox.image_spaces import PatchGrid
+    from blackbox.saliency.spaces import PatchGrid
 
     height, width = working.shape[:2]
     PatchGrid(height, width, args.grid).blocks(args.blocks)

@@ -75,7 +75,7 @@ def saliency_options(args) -> dict:
 
 def run(args) -> int:
     from blackbox.adapters.spec import model_spec
-    from blackbox.batch import explain_many
+    from blackbox.many import explain_many
     from blackbox.queries import Budget
 
     remote.check_local_options(args)
@@ -117,7 +117,7 @@ def run(args) -> int:
 def dry_run(args, model_options: dict, budget) -> int:
     """What the whole run would spend: every image is planned on the remote engine, nothing is sent."""
     from blackbox.adapters.registry import load_image_model
-    from blackbox.batch import collect_images, explain_many
+    from blackbox.many import collect_images, explain_many
 
     images = len(collect_images(args.image))
     if not remote.is_remote(args.model):

@@ -227,7 +227,7 @@ def test_a_results_folder_is_resumed_and_guarded(model, photos, tmp_path):
         blackbox.explain_many(photos, model, queries=32, executor="pool")
     # above 1000 queries the smoothness prior fades: such runs say so, so that a folder of maps
     # made before it faded refuses to mix with new ones (one clear error) instead of resuming
-    from blackbox.batch import run_settings
+    from blackbox.many.run import run_settings
 
     assert "prior_fades_above" not in run_settings({}, 1000, {}, None)
     assert run_settings({}, 4000, {}, None)["prior_fades_above"] == 1000

@@ -82,7 +82,7 @@ def test_remote_map_through_the_served_model_matches_the_local_map(coffee_png, e
     """The served model describes its view (the classifier's centre crop), so the remote map of
     the coffee photo is the local map: the same images, the same scores (log P(Yes) = log p)."""
     from blackbox.images import load_image
-    from blackbox.metrics import spearman
+    from blackbox.saliency.metrics import spearman
     from blackbox.saliency import saliency
 
     srv = servers(scorer=ClassifierScorer(model))

@@ -373,7 +373,7 @@ def test_the_server_describes_its_view_and_price_in_its_model_card(model, tmp_pa
 def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkeypatch):
     """Map queries reach a remote model as keyed inputs (keys from the points that render them):
     a rerun finds every answer by key, so no image is rendered, encoded or hashed again."""
-    from blackbox.image_spaces import MaskSpace
+    from blackbox.saliency.spaces import MaskSpace
     from blackbox.saliency import saliency
 
     srv = server_factory()

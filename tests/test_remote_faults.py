@@ -295,7 +295,7 @@ def test_workers_opening_a_new_cache_or_ledger_at_once_all_get_it(tmp_path):
     # the first opens of a new file race to switch it to WAL; SQLite answers the losers "database
     # is locked" at once (no busy wait), which used to fail a fresh --executor pool run
     from blackbox.adapters.remote.cache import ResponseCache
-    from blackbox.ledger import SQLiteLedger
+    from blackbox.many.ledger import SQLiteLedger
 
     errors, opened = [], []
 

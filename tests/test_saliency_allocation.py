@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from blackbox.errors import InputError
-from blackbox.rationing import rationed_gradient
+from blackbox.saliency.rationing import rationed_gradient
 
 
 def heterogeneous_linear(d_block=10, scales=(0.1, 0.3, 1.0, 3.0)):

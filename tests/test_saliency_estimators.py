@@ -5,9 +5,9 @@ import pytest
 
 from blackbox import InputError, saliency
 from blackbox.estimators import Regression, lr_gradient
-from blackbox.image_spaces import MaskSpace, PatchGrid
-from blackbox.metrics import spearman
-from blackbox.rationing import rationed_gradient
+from blackbox.saliency.spaces import MaskSpace, PatchGrid
+from blackbox.saliency.metrics import spearman
+from blackbox.saliency.rationing import rationed_gradient
 
 D = 30
 G = np.random.default_rng(3).standard_normal(D)

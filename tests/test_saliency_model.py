@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from blackbox import Budget, QueryRunner, cosine, deletion_insertion, make_baseline, saliency, spearman
-from blackbox.image_spaces import PatchGrid
+from blackbox.saliency.spaces import PatchGrid
 
 
 def test_embedded_model_sees_espresso(model, coffee):

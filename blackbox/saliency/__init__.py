@@ -2,7 +2,7 @@
 
 A map is composed of small parts, each replaceable on its own:
 
-* a **space** (what is perturbed; :mod:`blackbox.image_spaces`): ``mask`` (default; per-patch
+* a **space** (what is perturbed; :mod:`blackbox.saliency.spaces`): ``mask`` (default; per-patch
   mixing with a blurred baseline: the effect of removing each patch) or ``pixel`` (per-patch
   additive brightness noise). The space renders queries, reports the perturbation delivered
   and reads an estimate back as a map;
@@ -13,7 +13,7 @@ A map is composed of small parts, each replaceable on its own:
   likelihood-ratio mean (the unbiased reference) or least squares over the same queries with a
   smoothness prior;
 * a **sampler**: one pass with a fixed allocation across blocks, rounds rationed by an
-  allocator (:mod:`blackbox.rationing`), coarse to fine (:mod:`blackbox.saliency.refine`),
+  allocator (:mod:`blackbox.saliency.rationing`), coarse to fine (:mod:`blackbox.saliency.refine`),
   for ``banzhaf`` optionally a pass over every cell followed by the top cells re-measured
   among themselves (:mod:`blackbox.saliency.focus`), or, for ``ig-steps``, a fixed walk along
   the path, one patch at a time (:mod:`blackbox.saliency.path_steps`).
@@ -28,10 +28,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..estimators import ESTIMATORS, Regression, lr_gradient
-from ..image_spaces import SPACES, PatchGrid
+from .spaces import SPACES, PatchGrid
 from ..images import ImageView, as_float_image, blur
 from ..queries import Budget, QueryRunner
-from ..rationing import rationed_gradient
+from .rationing import rationed_gradient
 from .methods import METHODS, Method
 from .path_steps import path_points, path_steps
 from .focus import first_stage, focused
@@ -118,7 +118,7 @@ def saliency(
     queries already answered is returned with ``stopped`` set.
     ``allocator`` (``uniform``, ``neyman``, ``flops``) rations the budget across the ``blocks``
     in ``rounds`` (default 4); ``target_error`` stops once the relative standard error of the
-    estimate is at or below it (see :mod:`blackbox.rationing`), reporting ``queries_saved``.
+    estimate is at or below it (see :mod:`blackbox.saliency.rationing`), reporting ``queries_saved``.
     ``refine`` spends part of the budget on a coarser grid first, then the rest on the fine cells
     of the coarse cells that matter, rationed by ``allocator`` (default ``neyman``; see
     :mod:`blackbox.saliency.refine`).

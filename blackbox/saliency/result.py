@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..estimators import GradientEstimate
-from ..image_spaces import PatchGrid
+from .spaces import PatchGrid
 from ..images import ImageView
 
 

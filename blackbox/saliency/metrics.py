@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .image_spaces import PatchGrid
+from .spaces import PatchGrid
 
 
 @dataclass

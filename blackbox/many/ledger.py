@@ -8,7 +8,7 @@ counts live in a :class:`Ledger`:
 * :class:`SQLiteLedger` keeps them in a small SQLite file (one ``BEGIN IMMEDIATE`` transaction
   per reservation, so processes on one machine never both take the last query); in a results
   folder it also carries the spending over to a resumed run;
-* the Ray executor serves the same ledger from an actor (see :mod:`blackbox.ray_executor`).
+* the Ray executor serves the same ledger from an actor (see :mod:`blackbox.many.ray_executor`).
 
 Reservations are held in the name of an *owner* (one attempt at one image). When a worker dies,
 the driver calls :meth:`Ledger.reclaim` for the owners it was running: what they still held is
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import BudgetExceeded, InputError
-from .queries import Budget, Reservation
-from .sqlite_wal import connect_wal
+from ..errors import BudgetExceeded, InputError
+from ..queries import Budget, Reservation
+from ..sqlite_wal import connect_wal
 
 FIELDS = ("queries", "tokens", "cost")
 _SCHEMA = (

@@ -1,9 +1,9 @@
 """Where the images of :func:`blackbox.explain_many` are explained: in this process, in a local
-process pool, or on a Ray cluster (:mod:`blackbox.ray_executor`, imported only when asked for).
+process pool, or on a Ray cluster (:mod:`blackbox.many.ray_executor`, imported only when asked for).
 
 Every executor runs :func:`run_task` (one image) in a worker that has built its own model from a
 picklable description (:class:`ModelHandle`) and draws on the run's shared budget
-(:class:`~blackbox.ledger.SharedBudget` over one ledger). Remote models also share one query
+(:class:`~blackbox.many.ledger.SharedBudget` over one ledger). Remote models also share one query
 cache, and each of ``share`` workers gets ``1/share`` of the rate limits and of the concurrency.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BlackboxError, BudgetExceeded, InputError
+from ..errors import BlackboxError, BudgetExceeded, InputError
 from .ledger import SharedBudget, SQLiteLedger
-from .queries import Budget, QueryRunner
+from ..queries import Budget, QueryRunner
 
 EXECUTORS = ("serial", "pool", "ray")
 
@@ -109,7 +109,7 @@ def task_for(item, owner: str) -> Task:
 class Job:
     """Everything a worker needs besides the image; small and picklable.
 
-    Workers spend from a :class:`~blackbox.ledger.SharedBudget` over ``ledger``, except a model
+    Workers spend from a :class:`~blackbox.many.ledger.SharedBudget` over ``ledger``, except a model
     instance run in this process (``ledger`` None), which spends from ``local_budget``, else
     from the budget its query functions carry (a remote model's), else from a fresh one."""
 
@@ -237,7 +237,7 @@ def _worker(job: Job) -> Worker:
 
 def run_task(job: Job, task: Task):
     """Explain one image in a worker; every outcome comes back as an ImageResult (never pickled errors)."""
-    from .batch_results import ImageResult
+    from .results import ImageResult
 
     def failed(status, exc):
         return ImageResult(task.name, task.source, task.digest, status, task.target, error=str(exc),
@@ -268,9 +268,9 @@ def _usage(model) -> dict:
 def explain_image(worker: Worker, job: Job, task: Task):
     """One image as ``blackbox.explain`` would explain it alone, plus its top-5 and (if asked)
     its faithfulness, all paid from the worker's budget."""
-    from .batch_results import ImageResult
-    from .metrics import deletion_insertion
-    from .saliency import make_baseline, saliency
+    from .results import ImageResult
+    from ..saliency.metrics import deletion_insertion
+    from ..saliency import make_baseline, saliency
 
     started = time.perf_counter()
     model = worker.model

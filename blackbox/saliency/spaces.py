@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .queries import KeyedInputs, keyed_points
+from ..errors import InputError
+from ..queries import KeyedInputs, keyed_points
 
 
 class PatchGrid:

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .allocators import Allocator, make_allocator
-from .errors import InputError
-from .estimators import GradientEstimate, lr_gradient
+from ..allocators import Allocator, make_allocator
+from ..errors import InputError
+from ..estimators import GradientEstimate, lr_gradient
 
 
 def relative_error(est: GradientEstimate) -> float:

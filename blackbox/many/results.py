@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .images import ImageView, load_image
+from ..errors import InputError
+from ..images import ImageView, load_image
 
 
 # -- one result per image -------------------------------------------------------------------------
@@ -94,7 +94,7 @@ class ImageResult:
 
     def overlay(self, image: np.ndarray | None = None, title: str | None = None):
         """The map over the image (a matplotlib figure); the image is read from ``source`` if not given."""
-        from .plots import overlay
+        from ..plots import overlay
 
         if self.map is None:
             raise InputError(f"no map for {self.name} ({self.status}: {self.error})")
@@ -162,7 +162,7 @@ class ResultsFolder:
                       lambda fh: fh.write(json.dumps(data, indent=1, default=_plain).encode()))
 
     def save_overlay(self, result: ImageResult, image: np.ndarray | None = None) -> None:
-        from .plots import save_figure
+        from ..plots import save_figure
 
         fig = result.overlay(image)
         save_figure(fig, self.path / f"{result.name}.png")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .errors import BudgetExceeded, MissingDependency
+from ..errors import BudgetExceeded, MissingDependency
 from .executors import Job, Task, run_task
 
 
@@ -50,7 +50,7 @@ class LedgerService:
 
 
 class RayLedger:
-    """A :class:`~blackbox.ledger.Ledger` whose calls go to a :class:`LedgerService` actor."""
+    """A :class:`~blackbox.many.ledger.Ledger` whose calls go to a :class:`LedgerService` actor."""
 
     def __init__(self, actor):
         self.actor = actor

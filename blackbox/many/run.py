@@ -1,7 +1,7 @@
 """Many images in one call: :func:`explain_many`, one result per image and a summary table.
 
 Images are explained one per task by an executor (``serial``, a local process ``pool`` or
-``ray``; see :mod:`blackbox.executors`), all drawing on one shared budget. With ``out_dir`` the
+``ray``; see :mod:`blackbox.many.executors`), all drawing on one shared budget. With ``out_dir`` the
 run is resumable: each finished image is written there at once (``NAME.json`` + ``NAME.npz``,
 atomically), a rerun skips the images already done, and a remote model's query cache makes
 the images that were interrupted half-way free up to where they stopped.
@@ -19,12 +19,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .batch_results import BatchResult, ImageResult, ResultsFolder
-from .errors import BlackboxError, InputError, ModelError
+from .results import BatchResult, ImageResult, ResultsFolder
+from ..errors import BlackboxError, InputError, ModelError
 from .executors import EXECUTORS, Job, ModelHandle, ProcessPool, SerialExecutor, task_for
-from .images import load_image
-from .queries import Budget
-from .saliency import PRIOR_QUERIES
+from ..images import load_image
+from ..queries import Budget
+from ..saliency import PRIOR_QUERIES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_ATTEMPTS = 3  # tries per image when workers die under it
@@ -44,7 +44,7 @@ class ImageItem:
     def pixels(self) -> np.ndarray:
         """What travels to a worker: a file as ``(H, W, 3)`` uint8 (exactly what it holds), an
         array as given (uint8, or float32 in [0, 1])."""
-        from .images import as_float_image
+        from ..images import as_float_image
 
         if self.array is not None:
             return self.array if self.array.dtype == np.uint8 else as_float_image(self.array)
