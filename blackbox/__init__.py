@@ -3,6 +3,8 @@
 Core (numpy only): query functions and budgets, likelihood-ratio gradient estimators, saliency,
 metrics and plots. Models live in :mod:`blackbox.adapters`; the command line in :mod:`blackbox.cli`.
 """
+import numpy as np
+
 from .errors import BlackboxError, BudgetExceeded, InputError, MissingDependency, ModelError
 from .estimators import GradientEstimate, lr_gradient
 from .saliency.spaces import MaskSpace, PatchGrid, PixelSpace
@@ -10,7 +12,7 @@ from .images import ImageView, load_image
 from .saliency.metrics import cosine, deletion_insertion, spearman
 from .models import Classifier, ImageModel, Target
 from .queries import Budget, QueryFunction, QueryRunner
-from .saliency import SaliencyResult, make_baseline, saliency
+from .saliency import Saliency, SaliencyResult, make_baseline, saliency
 from .many import BatchResult, ImageResult, explain_many
 
 __version__ = "0.1.0"
@@ -19,23 +21,23 @@ __all__ = [
     "BlackboxError", "BudgetExceeded", "InputError", "MissingDependency", "ModelError",
     "GradientEstimate", "lr_gradient", "MaskSpace", "PatchGrid", "PixelSpace", "ImageView",
     "load_image", "cosine", "deletion_insertion", "spearman", "Classifier", "ImageModel", "Target",
-    "Budget", "QueryFunction", "QueryRunner", "SaliencyResult", "make_baseline", "saliency",
+    "Budget", "QueryFunction", "QueryRunner", "Saliency", "SaliencyResult", "make_baseline", "saliency",
     "explain", "explain_many", "BatchResult", "ImageResult",
 ]
 
 
-def explain(image, model, target=None, **options) -> "SaliencyResult":
+def explain(image, model, target=None, *, queries: int = 1000, seed: int | None = 0, budget: Budget | None = None,
+            progress: bool = False, **options) -> SaliencyResult:
     """Notebook shortcut: a saliency map of ``image`` (a path or an array) on ``model``.
 
-    ``model`` is any :class:`ImageModel` (for example
-    ``blackbox.adapters.load_image_model()``, the embedded classifier); ``target`` is a label,
-    a class index or None for the top class; ``options`` go to :func:`saliency`. The map at the
-    image's own resolution is ``result.full_map`` (``result.display_map`` for drawing).
+    ``model`` is any :class:`ImageModel` (for example ``blackbox.adapters.load_image_model()``,
+    the embedded classifier); ``target`` is a label, a class index or None for the top class;
+    ``options`` name the parts as :func:`saliency` does. The map at the image's own resolution is
+    ``result.full_map`` (``result.display_map`` for drawing).
     """
     from .images import as_float_image
+    from .saliency.pipeline import explain_image
 
-    original = as_float_image(image) if hasattr(image, "shape") else load_image(image)
-    view = model.view(*original.shape[:2])
-    working = view.to_working(original)
-    tgt = model.resolve_target(target, working)
-    return saliency(model.score_fn(tgt), working, target=tgt, view=view, **options)
+    original = as_float_image(image) if isinstance(image, np.ndarray) else load_image(image)
+    return explain_image(model, original, target=target, queries=queries, seed=seed, budget=budget,
+                         progress=progress, explainer=Saliency.from_options(**options)).result

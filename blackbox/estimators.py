@@ -225,18 +225,48 @@ def _welford_update(est: GradientEstimate, block: np.ndarray, terms: np.ndarray)
     est.count[block] = n
 
 
-class LRMean:
+class Estimator:
+    """How the answers of a saliency run become one value per coordinate: ``fit(estimate, prior)
+    -> (values, standard errors)``. ``keep_samples`` asks the sampler to keep every direction and
+    response (a regression reads them all); ``for_budget(queries)`` is the estimator as set for a
+    run whose fit reads that many queries (a prior that fades with the data overrides it)."""
+
+    name = "estimator"
+    keep_samples = False
+
+    def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def for_budget(self, queries: int) -> "Estimator":
+        return self
+
+
+class LRMean(Estimator):
     """The plain likelihood-ratio mean: unbiased, with per-coordinate standard errors from the
     spread of its terms. The reference every other estimator is judged against."""
 
     name = "lr"
-    keep_samples = False
 
     def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         return est.mean, est.stderr
 
 
-class Regression:
+PRIOR_QUERIES = 1000
+"""Up to this many queries the smoothness prior weighs ``smoothness`` times the data's weight per
+coordinate; beyond it the prior stays as strong as it was here, so it fades relative to the data
+and the fit converges to plain least squares as the budget grows."""
+
+
+def prior_weight(smoothness: float | None, queries: int) -> float | None:
+    """The smoothness a fit of ``queries`` queries uses: ``smoothness`` up to
+    :data:`PRIOR_QUERIES`, ``smoothness * PRIOR_QUERIES / queries`` beyond (``None``,
+    cross-validation, stays ``None``)."""
+    if smoothness is None or queries <= PRIOR_QUERIES:
+        return smoothness
+    return smoothness * PRIOR_QUERIES / queries
+
+
+class Regression(Estimator):
     """Least squares over the same queries: fit every response ``r_i ~ z_i . g``.
 
     The LR mean treats the share of every other coordinate in ``r_i`` as noise, so each
@@ -257,6 +287,10 @@ class Regression:
         if (smoothness is not None and smoothness < 0) or ridge < 0:
             raise ValueError("smoothness and ridge must be >= 0")
         self.smoothness, self.ridge = smoothness, ridge
+
+    def for_budget(self, queries: int) -> "Regression":
+        """The prior as strong, relative to the data, as :func:`prior_weight` sets it for ``queries``."""
+        return Regression(prior_weight(self.smoothness, queries), self.ridge)
 
     def fit(self, est: GradientEstimate, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if est.samples is None:

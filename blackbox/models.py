@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,23 +24,93 @@ class Target:
     label: str
 
 
-@runtime_checkable
-class ImageModel(Protocol):
-    """An image model as the core sees it. Images are ``(n, H, W, 3)`` float32 arrays in [0, 1]."""
+class ImageModel:
+    """An image model as the pipeline sees it. Images are ``(n, H, W, 3)`` float32 arrays in [0, 1].
 
-    name: str
+    A model says what it looks at (:meth:`view`), what a target is (:meth:`resolve_target`) and
+    gives query functions (:meth:`score_fn`). The rest is what a paid endpoint adds, with the
+    defaults of a local model that costs nothing: a capability check paid before the map
+    (:meth:`probe`), how many images a number of billable requests pays for
+    (:meth:`queries_within`), what it spent and who answered (:meth:`usage`, :meth:`provenance`),
+    and :meth:`close`. A model object that does not subclass this class is used through
+    :func:`as_image_model`, with those defaults."""
+
+    name = "model"
+    query_batch_size = 32   # images per call to a query function
+    paid = False            # each query is a billable request
+    requests_per_query = 1  # billable requests one image costs
+    budget = None           # the Budget a paid model's own meter counts on (None: the caller's)
 
     def view(self, height: int, width: int) -> ImageView:
         """The region and working size this model looks at, for an ``height x width`` image."""
+        raise NotImplementedError
 
     def resolve_target(self, target: str | int | None, image: np.ndarray) -> Target:
         """Turn user input (label text, class index or None for the top class) into a Target."""
+        raise NotImplementedError
 
     def score_fn(self, target: Target, kind: str = "logprob") -> Callable[[np.ndarray], np.ndarray]:
         """A query function: images in, one score per image (``logprob`` or ``prob``) out."""
+        raise NotImplementedError
+
+    def top_k(self, image: np.ndarray, k: int = 5) -> list[tuple[str, float, int]]:
+        """The ``k`` likeliest classes ``(label, probability, index)``; none for a model without classes."""
+        return []
+
+    def probe(self, image: np.ndarray, target: Target) -> None:
+        """Find out, before the map, how the endpoint can be scored (nothing to do locally)."""
+
+    def queries_within(self, requests: int) -> int:
+        """How many images ``requests`` billable requests pay for, after :meth:`probe`."""
+        return int(requests)
+
+    def usage(self) -> dict | None:
+        """What the model has spent (requests, cache hits, tokens, money); None when free."""
+        return None
+
+    def provenance(self) -> dict | None:
+        """Which model and build answered; None for a local model."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and threads."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-class Classifier:
+class _Plain(ImageModel):
+    """Any object with ``view``, ``resolve_target`` and ``score_fn`` as an :class:`ImageModel`."""
+
+    def __init__(self, model):
+        self.model = model
+        self.name = getattr(model, "name", type(model).__name__)
+
+    def view(self, height, width):
+        return self.model.view(height, width)
+
+    def resolve_target(self, target, image):
+        return self.model.resolve_target(target, image)
+
+    def score_fn(self, target, kind="logprob"):
+        return self.model.score_fn(target, kind)
+
+
+def as_image_model(model) -> ImageModel:
+    """``model`` itself if it is an :class:`ImageModel`, else the object wrapped with the defaults."""
+    if isinstance(model, ImageModel):
+        return model
+    for needed in ("view", "resolve_target", "score_fn"):
+        if not callable(getattr(model, needed, None)):
+            raise InputError(f"an image model needs view(), resolve_target() and score_fn(); "
+                             f"{type(model).__name__} has no {needed}()")
+    return _Plain(model)
+
+
+class Classifier(ImageModel):
     """Shared behaviour of class-probability models; subclasses implement :meth:`log_probs`."""
 
     name = "classifier"

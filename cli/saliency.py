@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from blackbox.errors import InputError, ModelError
+from blackbox.errors import ModelError
 
 from . import remote, saliency_many
 from .files import check_figure_format, check_outputs, save_npy
@@ -52,7 +52,7 @@ outputs:
 
 def add_parser(sub) -> None:
     from blackbox.adapters.registry import DEFAULT_MODEL, KNOWN_MODELS
-    from blackbox.saliency import ESTIMATORS, METHODS, PRIOR_QUERIES, SPACES, defaults
+    from blackbox.saliency import ESTIMATORS, METHODS, PRIOR_QUERIES, SPACES, OnePass, PathSteps, defaults
     from blackbox.saliency.focus import SHARE as FOCUS_SHARE
 
     models = "\n".join(f"  {k:28s} {v}" for k, v in KNOWN_MODELS.items())
@@ -74,8 +74,8 @@ def add_parser(sub) -> None:
                    help=f"mask: mix patches with a blurred copy; pixel: add brightness noise (default: {default['space']})")
     s.add_argument("--estimator", choices=ESTIMATORS,
                    help=f"ridge = least squares over all answers with a smoothness prior; lr = the plain "
-                        f"likelihood-ratio mean (default: the method's own: {METHODS[SPACES['mask'].default_method].default_estimator}, "
-                        f"{METHODS['ig-steps'].default_estimator} for ig-steps)")
+                        f"likelihood-ratio mean (default: {OnePass().default_estimator().name}, "
+                        f"{PathSteps().default_estimator().name} for ig-steps, whose steps a prior would only blur)")
     s.add_argument("--smoothness", type=_smoothness, default=default["smoothness"], metavar="S",
                    help=f"ridge: weight of the prior that neighbouring patches are alike, relative to the data "
                         f"of up to {PRIOR_QUERIES} queries (above, it stays as strong as there, so it fades as the "
@@ -147,58 +147,31 @@ def run(args) -> int:
         import gc
 
         atexit.register(gc.freeze)  # exit without a final sweep of every object (a second or more)
-        if remote.is_remote(args.model):
+        if model.paid:
             print(f"blackbox: interrupted after {budget.queries} paid requests; every answer received is "
                   "cached: rerun the same command to resume (cached answers are not paid again)", file=sys.stderr)
         else:
             print("blackbox: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
-        if hasattr(model, "close"):
-            model.close()
-
-
-def _check_grid(args, working) -> None:
-    """A grid and blocks that cannot give a map are refused before any query is paid."""
-    from blackbox.saliency.spaces import PatchGrid
-
-    height, width = working.shape[:2]
-    PatchGrid(height, width, args.grid).blocks(args.blocks)
-    if args.queries < 2 * args.blocks:
-        raise InputError(f"--blocks {args.blocks} needs at least {2 * args.blocks} queries (2 per block), "
-                         f"--queries is {args.queries}")
+        model.close()
 
 
 def _explain(args, model, original, budget, started) -> int:
-    from blackbox.plots import overlay, save_figure
-    from blackbox.queries import QueryRunner
-    from blackbox.saliency import saliency
+    from blackbox.saliency import Saliency
+    from blackbox.saliency.pipeline import explain_image
 
-    if args.dry_run and not remote.is_remote(args.model):
+    if args.dry_run and not model.paid:
         print(f"dry run: {model.name} is local and free; the run would use {args.queries} queries")
         return 0
-    view = model.view(*original.shape[:2])
-    working = view.to_working(original)
-    _check_grid(args, working)
-    target = model.resolve_target(args.target, working)
-    top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
-    if hasattr(model, "probe"):
-        model.probe(working, target.label)  # one paid call: which scoring the endpoint supports
-    # --queries caps billable requests: the probe and every sample count, whatever is cached
-    queries = model.queries_within(args.queries) if hasattr(model, "queries_within") else args.queries
-    if queries < 2 * args.blocks:
-        raise InputError(f"--queries {args.queries} leaves {queries} map queries after the probe at "
-                         f"{model.requests_per_query} request(s) per query, fewer than 2 per block; raise --queries")
-    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=getattr(model, "query_batch_size", 32))
-    result = saliency(runner, working, queries=queries, method=args.method, space=args.space,
-                      estimator=args.estimator, smoothness=args.smoothness, refine=args.refine,
-                      focus=args.focus, grid=args.grid, blocks=args.blocks, sigma=args.sigma, seed=args.seed,
-                      progress=not args.no_progress, allocator=args.allocator, rounds=args.rounds,
-                      target_error=args.target_error, target=target, view=view)
+    explainer = Saliency.from_options(**saliency_many.saliency_options(args, seed=False))
+    done = explain_image(model, original, target=args.target, queries=args.queries, explainer=explainer,
+                         seed=args.seed, budget=budget, progress=not args.no_progress)
     if args.dry_run:
-        report = remote.dry_run_report(model, args, queries)
+        report = remote.dry_run_report(model, args, done.map_queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)
         return 0
+    result = done.result
     if result.queries == 0:
         raise ModelError(f"no map to write: stopped before any query of the map was answered: {result.stopped}")
     if not np.all(np.isfinite(result.map)):
@@ -206,47 +179,62 @@ def _explain(args, model, original, budget, started) -> int:
     if not np.any(result.cells):
         print(f"blackbox: warning: the map is all zeros: every one of the {result.queries} answered queries "
               "scored the same (the model did not react to any patch)", file=sys.stderr)
-    full_map = result.full_map
-    if args.save_map:
-        save_npy(args.save_map, full_map)
-    if args.out:
-        title = (f"{model.name}: '{target.label}' ({result.method}, {result.estimator}, {args.space} space, "
-                 f"grid {args.grid}{', refined' if args.refine else ''}{', focused' if result.focus else ''})"
-                 f" - {result.queries} queries")
-        fig = overlay(original, result.display_map, title=title, signed=result.signed, coverage=view.coverage(),
-                      legend=f"{_legend(args.space, result)}\n(per patch, smoothed between patch centres)")
-        save_figure(fig, args.out)
-    seconds = time.perf_counter() - started
-    report = {
-        "model": model.name, "target_label": target.label, "target_index": target.index,
-        "top5": [{"label": l, "probability": round(p, 6), "index": i} for l, p, i in top5],
-        "queries_used": result.queries, "seconds": round(seconds, 3),
-        **{k: v for k, v in result.summary().items() if k not in ("queries_used", "seconds")},
-        "out": args.out, "map": args.save_map, "map_shape": list(full_map.shape),
-    }
-    if hasattr(model, "usage"):
-        report.update(usage=model.usage(), provenance={**model.provenance(), "seed": args.seed})
+    _write(args, model, original, result)
+    report = _report(args, model, done, time.perf_counter() - started)
     if args.json:
         print(json.dumps(report))
-        return 0
-    best = ", ".join(f"{l} {p:.3f}" for l, p, _ in top5[:3])
-    if top5:
-        print(f"{model.name}: top classes {best}")
+    else:
+        _print_summary(args, model, done, report["seconds"])
+    return 0
+
+
+def _write(args, model, original, result) -> None:
+    from blackbox.plots import overlay, save_figure
+
+    if args.save_map:
+        save_npy(args.save_map, result.full_map)
+    if args.out:
+        title = (f"{model.name}: '{result.target.label}' ({result.method}, {result.estimator}, {args.space} space, "
+                 f"grid {args.grid}{', refined' if args.refine else ''}{', focused' if result.focus else ''})"
+                 f" - {result.queries} queries")
+        fig = overlay(original, result.display_map, title=title, signed=result.signed,
+                      coverage=result.view.coverage(),
+                      legend=f"{_legend(args.space, result)}\n(per patch, smoothed between patch centres)")
+        save_figure(fig, args.out)
+
+
+def _report(args, model, done, seconds: float) -> dict:
+    result, target = done.result, done.target
+    report = {
+        "model": model.name, "target_label": target.label, "target_index": target.index,
+        "top5": [{"label": l, "probability": round(p, 6), "index": i} for l, p, i in done.top5],
+        "queries_used": result.queries, "seconds": round(seconds, 3),
+        **{k: v for k, v in result.summary().items() if k not in ("queries_used", "seconds")},
+        "out": args.out, "map": args.save_map, "map_shape": list(result.full_map.shape),
+    }
+    if model.paid:
+        report.update(usage=model.usage(), provenance={**model.provenance(), "seed": args.seed})
+    return report
+
+
+def _print_summary(args, model, done, seconds: float) -> None:
+    result = done.result
+    if done.top5:
+        print(f"{model.name}: top classes {', '.join(f'{l} {p:.3f}' for l, p, _ in done.top5[:3])}")
     settings = ", ".join([result.method, result.estimator, f"{args.space} space", f"grid {args.grid}"]
                          + (["refined"] if args.refine else [])
                          + ([f"top {result.focus:.0%} of patches re-measured"] if result.focus else []))
-    print(f"explained '{target.label}' with {result.queries} queries in {seconds:.1f} s "
+    print(f"explained '{done.target.label}' with {result.queries} queries in {seconds:.1f} s "
           f"({settings}; {result.overhead:.0%} of the time outside the model)")
     if result.stopped:
         print(f"stopped early: {result.stopped}")
     if result.queries_saved:
         print(f"saved {result.queries_saved} of {args.queries} queries (target error reached)")
-    if hasattr(model, "usage"):
+    if model.paid:
         print(remote.usage_line(model))
     for path, what in ((args.out, "overlay"), (args.save_map, "map")):
         if path:
             print(f"wrote {what}: {path}")
-    return 0
 
 
 def _legend(space: str, result) -> str:

@@ -66,10 +66,12 @@ def wanted(args) -> bool:
     return many
 
 
-def saliency_options(args) -> dict:
+def saliency_options(args, seed: bool = True) -> dict:
+    """The saliency parts the arguments name (and the seed, for explain_many)."""
     return dict(method=args.method, space=args.space, estimator=args.estimator, smoothness=args.smoothness,
                 refine=args.refine, grid=args.grid, blocks=args.blocks, sigma=args.sigma,
-                seed=args.seed, allocator=args.allocator, rounds=args.rounds, target_error=args.target_error,
+                **({"seed": args.seed} if seed else {}), allocator=args.allocator, rounds=args.rounds,
+                target_error=args.target_error,
                 **({"focus": args.focus} if args.focus else {}))  # off: the settings of earlier runs, unchanged
 
 

@@ -166,21 +166,23 @@ class KillOnce:
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_a_killed_worker_loses_no_finished_image_and_pays_nothing_twice(executor, request, server, photos,
                                                                          tmp_path):
-    # 128 queries = 2 batches of 64 per image; a worker dies before its 4th batch, i.e. half-way
-    # through its second image, whose first 64 answers are already paid and cached
+    # 129 requests = the probe + 128 map queries = 2 batches of 64 per image; a worker dies before
+    # its 4th batch, i.e. half-way through its second image, whose first 64 answers are already
+    # paid and cached. Each worker process probes the endpoint once, on its first image.
     flag = tmp_path / "killed"
     spec = KillOnce(remote_spec(server), str(flag), calls=4)
-    batch = blackbox.explain_many(photos, spec, queries=128, targets="espresso", out_dir=tmp_path / "out",
+    batch = blackbox.explain_many(photos, spec, queries=129, targets="espresso", out_dir=tmp_path / "out",
                                   executor=executor_ready(executor, request), workers=2, progress=False, **SMALL)
     assert flag.exists(), "no worker was killed"
-    assert [r.status for r in batch] == ["done"] * 4
+    assert [r.status for r in batch] == ["done"] * 4 and {r.queries for r in batch} == {128}
     stats = served(server)
-    assert stats["duplicate_paid"] == 0
-    assert stats["answered"] == 4 * 128  # every query paid once: the retried image's first half came from the cache
-    assert sum(r.details["paid"] for r in batch) == 4 * 128 - 64
+    assert stats["duplicate_paid"] == 0  # every query paid once: the retried image's first half came from the cache
+    probes = stats["answered"] - 4 * 128
+    assert 2 <= probes <= 3  # the two workers' and, unless its first image was probed before, the replacement's
+    assert sum(r.details["paid"] for r in batch) == stats["answered"] - 64
     assert sum(r.details["cached"] for r in batch) >= 64
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.npz")) == sorted(PHOTOS)
-    assert batch.spent["queries"] == 4 * 128  # the ledger counted each paid request once
+    assert batch.spent["queries"] == stats["answered"]  # the ledger counted each paid request once
 
 
 @pytest.mark.network
@@ -190,8 +192,8 @@ def test_an_interrupted_run_resumes_from_its_folder_without_paying_twice(server,
     env = {**os.environ, "TQDM_DISABLE": "1"}
     out = tmp_path / "out"
     args = [BLACKBOX, "saliency", str(photos), "--out-dir", str(out), "--model", "openai:efficientnet-lite0",
-            "--base-url", server.url, "--target", "espresso", "--queries", "128", "--grid", "6",
-            "--seed", "3", "--no-progress", "--no-overlays"]
+            "--base-url", server.url, "--target", "espresso", "--queries", "129", "--grid", "6",
+            "--seed", "3", "--no-progress", "--no-overlays"]  # the probe + 128 map queries per image
     run = subprocess.Popen(interruptible(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -211,7 +213,8 @@ def test_an_interrupted_run_resumes_from_its_folder_without_paying_twice(server,
     assert summary["done"] == 4 and summary["resumed"] == len(finished)
     assert json.loads((out / "summary.json").read_text())["done"] == 4
     stats = served(server)
-    assert stats["duplicate_paid"] == 0 and stats["answered"] == 4 * 128
+    # every map query paid once; each of the two runs probed the endpoint on its first image
+    assert stats["duplicate_paid"] == 0 and 4 * 128 + 1 <= stats["answered"] <= 4 * 128 + 2
 
 
 def test_a_results_folder_is_resumed_and_guarded(model, photos, tmp_path):

@@ -246,7 +246,7 @@ def test_rerun_pays_nothing_and_replicas_are_not_collapsed(server_factory):
 def test_dry_run_sends_nothing_and_estimates(server_factory):
     srv = server_factory()
     model = vision(srv, dry_run=True)
-    model.probe(images(1)[0], "cat")
+    model.choose_scoring(images(1)[0], "cat")
     values = model.score_fn(model.resolve_target("cat"))(images(10))
     assert np.all(values == 0) and srv.counters.requests == 0
     assert model.engine.stats.would_send == 11 and model.engine.stats.estimated_tokens > 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from blackbox.errors import InputError
 from blackbox.images import ImageView
-from blackbox.models import Target
+from blackbox.models import ImageModel, Target
 from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
@@ -114,7 +114,7 @@ def _whole(value) -> int:
     raise ValueError(f"the resolution must be a whole number, got {value!r}")
 
 
-class RemoteImageModel:
+class RemoteImageModel(ImageModel):
     """An endpoint as an :class:`~blackbox.models.ImageModel` over a :class:`QueryEngine`.
 
     Subclasses implement :meth:`scores` (images -> one float each, through the engine) and may
@@ -122,6 +122,7 @@ class RemoteImageModel:
     budget (``fn.budget``): the engine counts every billable request, a QueryRunner adopts it."""
 
     probe_requests = 0  # requests spent before the first query (a capability probe)
+    paid = True
 
     def __init__(self, engine: QueryEngine, name: str, view_rule: ViewRule, card: dict | None = None):
         self.engine = engine
@@ -139,6 +140,10 @@ class RemoteImageModel:
         """``(width, height)`` of an image in the batch being sent, from its placeholder."""
         m = _STAND_IN_RE.search(url)
         return self._sent_sizes.get(m.group(2)) if m else None
+
+    @property
+    def budget(self):
+        return self.engine.budget
 
     @property
     def resolution(self) -> int:
@@ -254,9 +259,3 @@ class RemoteImageModel:
 
     def close(self):
         self.engine.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.models import Target
 from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
@@ -142,7 +143,10 @@ class OpenAIVisionModel(RemoteImageModel):
     def _requests(self, images: np.ndarray, label: str, scoring: str, repeats: int = 1):
         return self.encoded_requests(images, lambda d: self.request(stand_in(d), label, scoring), repeats)
 
-    def probe(self, image: np.ndarray, label: str) -> str:
+    def probe(self, image: np.ndarray, target: Target) -> None:
+        self.choose_scoring(image, target.label)
+
+    def choose_scoring(self, image: np.ndarray, label: str) -> str:
         """One call: does the endpoint give first-token logprobs for image inputs? Choose scoring."""
         if self.capabilities or self.scoring in ("confidence", "frequency"):
             return self.scoring
@@ -169,7 +173,7 @@ class OpenAIVisionModel(RemoteImageModel):
 
     def scores(self, images, label: str) -> np.ndarray:
         if self.scoring is None:
-            self.probe(images.build([0])[0] if isinstance(images, KeyedInputs) else images[0], label)
+            self.choose_scoring(images.build([0])[0] if isinstance(images, KeyedInputs) else images[0], label)
         scoring = self.scoring
         k = 1 if scoring in LOGPROB_SCORINGS else self.samples
         responses = self.query(images, lambda d: self.request(stand_in(d), label, scoring), self._validate, k)

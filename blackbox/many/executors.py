@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BlackboxError, BudgetExceeded, InputError
+from ..models import ImageModel, as_image_model
+from ..queries import Budget
 from .ledger import SharedBudget, SQLiteLedger
-from ..queries import Budget, QueryRunner
 
 EXECUTORS = ("serial", "pool", "ray")
 
@@ -39,7 +40,7 @@ class ModelHandle:
 
     @staticmethod
     def of(model) -> "ModelHandle":
-        if hasattr(model, "score_fn") and hasattr(model, "view"):
+        if isinstance(model, ImageModel) or callable(getattr(model, "score_fn", None)):
             return InstanceHandle(model)
         if hasattr(model, "build"):
             return SpecHandle(model)
@@ -165,7 +166,7 @@ class Job:
         if self.ledger is None:
             worker = _WORKER.get(self.key)
             spent = worker.spent() if worker is not None else {k: 0 for k in ("queries", "tokens", "cost")}
-            caps = worker.budget if worker is not None and worker.budget is not None else budget
+            caps = worker.budget if worker is not None else budget
             return {**spent, **{f"max_{k}": getattr(caps, f"max_{k}", None) for k in ("queries", "tokens", "cost")}}
         self.ledger.reclaim(None)
         totals = self.ledger.totals()
@@ -183,21 +184,21 @@ def _counts(budget: Budget) -> tuple:
 
 @dataclass
 class Worker:
-    """A worker's model and the budget it spends from (found at the first image when None)."""
+    """A worker's model and the budget it spends from: the run's shared budget, else the caller's,
+    else the model's own meter (a remote model's), else a fresh one."""
 
     model: Any
-    budget: Budget | None
+    budget: Budget
     before: tuple = (0, 0, 0.0)
 
-    def budget_for(self, fn) -> Budget:
-        if self.budget is None:
-            self.budget = getattr(fn, "budget", None) or Budget()
-            self.before = _counts(self.budget)
-        return self.budget
+    @classmethod
+    def over(cls, model, budget: Budget | None) -> "Worker":
+        model = as_image_model(model)
+        budget = budget if budget is not None else model.budget or Budget()
+        return cls(model, budget, _counts(budget))
 
     def spent(self) -> dict:
-        now = _counts(self.budget) if self.budget is not None else self.before
-        return {k: b - a for k, a, b in zip(("queries", "tokens", "cost"), self.before, now)}
+        return {k: b - a for k, a, b in zip(("queries", "tokens", "cost"), self.before, _counts(self.budget))}
 
 
 _WORKER: dict = {}  # job key -> Worker: the model is built once per worker process
@@ -223,13 +224,11 @@ def _worker(job: Job) -> Worker:
     if worker is None:
         _WORKER.clear()  # a long-lived (Ray) worker keeps one model, the current run's
         if job.ledger is None:
-            worker = Worker(job.handle.build(), job.local_budget)
-            if job.local_budget is not None:
-                worker.before = _counts(job.local_budget)
+            worker = Worker.over(job.handle.build(), job.local_budget)
         else:
             budget = SharedBudget(job.ledger)
-            worker = Worker(job.handle.build(budget=budget, cache=job.cache, share=job.share, threads=job.threads),
-                            budget)
+            worker = Worker.over(job.handle.build(budget=budget, cache=job.cache, share=job.share,
+                                                  threads=job.threads), budget)
         _limit_threads(job.threads)  # after the build: torch may have been imported by it
         _WORKER[job.key] = worker
     return worker
@@ -259,46 +258,33 @@ def run_task(job: Job, task: Task):
 
 
 def _usage(model) -> dict:
-    if not hasattr(model, "usage"):
-        return {}
-    u = model.usage()
-    return {"paid": u.get("sent", 0), "cached": u.get("cache_hits", 0)}
+    u = model.usage() or {}
+    return {"paid": u.get("sent", 0), "cached": u.get("cache_hits", 0)} if u else {}
 
 
 def explain_image(worker: Worker, job: Job, task: Task):
     """One image as ``blackbox.explain`` would explain it alone, plus its top-5 and (if asked)
     its faithfulness, all paid from the worker's budget."""
+    from ..saliency import Saliency
+    from ..saliency.pipeline import explain_image as pipeline
     from .results import ImageResult
-    from ..saliency.metrics import deletion_insertion
-    from ..saliency import make_baseline, saliency
 
     started = time.perf_counter()
     model = worker.model
     before = _usage(model)
-    batch_size = getattr(model, "query_batch_size", 32)
-    view = model.view(*task.pixels.shape[:2])
-    working = view.to_working(task.pixels)
-    target = model.resolve_target(task.target, working)
-    top5 = model.top_k(working, 5) if hasattr(model, "top_k") else []
-    fn = model.score_fn(target)
-    budget = worker.budget_for(fn)
-    runner = QueryRunner(fn, budget=budget, batch_size=batch_size)
-    result = saliency(runner, working, queries=job.queries, progress=job.progress, **job.options)
-    budget_stop = result.stopped is not None and not result.queries_saved
-    faithfulness = None
-    if job.faithfulness and not budget_stop:
-        prob = QueryRunner(model.score_fn(target, "prob"), budget=budget, batch_size=batch_size)
-        baseline = job.options.get("baseline", "blur")
-        baseline = baseline if isinstance(baseline, np.ndarray) else make_baseline(working, baseline)
-        faithfulness = deletion_insertion(prob, working, result.map, baseline, cells=result.grid[0],
-                                          steps=job.faithfulness).as_dict()
+    options = dict(job.options)
+    seed = options.pop("seed", 0)
+    done = pipeline(model, task.pixels, target=task.target, queries=job.queries,
+                    explainer=Saliency.from_options(**options), seed=seed, budget=worker.budget, progress=job.progress,
+                    faithfulness=job.faithfulness)
+    result, view = done.result, done.result.view
     after = _usage(model)
     details = {**result.summary(), "signed": result.signed, **{k: after[k] - before.get(k, 0) for k in after},
                "worker": _worker_name()}
-    return ImageResult(task.name, task.source, task.digest, "stopped" if budget_stop else "done", task.target,
-                       target.label, target.index, top5, result.queries, time.perf_counter() - started,
-                       faithfulness, details, (view.original, view.box, view.size), result.map, result.cells,
-                       result.stderr, error=result.stopped if budget_stop else None)
+    return ImageResult(task.name, task.source, task.digest, "stopped" if done.stopped_by_budget else "done",
+                       task.target, done.target.label, done.target.index, done.top5, result.queries,
+                       time.perf_counter() - started, done.faithfulness, details, (view.original, view.box, view.size),
+                       result.map, result.cells, result.stderr, error=result.stopped if done.stopped_by_budget else None)
 
 
 def _worker_name() -> str:

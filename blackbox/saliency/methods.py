@@ -19,9 +19,8 @@ method only says where the noise is centred and what the map multiplies the grad
 * ``ig-steps`` (mask space): Integrated Gradients without random directions: at fixed midpoints
   of the path each patch is nudged alone (``noise="coordinate"``: finite differences; see
   :mod:`blackbox.saliency.path_steps`). The same map from any seed, and the one that agrees with
-  white-box IG; ``queries // (patches + 1)`` path points. Its differences are read by the plain
-  mean (``lr``): the smoothness prior of ``ridge`` only blurs them (tuning photos, 1000 queries:
-  rho with white-box IG 0.67 with ``lr``, 0.65 with ``ridge``).
+  white-box IG; ``queries // (patches + 1)`` path points. It is defined by its sampler,
+  :class:`~blackbox.saliency.samplers.PathSteps`, whose differences the plain mean reads.
 """
 from __future__ import annotations
 
@@ -31,28 +30,32 @@ import numpy as np
 
 from ..errors import InputError
 from .path_steps import STEP
+from .samplers import PathSteps
 
 
 @dataclass(frozen=True)
 class Method:
+    """Where the noise is centred, which directions it takes and at what scale, and what the map
+    multiplies the gradient by. ``sigma``/``smooth`` of None take the space's own scale."""
+
     name: str
     summary: str
     path: bool = False         # a fresh random position on the baseline -> image path per direction
     times_input: bool = False  # the map is gradient x (input - baseline) (implicit in mask space)
-    smoothing: bool = False    # widen the noise by the space's SmoothGrad scale
+    smoothing: bool = False    # widen the noise by the SmoothGrad scale ``smooth``
     center: str = "input"      # where the noise is centred: the input, or "half" (m = 1/2 in mask space)
-    noise: str = "gaussian"    # the direction family it queries with by default
-    default_sigma: float | None = None  # its own noise scale (else the space's)
-    default_estimator: str = "ridge"    # how its answers become a map unless told otherwise
+    noise: str = "gaussian"    # the direction family (blackbox.noise)
+    sigma: float | None = None
+    smooth: float | None = None
+    sampler: type | None = None  # the one sampler this method is computed by, if it has one
 
-    def sigma(self, space, sigma: float | None = None, smooth: float | None = None) -> float:
-        """The noise scale this method queries with in ``space`` (defaults from the method or space)."""
-        default = self.default_sigma if self.default_sigma is not None else space.default_sigma
-        value = float(sigma if sigma is not None else default)
+    def noise_scale(self, space) -> float:
+        """The noise scale this method queries with in ``space``."""
+        value = float(self.sigma if self.sigma is not None else space.default_sigma)
         if value <= 0:
             raise InputError("sigma must be > 0")
         if self.smoothing:
-            extra = smooth if smooth is not None else space.default_smooth
+            extra = self.smooth if self.smooth is not None else space.default_smooth
             value = float(np.sqrt(value ** 2 + extra ** 2))
         return value
 
@@ -63,7 +66,7 @@ METHODS = {m.name: m for m in (
     Method("ig", "Integrated Gradients from the baseline to the image", path=True, times_input=True),
     Method("gradxinput", "gradient x (input - baseline)", times_input=True),
     Method("banzhaf", "the mean effect of removing each patch among random halves of the others",
-           center="half", noise="hadamard", default_sigma=0.5),
+           center="half", noise="hadamard", sigma=0.5),
     Method("ig-steps", "Integrated Gradients from one-patch steps at fixed points on the path",
-           path=True, times_input=True, noise="coordinate", default_sigma=STEP, default_estimator="lr"),
+           path=True, times_input=True, noise="coordinate", sigma=STEP, sampler=PathSteps),
 )}

@@ -24,8 +24,6 @@ COARSE_SHARE = 0.4
 def coarse_to_fine(space, method, score, *, queries: int, sigma: float, noise: str, control: str,
                    seed: np.random.Generator, allocator: str = "neyman", factor: int = FACTOR,
                    coarse_share: float = COARSE_SHARE, keep_samples: bool = True) -> GradientEstimate:
-    if not hasattr(space, "on_grid"):
-        raise InputError(f"coarse-to-fine refinement works in mask space, not {space.name} space")
     if control != "antithetic":
         raise InputError("coarse-to-fine refinement uses antithetic pairs")
     coarse_grid, parent = space.grid.coarsened(factor)

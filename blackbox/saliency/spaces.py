@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..images import as_float_image, blur
 from ..queries import KeyedInputs, keyed_points
 
 
@@ -408,7 +409,58 @@ class MaskSpace:
                            signed=True)
 
 
-SPACES = {space.name: space for space in (MaskSpace, PixelSpace)}
+def make_baseline(image: np.ndarray, kind: str = "blur", radius: float | None = None) -> np.ndarray:
+    """The 'removed' image: a strong blur (default), the mean colour, or black."""
+    if kind == "blur":
+        return blur(image, radius if radius is not None else max(image.shape[:2]) / 16)
+    if kind == "mean":
+        return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32).copy()
+    if kind == "black":
+        return np.zeros_like(image)
+    raise InputError(f"unknown baseline {kind!r} (blur, mean or black)")
+
+
+def patch_grid(image: np.ndarray, grid: int | tuple[int, int]) -> PatchGrid:
+    """A ``grid x grid`` (or ``(rows, cols)``) grid over ``image``."""
+    rows, cols = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
+    return PatchGrid(image.shape[0], image.shape[1], int(rows), int(cols))
+
+
+def _baseline(image: np.ndarray, baseline) -> np.ndarray:
+    return as_float_image(baseline if isinstance(baseline, np.ndarray) else make_baseline(image, baseline))
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """Mask space as a part of a saliency map: each cell of a ``grid`` mixed between the image and
+    the ``baseline`` (``blur``, ``mean``, ``black`` or an image of the same shape)."""
+
+    grid: int | tuple[int, int] = 14
+    baseline: str | np.ndarray = "blur"
+    name = MaskSpace.name
+    default_method = MaskSpace.default_method
+
+    def bind(self, image: np.ndarray) -> MaskSpace:
+        return MaskSpace(image, patch_grid(image, self.grid), baseline=_baseline(image, self.baseline))
+
+
+@dataclass(frozen=True, eq=False)
+class Pixel:
+    """Pixel space as a part of a saliency map: additive noise per cell of a ``grid`` (per colour
+    channel with ``per_channel``); the ``baseline`` starts the path of Integrated Gradients."""
+
+    grid: int | tuple[int, int] = 14
+    baseline: str | np.ndarray = "blur"
+    per_channel: bool = False
+    name = PixelSpace.name
+    default_method = PixelSpace.default_method
+
+    def bind(self, image: np.ndarray) -> PixelSpace:
+        return PixelSpace(image, patch_grid(image, self.grid), per_channel=self.per_channel,
+                          baseline=_baseline(image, self.baseline))
+
+
+SPACES = {space.name: space for space in (Mask, Pixel)}
 
 
 def _same_shape(baseline: np.ndarray, image: np.ndarray) -> np.ndarray:
