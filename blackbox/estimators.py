@@ -5,12 +5,14 @@ For a black box ``f`` and Gaussian noise ``z ~ N(0, sigma^2 I)``::
     grad E[f(c + z)] = E[f(c + z) z] / sigma^2
 
 which is the gradient of the Gaussian-smoothed ``f`` (it tends to ``grad f(c)`` as sigma -> 0).
-The plain form is useless in practice; the estimator always offers a control variate:
+Every plain term carries the whole value ``f(c)`` as noise, so the estimator subtracts a control
+variate, an object (:class:`ControlVariate`) passed by name or as itself:
 
-* ``antithetic`` (default): ``(f(c+z) - f(c-z)) z / (2 sigma^2)``, 2 queries per direction, exact
-  for quadratics;
-* ``baseline``: ``(f(c+z) - f(c)) z / sigma^2``, one query for ``f(c)`` plus one per direction;
-* ``none``: the plain identity (for teaching and tests).
+* :class:`Antithetic` (``"antithetic"``, the default): ``(f(c+z) - f(c-z)) z / (2 sigma^2)``, 2
+  queries per direction, exact for quadratics;
+* :class:`Baseline` (``"baseline"``): ``(f(c+z) - f(c)) z / sigma^2``, one query for ``f(c)`` plus
+  one per direction;
+* :class:`Plain` (``"none"``): the plain identity (for teaching and tests).
 
 Blockwise mode perturbs one block of coordinates at a time (``blocks``), so each block's estimate
 fills its own coordinates only; ``allocation`` says how many queries each block gets.
@@ -21,15 +23,12 @@ actually delivered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .errors import BudgetExceeded
 from .noise import NoiseSource
-
-CONTROLS = ("antithetic", "baseline", "none")
-
 
 @dataclass
 class Samples:
@@ -110,13 +109,116 @@ def split_budget(total: int, parts: int, floor: int = 0) -> np.ndarray:
     return np.maximum(base, floor)
 
 
+class ControlVariate(Protocol):
+    """How the queries of one perturbation direction become an LR term (see :func:`lr_gradient`).
+
+    ``queries_per_direction``: the points each direction costs; ``needs_f0``: whether ``f(c)`` is
+    queried first (unless given); ``per_direction_centre``: whether a centre drawn per direction
+    (``center_fn``) is allowed. :meth:`points` gives the points to evaluate for ``m`` directions
+    ``z`` (``(m, len(block))``) around ``centers`` (``(m, d)``); :meth:`combine` turns their answers
+    and the points actually delivered into ``(moved, response)``: per direction the perturbation
+    delivered (``(m, d)``) and the response it is weighted by.
+    """
+
+    name: str
+    queries_per_direction: int
+    needs_f0: bool
+    per_direction_centre: bool
+
+    def points(self, centers: np.ndarray, block: np.ndarray, z: np.ndarray) -> np.ndarray: ...
+
+    def combine(self, values: np.ndarray, delivered: np.ndarray, centers: np.ndarray,
+                f0: float | None) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _around(centers: np.ndarray) -> np.ndarray:
+    """A writable float copy of the centres in their own memory order (column-major for a
+    broadcast centre): ``f``'s reductions follow the layout of the points it gets, so every
+    control hands it the same layout."""
+    return np.array(centers, dtype=np.float64, copy=True)
+
+
+class Antithetic:
+    """``(f(c+z) - f(c-z)) z / (2 sigma^2)``: two queries per direction, exact for quadratics. The
+    moved point is half the difference of the two delivered points, the response half the
+    difference of the two answers."""
+
+    name = "antithetic"
+    queries_per_direction = 2
+    needs_f0 = False
+    per_direction_centre = True
+
+    def points(self, centers, block, z):
+        plus, minus = _around(centers), _around(centers)
+        plus[:, block] += z
+        minus[:, block] -= z
+        return np.concatenate([plus, minus])
+
+    def combine(self, values, delivered, centers, f0):
+        m = len(values) // 2
+        return (delivered[:m] - delivered[m:]) / 2.0, (values[:m] - values[m:]) / 2.0
+
+
+class _OneSided:
+    """One query per direction, ``f(c+z)`` less an offset: ``(moved, response)`` is the delivered
+    point minus the centre and the answer minus :meth:`offset`."""
+
+    queries_per_direction = 1
+
+    def points(self, centers, block, z):
+        plus = _around(centers)
+        plus[:, block] += z
+        return plus
+
+    def combine(self, values, delivered, centers, f0):
+        return delivered - np.asarray(centers), values - self.offset(f0)
+
+    def offset(self, f0: float | None) -> float:
+        raise NotImplementedError
+
+
+class Baseline(_OneSided):
+    """``(f(c+z) - f(c)) z / sigma^2``: one query for ``f(c)``, then one per direction; ``f(c)``
+    is one value, so the centre must be fixed."""
+
+    name = "baseline"
+    needs_f0 = True
+    per_direction_centre = False
+
+    def offset(self, f0):
+        return f0
+
+
+class Plain(_OneSided):
+    """``f(c+z) z / sigma^2``: the bare identity, one query per direction (for teaching and tests)."""
+
+    name = "none"
+    needs_f0 = False
+    per_direction_centre = True
+
+    def offset(self, f0):
+        return 0.0
+
+
+CONTROLS = {c.name: c for c in (Antithetic(), Baseline(), Plain())}
+
+
+def control_variate(control: str | ControlVariate) -> ControlVariate:
+    """The control variate named ``control`` (a key of ``CONTROLS``), or ``control`` itself."""
+    if not isinstance(control, str):
+        return control
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    return CONTROLS[control]
+
+
 def lr_gradient(
     f: Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray]],
     center: np.ndarray,
     *,
     queries: int,
     sigma: float,
-    control: str = "antithetic",
+    control: str | ControlVariate = "antithetic",
     noise: str = "gaussian",
     blocks: Sequence[np.ndarray] | None = None,
     allocation: Sequence[int] | None = None,
@@ -129,86 +231,104 @@ def lr_gradient(
     """Estimate ``grad f`` at ``center`` (a flat vector) with ``queries`` forward queries.
 
     ``f`` maps an ``(n, d)`` array of points to ``n`` floats (or to ``(values, delivered)``).
+    ``control``: a :class:`ControlVariate` or its name (``antithetic``, ``baseline``, ``none``).
     ``blocks``: optional list of index arrays that partition (or cover part of) the coordinates;
     each block is perturbed alone, with ``allocation[k]`` queries (default: an equal split).
     ``center_fn(rng, n)``, when given, draws a fresh centre per direction (an ``(n, d)`` array),
-    as Integrated Gradients does with a random path position per query; the baseline control
-    variate is then unavailable.
+    as Integrated Gradients does with a random path position per query; a control that needs a
+    fixed centre (baseline) is then unavailable.
     ``keep_samples`` keeps every direction and response in ``est.samples`` (for :class:`Regression`).
     If the budget runs out part-way, the estimate built from the queries already answered is
     returned with ``stopped`` set, so nothing paid for is lost.
     """
-    if control not in CONTROLS:
-        raise ValueError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    control = control_variate(control)
+    center, blocks, allocation = _plan(control, center, queries, sigma, blocks, allocation, f0, center_fn)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    sampler = _Sampler(f, center, sigma, control, rng, center_fn, keep_samples, len(blocks))
+    try:
+        if control.needs_f0 and f0 is None:
+            f0 = sampler.value_at_centre()
+        sampler.est.f0 = sampler.f0 = f0
+        for k, (block, n_k) in enumerate(zip(blocks, allocation)):
+            sampler.sample_block(k, block, int(n_k) // control.queries_per_direction, noise, chunk)
+    except BudgetExceeded as exc:
+        sampler.est.stopped = str(exc)
+    return sampler.finish()
+
+
+def _plan(control: ControlVariate, center, queries: int, sigma: float, blocks, allocation, f0, center_fn):
+    """Validate the settings; returns the flat centre, the blocks and the queries of each block."""
     if sigma <= 0:
         raise ValueError("sigma must be > 0")
     center = np.asarray(center, dtype=np.float64).reshape(-1)
-    dim = center.size
     if blocks is None:
-        blocks = [np.arange(dim)]
+        blocks = [np.arange(center.size)]
     blocks = [np.asarray(b, dtype=np.int64) for b in blocks]
-    per_query = 2 if control == "antithetic" else 1
-    if control == "baseline" and center_fn is not None:
-        raise ValueError("the baseline control variate needs a fixed centre; use antithetic")
+    if center_fn is not None and not control.per_direction_centre:
+        raise ValueError(f"the {control.name} control variate needs a fixed centre; use antithetic")
+    first = 1 if control.needs_f0 and f0 is None else 0  # the query of f(c)
     if allocation is None:
-        spend = queries - (1 if control == "baseline" and f0 is None else 0)
-        allocation = split_budget(max(spend, 0), len(blocks))
+        allocation = split_budget(max(queries - first, 0), len(blocks))
     allocation = np.asarray(allocation, dtype=np.int64)
     if len(allocation) != len(blocks):
         raise ValueError("allocation needs one entry per block")
-    if queries < per_query + (1 if control == "baseline" and f0 is None else 0):
-        raise ValueError(f"{queries} queries are too few for the {control} estimator")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    est = GradientEstimate.empty(dim)
-    est.block_variance = np.full(len(blocks), np.nan)
-    used = 0
-    kept: list[Samples] = []
-    try:
-        if control == "baseline" and f0 is None:
-            values, _ = _evaluate(f, center[None, :])
-            used += 1
-            f0 = float(values[0])
-        est.f0 = f0
-        for k, (block, n_k) in enumerate(zip(blocks, allocation)):
-            directions = int(n_k) // per_query
-            if directions == 0:
-                continue
-            source = NoiseSource(block.size, noise, rng)
-            step = max(1, min(chunk // per_query, (1 << 22) // max(block.size, 1)))
-            block_terms: list[np.ndarray] = []
-            for start in range(0, directions, step):
-                m = min(step, directions - start)
-                z = source.draw(m) * sigma
-                centers = center_fn(rng, m) if center_fn is not None else np.broadcast_to(center, (m, dim))
-                plus = np.array(centers, dtype=np.float64, copy=True)
-                plus[:, block] += z
-                if control == "antithetic":
-                    minus = np.array(centers, dtype=np.float64, copy=True)
-                    minus[:, block] -= z
-                    values, delivered = _evaluate(f, np.concatenate([plus, minus]))
-                    used += 2 * m
-                    fp, fm = values[:m], values[m:]
-                    moved = (delivered[:m] - delivered[m:]) / 2.0
-                    response = (fp - fm) / 2.0
-                else:
-                    values, delivered = _evaluate(f, plus)
-                    used += m
-                    moved = delivered - np.asarray(centers)
-                    response = values - (f0 if control == "baseline" else 0.0)
-                terms = response[:, None] * moved[:, block] / sigma ** 2
-                if keep_samples:
-                    kept.append(Samples(moved, response))
-                _welford_update(est, block, terms)
-                block_terms.append(terms)
-            all_terms = np.concatenate(block_terms)
-            if len(all_terms) > 1:
-                est.block_variance[k] = all_terms.var(axis=0, ddof=1).sum() * per_query
-    except BudgetExceeded as exc:
-        est.stopped = str(exc)
-    est.queries = used
-    if keep_samples:
-        est.samples = Samples.join(kept) if kept else Samples(np.zeros((0, dim)), np.zeros(0))
-    return est
+    if queries < control.queries_per_direction + first:
+        raise ValueError(f"{queries} queries are too few for the {control.name} estimator")
+    return center, blocks, allocation
+
+
+class _Sampler:
+    """The running state of one :func:`lr_gradient` call: queries spent, statistics, samples."""
+
+    def __init__(self, f, center, sigma, control, rng, center_fn, keep_samples, n_blocks):
+        self.f, self.center, self.sigma, self.control, self.rng = f, center, sigma, control, rng
+        self.center_fn, self.keep_samples = center_fn, keep_samples
+        self.est = GradientEstimate.empty(center.size)
+        self.est.block_variance = np.full(n_blocks, np.nan)
+        self.f0: float | None = None
+        self.used = 0
+        self.kept: list[Samples] = []
+
+    def value_at_centre(self) -> float:
+        values, _ = _evaluate(self.f, self.center[None, :])
+        self.used += 1
+        return float(values[0])
+
+    def sample_block(self, k: int, block: np.ndarray, directions: int, noise: str, chunk: int) -> None:
+        """``directions`` directions in ``block``, asked ``chunk`` queries at a time; records the
+        per-query variance of the block's estimate."""
+        if directions == 0:
+            return
+        per = self.control.queries_per_direction
+        source = NoiseSource(block.size, noise, self.rng)
+        step = max(1, min(chunk // per, (1 << 22) // max(block.size, 1)))
+        terms = np.concatenate([self.sample_chunk(block, source, min(step, directions - start))
+                                for start in range(0, directions, step)])
+        if len(terms) > 1:
+            self.est.block_variance[k] = terms.var(axis=0, ddof=1).sum() * per
+
+    def sample_chunk(self, block: np.ndarray, source: NoiseSource, m: int) -> np.ndarray:
+        """Query ``m`` directions, merge their terms into the estimate and return them."""
+        z = source.draw(m) * self.sigma
+        if self.center_fn is not None:
+            centers = self.center_fn(self.rng, m)
+        else:
+            centers = np.broadcast_to(self.center, (m, self.center.size))
+        values, delivered = _evaluate(self.f, self.control.points(centers, block, z))
+        self.used += self.control.queries_per_direction * m
+        moved, response = self.control.combine(values, delivered, centers, self.f0)
+        terms = response[:, None] * moved[:, block] / self.sigma ** 2
+        if self.keep_samples:
+            self.kept.append(Samples(moved, response))
+        _welford_update(self.est, block, terms)
+        return terms
+
+    def finish(self) -> GradientEstimate:
+        self.est.queries = self.used
+        if self.keep_samples:
+            dim = self.center.size
+            self.est.samples = Samples.join(self.kept) if self.kept else Samples(np.zeros((0, dim)), np.zeros(0))
+        return self.est
 
 
 def _welford_update(est: GradientEstimate, block: np.ndarray, terms: np.ndarray) -> None:

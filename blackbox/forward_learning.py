@@ -341,98 +341,170 @@ def train(source, theta0: np.ndarray, *, batch_size: int, lr: float, steps: int 
     if exact and not hasattr(source, "gradient"):
         raise InputError("a gradient source needs ask/loss/tell (queries) or gradient (exact)")
     theta = np.asarray(theta0, dtype=np.float64).reshape(-1).copy()
-    n_items = source.n_items
-    batch_size = _check_schedule(n_items, batch_size, queries_per_step, steps, total_queries, budget,
+    batch_size = _check_schedule(source.n_items, batch_size, queries_per_step, steps, total_queries, budget,
                                  None if exact else source.unit)
     if reward not in REWARDS:
         raise InputError(f"reward must be one of {REWARDS}")
     if checkpoint_every < 1:
         raise InputError("checkpoint_every must be >= 1")
-    alloc = None if exact else make_allocator(allocator, floor=2, cap=cap, seed=seed, unit=source.unit)
-    if alloc is not None and alloc.unit % source.unit:
-        raise InputError(f"the allocator must allocate whole units of {source.unit} queries")
-    adam = Adam(lr)
-    memory = np.full((2, n_items), np.nan)  # each item's last per-query variance and loss
-    result = TrainResult(theta=theta)
-    config = {"n_items": n_items, "dim": theta.size, "batch_size": batch_size, "seed": seed,
+    alloc = None if exact else _allocator(allocator, cap, seed, source.unit)
+    schedule = _Schedule(batch_size, queries_per_step, total_queries, seed, reward, checkpoint_every,
+                         eval_fn, eval_every, callback)
+    config = {"n_items": source.n_items, "dim": theta.size, "batch_size": batch_size, "seed": seed,
               "queries_per_step": queries_per_step, "lr": lr, "allocator": None if exact else alloc.name,
               "reward": reward, "cap": cap,
               **(source.config() if hasattr(source, "config") else {"source": type(source).__name__})}
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    step = 0
-    if ckpt is not None and ckpt.exists():
-        step, theta = _load_checkpoint(ckpt, config, adam, alloc, memory, result)
-        result.resumed_from = step
-    runner = None if exact else QueryRunner(_direct(source), budget, batch_size=max(queries_per_step, 1))
-    spent_before = result.queries
-    seconds_before = result.history[-1]["seconds"] if result.history else 0.0
-    max_steps = steps if steps is not None else np.iinfo(np.int64).max
-    t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    loop = _Loop(source, theta, schedule, Adam(lr), alloc, config, checkpoint, budget)
+    bar = _progress_bar(steps, loop.step, description) if progress else None
+    try:
+        loop.run(steps if steps is not None else np.iinfo(np.int64).max, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return loop.finish()
 
-        bar = tqdm(total=steps, initial=step, desc=description, unit="step", leave=False, dynamic_ncols=True)
 
-    def evaluate_now() -> bool:
+def _allocator(name, cap: int | None, seed: int, unit: int):
+    """The allocator ``name`` for a source whose queries come in units of ``unit``."""
+    alloc = make_allocator(name, floor=2, cap=cap, seed=seed, unit=unit)
+    if alloc.unit % unit:
+        raise InputError(f"the allocator must allocate whole units of {unit} queries")
+    return alloc
+
+
+def _progress_bar(steps: int | None, initial: int, description: str):
+    """A progress bar over the steps (tqdm, imported only when asked for)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=initial, desc=description, unit="step", leave=False, dynamic_ncols=True)
+
+
+@dataclass
+class _Schedule:
+    """The validated settings a :class:`_Loop` runs by (see :func:`train`)."""
+
+    batch_size: int
+    queries_per_step: int | None
+    total_queries: int | None
+    seed: int
+    reward: str
+    checkpoint_every: int
+    eval_fn: Callable[[np.ndarray], dict] | None
+    eval_every: int | None
+    callback: Callable[[int, np.ndarray, dict], None] | None
+
+
+class _Loop:
+    """One run of :func:`train`: what a checkpoint holds (step, theta, Adam, allocator, each item's
+    last per-query variance and loss in ``memory``, the result so far), the runner and the clock.
+    A run resumed from a checkpoint continues its query count and its clock."""
+
+    def __init__(self, source, theta: np.ndarray, schedule: _Schedule, adam: Adam, alloc, config: dict,
+                 checkpoint, budget: Budget | None):
+        self.source, self.theta, self.schedule, self.adam, self.alloc = source, theta, schedule, adam, alloc
+        self.config, self.exact = config, alloc is None
+        self.memory = np.full((2, source.n_items), np.nan)
+        self.result = TrainResult(theta=theta)
+        self.ckpt = Path(checkpoint) if checkpoint is not None else None
+        self.step = 0
+        if self.ckpt is not None and self.ckpt.exists():
+            self.step, self.theta = _load_checkpoint(self.ckpt, config, adam, alloc, self.memory, self.result)
+            self.result.resumed_from = self.step
+        self.runner = None if self.exact else QueryRunner(_direct(source), budget,
+                                                          batch_size=max(schedule.queries_per_step, 1))
+        self.spent_before = self.result.queries
+        self.seconds_before = self.result.history[-1]["seconds"] if self.result.history else 0.0
+        self.t_start = time.perf_counter()
+
+    def clock(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t_start
+
+    def run(self, max_steps: int, bar) -> None:
+        """Evaluate at step 0, then step until ``max_steps``, the query total or the budget."""
+        s = self.schedule
+        if s.eval_fn is not None and self.step == 0 and not self.result.evals and not self.evaluate():
+            return
+        while self.step < max_steps and self.within_total():
+            row = self.advance()
+            if row is None:
+                return
+            if s.eval_fn is not None and s.eval_every and self.step % s.eval_every == 0 and not self.evaluate():
+                return
+            if s.callback is not None:
+                s.callback(self.step, self.theta, row)
+            if self.ckpt is not None and self.step % s.checkpoint_every == 0:
+                self.save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", queries=self.result.queries,
+                                **({"prompt": row["prompt"][:30]} if "prompt" in row else {}))
+
+    def within_total(self) -> bool:
+        """Whether the next step fits in ``total_queries`` (if not, the run says so)."""
+        total = self.schedule.total_queries
+        if total is None or self.result.queries + self.schedule.queries_per_step <= total:
+            return True
+        self.result.stopped = self.result.stopped or f"total_queries {total} reached"
+        return False
+
+    def advance(self) -> dict | None:
+        """One step: a batch, its gradient, Adam; returns the history row (None: the budget ran out)."""
+        s = self.schedule
+        items = batch_items(s.seed, self.step, self.source.n_items, s.batch_size)
+        counts = None
+        if self.exact:
+            est = self.source.gradient(self.theta, items)
+        else:
+            counts = self.alloc.allocate(s.queries_per_step, s.batch_size, variances=self.memory[0, items],
+                                         losses=self.memory[1, items])
+            try:
+                est = estimate(self.source, self.theta, items, counts, np.random.default_rng([s.seed, 2, self.step]),
+                               self.runner)
+            except BudgetExceeded as exc:
+                self.result.stopped = str(exc)
+                return None
+            self.learn(items, counts, est)
+        self.theta = self.adam.step(self.theta, est.grad)
+        row = _history_row(self.step, self.result.queries, est, items, counts, s.batch_size, self.clock())
+        if hasattr(self.source, "describe"):
+            row.update(self.source.describe(self.theta))
+        self.result.history.append(row)
+        self.step += 1
+        return row
+
+    def learn(self, items: np.ndarray, counts: np.ndarray, est: Estimate) -> None:
+        """Count the step's queries; the allocator and the items' memory learn from its estimate."""
+        self.result.queries = self.spent_before + self.runner.record.queries
+        _learn_allocation(self.alloc, self.schedule.reward, est, counts, self.memory[1, items])
+        self.memory[0, items] = est.item_variance
+        self.memory[1, items] = est.item_loss
+
+    def evaluate(self) -> bool:
+        """Run ``eval_fn`` now; False (the reason kept in ``stopped``) if the budget ran out in it."""
+        result = self.result
         try:
-            result.evals.append({"step": step, "queries": result.queries, **_scalars(eval_fn(theta))})
+            result.evals.append({"step": self.step, "queries": result.queries,
+                                 **_scalars(self.schedule.eval_fn(self.theta))})
             return True
         except BudgetExceeded as exc:
             result.stopped = f"{result.stopped + '; ' if result.stopped else ''}evaluation not finished: {exc}"
             return False
 
-    try:
-        if eval_fn is not None and step == 0 and not result.evals and not evaluate_now():
-            max_steps = 0
-        while step < max_steps:
-            if total_queries is not None and result.queries + queries_per_step > total_queries:
-                result.stopped = result.stopped or f"total_queries {total_queries} reached"
-                break
-            items = batch_items(seed, step, n_items, batch_size)
-            counts = None
-            if exact:
-                est = source.gradient(theta, items)
-            else:
-                counts = alloc.allocate(queries_per_step, batch_size, variances=memory[0, items],
-                                        losses=memory[1, items])
-                try:
-                    est = estimate(source, theta, items, counts, np.random.default_rng([seed, 2, step]), runner)
-                except BudgetExceeded as exc:
-                    result.stopped = str(exc)
-                    break
-                result.queries = spent_before + runner.record.queries
-                _learn_allocation(alloc, reward, est, counts, memory[1, items])
-                memory[0, items] = est.item_variance
-                memory[1, items] = est.item_loss
-            theta = adam.step(theta, est.grad)
-            row = _history_row(step, result.queries, est, items, counts, batch_size,
-                               seconds_before + time.perf_counter() - t_start)
-            if hasattr(source, "describe"):
-                row.update(source.describe(theta))
-            result.history.append(row)
-            step += 1
-            if eval_fn is not None and eval_every and step % eval_every == 0 and not evaluate_now():
-                break
-            if callback is not None:
-                callback(step, theta, row)
-            if ckpt is not None and step % checkpoint_every == 0:
-                _save_checkpoint(ckpt, config, step, theta, adam, alloc, memory, result)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", queries=result.queries,
-                                **({"prompt": row["prompt"][:30]} if "prompt" in row else {}))
-    finally:
-        if bar is not None:
-            bar.close()
-    if eval_fn is not None and (not result.evals or result.evals[-1]["step"] != step):
-        evaluate_now()
-    if ckpt is not None and step > result.resumed_from:
-        _save_checkpoint(ckpt, config, step, theta, adam, alloc, memory, result)
-    result.theta, result.steps = theta, step
-    result.learned = source.learned(theta) if hasattr(source, "learned") else theta.copy()
-    result.seconds = seconds_before + time.perf_counter() - t_start  # the history's clock
-    return result
+    def save(self) -> None:
+        _save_checkpoint(self.ckpt, self.config, self.step, self.theta, self.adam, self.alloc, self.memory,
+                         self.result)
+
+    def finish(self) -> TrainResult:
+        """The final evaluation and checkpoint (unless already made at this step), then the result."""
+        result = self.result
+        if self.schedule.eval_fn is not None and (not result.evals or result.evals[-1]["step"] != self.step):
+            self.evaluate()
+        if self.ckpt is not None and self.step > result.resumed_from:
+            self.save()
+        result.theta, result.steps = self.theta, self.step
+        result.learned = self.source.learned(self.theta) if hasattr(self.source, "learned") else self.theta.copy()
+        result.seconds = self.clock()  # the history's clock
+        return result
 
 
 def _learn_allocation(alloc, reward: str, est: Estimate, counts: np.ndarray, previous_loss: np.ndarray) -> None:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from blackbox import Budget, QueryRunner, lr_gradient
+from blackbox.estimators import Antithetic, Baseline, Plain
 from blackbox.noise import NoiseSource
 
 D = 12
@@ -139,6 +140,45 @@ def test_hadamard_designs_are_balanced_orthogonal_signs_and_beat_random_signs():
         est = lr_gradient(linear, np.zeros(D), queries=2 * 32, sigma=0.5, noise=kind, seed=0)
         errors[kind] = np.abs(est.grad - A).max()
     assert errors["hadamard"] < 1e-9 < errors["rademacher"]
+
+
+class KnownCentre:
+    """A control of one's own: the baseline form with ``f(c)`` known in advance (no query for it)."""
+
+    name = "known"
+    queries_per_direction = 1
+    needs_f0 = False
+    per_direction_centre = False
+
+    def __init__(self, value):
+        self.value = value
+
+    def points(self, centers, block, z):
+        points = np.array(centers, dtype=np.float64, copy=True)
+        points[:, block] += z
+        return points
+
+    def combine(self, values, delivered, centers, f0):
+        return delivered - centers, values - self.value
+
+
+def test_controls_are_objects_that_spend_what_they_say():
+    """A control passed as an object gives the estimate of its name bit for bit, and spends its
+    queries per direction plus one for f(c) when it needs it; a control of one's own plugs in
+    through the same interface."""
+    centre = np.linspace(-1, 1, D)
+    for obj, spent in ((Antithetic(), 100), (Baseline(), 101), (Plain(), 101)):
+        by_name = lr_gradient(linear, centre, queries=101, sigma=0.5, control=obj.name, seed=4, keep_samples=True)
+        by_object = lr_gradient(linear, centre, queries=101, sigma=0.5, control=obj, seed=4, keep_samples=True)
+        assert by_name.queries == by_object.queries == spent, obj.name
+        assert np.array_equal(by_name.grad, by_object.grad) and np.array_equal(by_name.m2, by_object.m2)
+        assert np.array_equal(by_name.samples.responses, by_object.samples.responses)
+    known = lr_gradient(linear, centre, queries=100, sigma=0.5, control=KnownCentre(linear(centre[None])[0]), seed=4)
+    given = lr_gradient(linear, centre, queries=100, sigma=0.5, control="baseline", f0=linear(centre[None])[0], seed=4)
+    assert known.queries == given.queries == 100 and np.array_equal(known.grad, given.grad)
+    with pytest.raises(ValueError, match="known control variate needs a fixed centre"):
+        lr_gradient(linear, centre, queries=100, sigma=0.5, control=KnownCentre(0.0),
+                    center_fn=lambda rng, n: np.zeros((n, D)))
 
 
 def test_rejects_bad_arguments():

@@ -214,3 +214,13 @@ def test_a_budget_that_runs_out_in_the_evaluation_keeps_what_was_learned():
     assert "budget" in res.stopped and "evaluation not finished" in res.stopped
     assert len(res.evals) == 1 and res.after == res.before        # the final evaluation never ran
     assert np.linalg.norm(res.theta - optimum) < np.linalg.norm(np.full(5, 3.0) - optimum)
+
+
+def test_a_progress_bar_does_not_change_the_run():
+    """(conftest disables tqdm's drawing; its calls still run.)"""
+    loss, _ = quadratic_task(seed=5)
+    kw = dict(batch_size=5, queries_per_step=20, steps=6, sigma=0.1, lr=0.05, allocator="flops", seed=4)
+    quiet = forward_train(loss, np.zeros(5), 20, **kw)
+    shown = forward_train(loss, np.zeros(5), 20, progress=True, **kw)
+    assert np.array_equal(shown.theta, quiet.theta) and shown.queries == quiet.queries == 120
+    assert [h["allocation"] for h in shown.history] == [h["allocation"] for h in quiet.history]
