@@ -14,26 +14,22 @@ the saliency benchmark's photos, targets, blurred baseline and 14x14 cells:
   neither rounding nor the budget is in the way: forward, backward, spanning, up/down and central
   (twice the queries). Tuning photos only.
 
-    python benchmarks/ig_steps.py            # -> results/ig_steps.{md,json}
-    python benchmarks/ig_steps.py --combine  # rewrite the .md from the .json
+    python -m benchmarks.ig_steps            # -> results/ig_steps.{md,json}
+    python -m benchmarks.ig_steps --combine  # rewrite the .md from the .json
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import saliency as bench
 
-import saliency as bench  # noqa: E402
-
-from blackbox.saliency.spaces import MaskSpace  # noqa: E402
-from blackbox.saliency.metrics import spearman  # noqa: E402
-from blackbox.saliency import METHODS  # noqa: E402
-from blackbox.saliency.path_steps import path_points, path_steps  # noqa: E402
+from blackbox import MaskSpace, spearman
+from blackbox.saliency import METHODS
+from blackbox.saliency.path_steps import path_points, path_steps
 
 BUDGET = 1000
 STEP = 0.05
@@ -177,7 +173,7 @@ def paired(rows, part: str, a: str, b: str, sets) -> list[str]:
 def write(rows) -> None:
     product = PRODUCT + ["white-box gradients"]
     md = ["# ig-steps: which finite difference\n",
-          "Written by `python benchmarks/ig_steps.py`. Embedded EfficientNet-Lite0, the saliency benchmark's "
+          "Written by `python -m benchmarks.ig_steps`. Embedded EfficientNet-Lite0, the saliency benchmark's "
           "photos, top-1 targets and blurred baseline; rho = Spearman correlation over the 14x14 cells with "
           "white-box IG (32 midpoints, torch autograd). Intervals: percentile bootstrap 95% over photos.\n",
           f"## Same budget, 8-bit images: {BUDGET} queries, step {STEP}\n",

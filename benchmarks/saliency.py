@@ -10,15 +10,15 @@ intervals over photos.
 
 Quality (any time; runs in parts, one part file per photo, merged at the end):
 
-    python benchmarks/saliency.py --photos coffee chelsea      # parts for these photos
-    python benchmarks/saliency.py                              # every table photo (resumes parts)
-    python benchmarks/saliency.py --combine                    # parts -> results/saliency.{md,json}
-    python benchmarks/saliency.py --set tuning                 # candidates on the tuning photos
-    python benchmarks/saliency.py --set tuning --combine       # -> results/saliency.tuning.{md,json}
+    python -m benchmarks.saliency --photos coffee chelsea      # parts for these photos
+    python -m benchmarks.saliency                              # every table photo (resumes parts)
+    python -m benchmarks.saliency --combine                    # parts -> results/saliency.{md,json}
+    python -m benchmarks.saliency --set tuning                 # candidates on the tuning photos
+    python -m benchmarks.saliency --set tuning --combine       # -> results/saliency.tuning.{md,json}
 
 Timing (only on an idle machine: queries/s, library overhead, the demo's seconds):
 
-    python benchmarks/saliency.py --timing                     # -> results/saliency.timing.{md,json}
+    python -m benchmarks.saliency --timing                     # -> results/saliency.timing.{md,json}
 
 Peers (see peers.py): RISE, occlusion, KernelSHAP, LIME (Captum's sparse default and ridge),
 HSIC attribution and Sobol attribution. Every method's model evaluations are counted and held to
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,20 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import peers  # noqa: E402
-
-from blackbox import make_baseline, saliency  # noqa: E402
-from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight  # noqa: E402
-from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage  # noqa: E402
-from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
-from blackbox.saliency.spaces import PatchGrid  # noqa: E402
-from blackbox.saliency.metrics import deletion_insertion, spearman  # noqa: E402
-from blackbox.paths import cache_dir  # noqa: E402
-from blackbox.sample_images import SAMPLE_IMAGES, load_sample  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import peers
+from benchmarks.harness import RESULTS, bootstrap, fmt_bootstrap as fmt, paired  # noqa: F401 (paired: for scripts)
+from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
+from blackbox.paths import cache_dir
+from blackbox.sample_images import SAMPLE_IMAGES, load_sample
+from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight
+from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage
+from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN
 PARTS = RESULTS / "saliency-parts"
 # the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
 TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
@@ -311,27 +304,6 @@ def run_or_combine(stem: str, rows_for, write, *, combine: bool | None = None, s
     write(*rows_over_photos(rows_for, sets or {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
 
 
-def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def fmt(stat, digits: int = 4) -> str:
-    mean, lo, hi = stat
-    return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def paired(diff, digits: int = 4) -> str:
-    """Two table cells for per-photo differences (row minus reference): the mean with its bootstrap
-    interval, and on how many photos the row is lower."""
-    diff = np.asarray(diff)
-    return f"{fmt(bootstrap(diff), digits)} | {int(np.sum(diff < 0))}/{diff.size}"
-
-
 def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
     by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
     return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]
@@ -456,7 +428,7 @@ def combine(which: str, log) -> None:
     default = describe({})
     md = [f"# Saliency benchmark ({which})\n",
           f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
-          f"{', '.join(photos)}. Written by `python benchmarks/saliency.py{' --set ' + which if which != 'table' else ''}"
+          f"{', '.join(photos)}. Written by `python -m benchmarks.saliency{' --set ' + which if which != 'table' else ''}"
           f" --combine` from the part files under `benchmarks/results/saliency-parts/`.\n",
           f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults; above "
           f"{PRIOR_QUERIES} queries every ridge row's smoothness fades as S x {PRIOR_QUERIES} / N).",
@@ -519,7 +491,7 @@ def timing(model, log) -> None:
         proc = subprocess.run(cli, capture_output=True, text=True, check=True)
         demo = {"wall_seconds": round(time.perf_counter() - t0, 2), **json.loads(proc.stdout.strip().splitlines()[-1])}
     log(f"demo: {demo['wall_seconds']} s wall, {demo['seconds']} s in the command, overhead {demo['overhead']:.1%}")
-    md = ["# Saliency timing (idle machine)\n", "Written by `python benchmarks/saliency.py --timing`: 1000 queries per "
+    md = ["# Saliency timing (idle machine)\n", "Written by `python -m benchmarks.saliency --timing`: 1000 queries per "
           "map, no answer cache; overhead = share of wall time outside the model's forward pass.\n",
           "| photo | method | queries | seconds | queries/s | overhead |", "|---|---|---|---|---|---|"]
     md += [f"| {r['photo']} | {r['method']} | {r['queries']} | {r['seconds']} | {r['queries_per_s']} | "

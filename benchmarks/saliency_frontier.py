@@ -22,25 +22,20 @@ LIME-ridge (Captum, 14x14 cells, the same blurred baseline) runs beside them on 
 and insertion AUC averaged over the two seeds per photo, seed-to-seed rho of the 14x14 cell maps,
 bootstrap 95% intervals over photos, and the paired deletion difference to LIME-ridge.
 
-    python benchmarks/saliency_frontier.py            # -> results/saliency_frontier.{md,json}
-    python benchmarks/saliency_frontier.py --combine  # rewrite the .md from the .json
+    python -m benchmarks.saliency_frontier            # -> results/saliency_frontier.{md,json}
+    python -m benchmarks.saliency_frontier --combine  # rewrite the .md from the .json
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import saliency as bench
 
-import saliency as bench  # noqa: E402
-
-from blackbox import saliency  # noqa: E402
-from blackbox.estimators import GradientEstimate, Regression, Samples  # noqa: E402
-from blackbox.saliency.metrics import spearman  # noqa: E402
-from blackbox.saliency.focus import reorder_among  # noqa: E402
+from blackbox import saliency, spearman
+from blackbox.estimators import GradientEstimate, Regression, Samples
+from blackbox.saliency.focus import reorder_among
 
 BUDGET = 1000
 SEEDS = (0, 1)
@@ -152,7 +147,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
     head = [
         "# Deletion against stability at 1000 queries: the default's queries read in other ways",
         "",
-        f"Written by `python benchmarks/saliency_frontier.py`{f' ({seconds:.0f} s)' if seconds else ''}. "
+        f"Written by `python -m benchmarks.saliency_frontier`{f' ({seconds:.0f} s)' if seconds else ''}. "
         "Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class, blurred baseline, "
         "14x14 cells. Every library row reads the same queries (the default's randomised Hadamard halves, "
         f"{BUDGET} queries, seeds {SEEDS[0]} and {SEEDS[1]}) and changes only the fit and the score it explains; "

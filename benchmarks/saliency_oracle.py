@@ -19,20 +19,16 @@ map run beside them. Seed 0, 1000 queries, judged as in benchmarks/saliency.py: 
 insertion AUC (bootstrap 95% intervals over photos), rho with white-box IG, and the deletion
 difference to LIME-ridge paired by photo.
 
-    python benchmarks/saliency_oracle.py            # -> results/saliency_oracle.{md,json}
-    python benchmarks/saliency_oracle.py --combine  # rewrite the .md from the .json
+    python -m benchmarks.saliency_oracle            # -> results/saliency_oracle.{md,json}
+    python -m benchmarks.saliency_oracle --combine  # rewrite the .md from the .json
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import saliency as bench  # noqa: E402
+from benchmarks import saliency as bench
 
 BUDGET = 1000
 SEED = 0
@@ -126,7 +122,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
     head = [
         "# Faithfulness against agreement with IG: metric-oracle orders and rank blends",
         "",
-        f"Written by `python benchmarks/saliency_oracle.py`{f' ({seconds:.0f} s)' if seconds else ''}. "
+        f"Written by `python -m benchmarks.saliency_oracle`{f' ({seconds:.0f} s)' if seconds else ''}. "
         "Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class, blurred baseline, "
         f"14x14 cells, {BUDGET} queries, seed {SEED}. The greedy rows are oracles built on the metric itself "
         "(every remaining cell tried alone at each of the 28 steps), not methods; the white-box IG blends are "

@@ -19,26 +19,21 @@ that against the prior held relative to the data at every budget (the library be
 Answers are cached per photo (shared with benchmarks/saliency.py), so a rerun pays only for new
 queries. Model efficientnet-lite0 (embedded), target = the top-1 class, blurred baseline.
 
-    python benchmarks/saliency_prior.py             # -> results/saliency_prior.{md,json}
-    python benchmarks/saliency_prior.py --combine   # rewrite the .md from the .json
+    python -m benchmarks.saliency_prior             # -> results/saliency_prior.{md,json}
+    python -m benchmarks.saliency_prior --combine   # rewrite the .md from the .json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import saliency as bench
 
-import saliency as bench  # noqa: E402
-
-from blackbox import saliency  # noqa: E402
-from blackbox.estimators import GradientEstimate, Regression, Samples  # noqa: E402
-from blackbox.saliency.metrics import spearman  # noqa: E402
-from blackbox.saliency import PRIOR_QUERIES, prior_weight  # noqa: E402
+from blackbox import saliency, spearman
+from blackbox.estimators import GradientEstimate, Regression, Samples
+from blackbox.saliency import PRIOR_QUERIES, prior_weight
 
 TRUTH_QUERIES = 16000
 TRUTH_SEED = 7
@@ -125,7 +120,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
     head = [
         "# Convergence of the default map: the smoothness prior held against faded",
         "",
-        f"Written by `python benchmarks/saliency_prior.py`{f' ({seconds:.0f} s)' if seconds else ''}. "
+        f"Written by `python -m benchmarks.saliency_prior`{f' ({seconds:.0f} s)' if seconds else ''}. "
         "Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class, blurred baseline, "
         f"14x14 cells, the default's randomised Hadamard halves. Truth per photo: least squares without a "
         f"prior over {TRUTH_QUERIES} queries (seed {TRUTH_SEED}). Maps: seeds {SEEDS[0]} and {SEEDS[1]}, "

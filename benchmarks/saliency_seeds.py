@@ -16,23 +16,19 @@ correlation of the 14x14 cell maps, averaged over the 15 pairs of seeds per phot
 of each budget shows what one seed's table would have said: for each seed, the mean over photos
 of the default's paired differences to the two LIME-ridge rows.
 
-    python benchmarks/saliency_seeds.py            # -> results/saliency_seeds.{md,json}
-    python benchmarks/saliency_seeds.py --combine  # rewrite the .md from the .json
+    python -m benchmarks.saliency_seeds            # -> results/saliency_seeds.{md,json}
+    python -m benchmarks.saliency_seeds --combine  # rewrite the .md from the .json
 """
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import saliency as bench
 
-import saliency as bench  # noqa: E402
-
-from blackbox.saliency.metrics import spearman  # noqa: E402
+from blackbox import spearman
 
 BUDGETS = (500, 1000)
 SEEDS = tuple(range(6))
@@ -99,7 +95,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
     head = [
         "# Six seeds at 500 and 1000 queries: the default, the opt-in focus and LIME-ridge (on p and on log p)",
         "",
-        f"Written by `python benchmarks/saliency_seeds.py`{f' ({seconds:.0f} s)' if seconds else ''}. "
+        f"Written by `python -m benchmarks.saliency_seeds`{f' ({seconds:.0f} s)' if seconds else ''}. "
         "Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class, blurred baseline, "
         f"14x14 cells, {' and '.join(map(str, BUDGETS))} queries per map, seeds {SEEDS[0]} to {SEEDS[-1]}.",
         "",

@@ -1,15 +1,21 @@
-"""Means with intervals over seeds, for the learning benchmarks (allocation.py, alignment.py).
+"""Shared parts of the benchmark scripts: the results folder and means with intervals.
 
-Every figure is the mean over independent seeds (data split, initial prompt or projector, batches
+Learning benchmarks (allocation, alignment): every figure is the mean over independent seeds (data split, initial prompt or projector, batches
 and noise all change with the seed) with a 95% Student-t interval ``mean +- t * sd / sqrt(n)``.
 A comparison with uniform allocation is *paired*: the difference is taken seed by seed, and its
 interval decides whether a claim holds.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float]:
@@ -72,3 +78,45 @@ def mean_curve(curves: list) -> list[tuple[int, float, float]]:
 
 def curve_cell(curve: list) -> str:
     return " ".join(f"{x}: {m:.2f}±{h:.2f}" for x, m, h in mean_curve(curve))
+
+
+def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fmt_bootstrap(stat, digits: int = 4) -> str:
+    mean, lo, hi = stat
+    return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def paired(diff, digits: int = 4) -> str:
+    """Two table cells for per-photo differences (row minus reference): the mean with its bootstrap
+    interval, and on how many photos the row is lower."""
+    diff = np.asarray(diff)
+    return f"{fmt_bootstrap(bootstrap(diff), digits)} | {int(np.sum(diff < 0))}/{diff.size}"
+
+
+def run_seeds(args, one_seed, report, stem: str) -> list[str]:
+    """The main of a benchmark over independent seeds: ``one_seed(seed, args)`` for each of
+    ``args.seeds``, with ``results/<stem>.{json,md}`` rewritten after every seed (an interrupted run
+    keeps its seeds); with ``args.combine``, only the .md, rewritten from the saved .json with the
+    settings it was run with. ``report(seeds, args)`` gives the table's lines."""
+    if args.combine:
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        lines = report(saved["seeds"], argparse.Namespace(**saved["info"]["settings"]))
+        (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        return lines
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    seeds = []
+    for seed in args.seeds:
+        seeds.append(one_seed(seed, args))
+        lines = report(seeds, args)
+        info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
+        (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return lines
