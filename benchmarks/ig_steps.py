@@ -145,7 +145,7 @@ def table(rows, part: str, designs, sets) -> list[str]:
         cells = []
         for s in sets:
             v = [r["rho_ig"] for r in rows if r["part"] == part and r["set"] == s and r["design"] == kind]
-            cells.append(bench.fmt(bench.bootstrap(v), 3))
+            cells.append(bench.fmt(v, 3))
         points = {r["points"] for r in rows if r["part"] == part and r["design"] == kind}
         out.append(f"| {kind} | {', '.join(map(str, sorted(points)))} | " + " | ".join(cells) + " |")
     return out
@@ -160,12 +160,12 @@ def per_photo(rows, part: str, designs) -> list[str]:
 
 
 def paired(rows, part: str, a: str, b: str, sets) -> list[str]:
-    """``a`` minus ``b`` per photo: mean, bootstrap interval, on how many photos ``a`` is higher."""
+    """``a`` minus ``b`` per photo: mean with its interval, on how many photos ``a`` is higher."""
     out = []
     for s in sets:
         by = {(r["photo"], r["design"]): r["rho_ig"] for r in rows if r["part"] == part and r["set"] == s}
         diffs = [by[(p, a)] - by[(p, b)] for p in dict.fromkeys(p for p, _ in by)]
-        out.append(f"- {s} photos: {a} minus {b}, paired by photo: {bench.fmt(bench.bootstrap(diffs), 3)}, "
+        out.append(f"- {s} photos: {a} minus {b}, paired by photo: {bench.fmt(diffs, 3)}, "
                    f"higher on {sum(x > 0 for x in diffs)} of {len(diffs)}")
     return out
 
@@ -175,7 +175,7 @@ def write(rows) -> None:
     md = ["# ig-steps: which finite difference\n",
           "Written by `python -m benchmarks.ig_steps`. Embedded EfficientNet-Lite0, the saliency benchmark's "
           "photos, top-1 targets and blurred baseline; rho = Spearman correlation over the 14x14 cells with "
-          "white-box IG (32 midpoints, torch autograd). Intervals: percentile bootstrap 95% over photos.\n",
+          "white-box IG (32 midpoints, torch autograd). Intervals: 95% t-intervals over photos.\n",
           f"## Same budget, 8-bit images: {BUDGET} queries, step {STEP}\n",
           "- up/down: the library's `--method ig-steps` (steps up at even midpoints, down at odd ones, from the "
           "path image; the two directions weighted equally).",

@@ -5,8 +5,8 @@ target = the top-1 class, one blurred copy as the baseline for every method. Eac
 by deletion and insertion AUC (the target's probability while the 14x14 cells are removed into /
 inserted from the blurred copy, most salient first), by the rank correlation of its 14x14 cell
 map between two seeds, and by its rank correlation with white-box Integrated Gradients on the
-same cells and baseline (torch autograd on the model's twin). Means come with bootstrap 95%
-intervals over photos.
+same cells and baseline (torch autograd on the model's twin). Means come with 95% t-intervals
+over photos (:mod:`benchmarks.harness`).
 
 Quality (any time; runs in parts, one part file per photo, merged at the end):
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.harness import RESULTS, bootstrap, fmt_bootstrap as fmt, paired  # noqa: F401 (paired: for scripts)
+from benchmarks.harness import RESULTS, fmt, mean_ci, paired, show  # noqa: F401 (paired: for scripts)
 from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
 from blackbox.paths import cache_dir
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample
@@ -315,8 +315,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for method, budget in keys:
         rs = [r for r in rows if r["method"] == method and r["budget"] == budget and r["seed"] == 0]
         out.append({"method": method, "budget": budget, "photos": len(rs),
-                    **{k: bootstrap([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
-                    "seed_rho": bootstrap(seed_pairs(rows, method, budget))})
+                    **{k: mean_ci([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
+                    "seed_rho": mean_ci(seed_pairs(rows, method, budget))})
     out.sort(key=lambda s: (s["budget"], s["deletion"][0]))
     return out
 
@@ -325,8 +325,8 @@ def summary_table(summary: list[dict]) -> str:
     lines = ["| budget | method | photos | deletion AUC (lower better) | insertion AUC (higher better) "
              "| rho vs white-box IG | seed-to-seed rho |", "|---|---|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {fmt(s['deletion'])} | "
-                     f"{fmt(s['insertion'])} | {fmt(s['rho_ig'], 2)} | {fmt(s['seed_rho'], 2)} |")
+        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {show(s['deletion'], 4)} | "
+                     f"{show(s['insertion'], 4)} | {show(s['rho_ig'], 2)} | {show(s['seed_rho'], 2)} |")
     return "\n".join(lines)
 
 
@@ -340,8 +340,8 @@ def runs_by_photo(rows: list[dict], method: str, budget: int, seeds: tuple[int, 
 
 
 def target_check(rows: list[dict], default: str, mine_label: str = "default") -> str:
-    """One method (the default) against every other, paired by photo: mean difference with a
-    bootstrap interval."""
+    """One method (the default) against every other, paired by photo: mean difference with its
+    interval."""
     me = mine_label
     lines = [f"| budget | peer | deletion: {me} - peer | {me} lower on | insertion: {me} - peer "
              f"| {me} higher on |", "|---|---|---|---|---|---|"]
@@ -363,14 +363,14 @@ def target_check(rows: list[dict], default: str, mine_label: str = "default") ->
                 dd = [mine[p][0] - theirs[p][0] for p in common]
                 di = [mine[p][1] - theirs[p][1] for p in common]
                 label = peer if len(seeds) == 1 else f"{peer} (both maps averaged over seeds 0 and 1)"
-                lines.append(f"| {b} | {label} | {fmt(bootstrap(dd))} | {sum(d < 0 for d in dd)}/{len(common)} "
-                             f"| {fmt(bootstrap(di))} | {sum(d > 0 for d in di)}/{len(common)} |")
+                lines.append(f"| {b} | {label} | {fmt(dd, 4)} | {sum(d < 0 for d in dd)}/{len(common)} "
+                             f"| {fmt(di, 4)} | {sum(d > 0 for d in di)}/{len(common)} |")
     return "\n".join(lines)
 
 
 SELECTION_RULE = (
     f"Every candidate against the default at {SEED_BUDGET} queries, paired by photo (deletion and insertion "
-    "averaged over seeds 0 and 1, seed-to-seed rho per photo; bootstrap 95% intervals). A candidate would "
+    "averaged over seeds 0 and 1, seed-to-seed rho per photo; 95% t-intervals). A candidate would "
     "replace the default only if it deletes faster beyond the noise (the interval of the paired difference "
     "below 0) while neither its insertion nor its stability is lower beyond the noise (both intervals reach 0).")
 
@@ -392,11 +392,12 @@ def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
         common = [p for p in mine if p in theirs]
         if not common:
             continue
-        diff = [bootstrap([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
-        reasons = ([] if diff[0][2] < 0 else ["deletes no faster beyond the noise"]) + \
-                  ([] if diff[1][2] >= 0 else ["inserts worse"]) + ([] if diff[2][2] >= 0 else ["less stable"])
+        diff = [mean_ci([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
+        high = [m + h for m, h in diff]  # the upper end of each paired difference's interval
+        reasons = ([] if high[0] < 0 else ["deletes no faster beyond the noise"]) + \
+                  ([] if high[1] >= 0 else ["inserts worse"]) + ([] if high[2] >= 0 else ["less stable"])
         verdict = "would replace the default" if not reasons else "; ".join(reasons)
-        lines.append(f"| {name} | {fmt(diff[0])} | {fmt(diff[1])} | {fmt(diff[2], 2)} | {verdict} |")
+        lines.append(f"| {name} | {show(diff[0], 4)} | {show(diff[1], 4)} | {show(diff[2], 2)} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -440,7 +441,7 @@ def combine(which: str, log) -> None:
           "grad . (x - baseline) summed per cell).",
           f"- seed-to-seed rho: Spearman correlation of the 14x14 cell maps of seeds 0 and 1 (at {SEED_BUDGET} "
           "queries, where measured).",
-          "- Intervals: percentile bootstrap 95% intervals of the mean over photos (2000 resamples).",
+          "- Intervals: 95% Student-t intervals of the mean over photos, mean ± half-width.",
           "- Peers: RISE (7x7 masks, p = 0.5, own implementation), occlusion / KernelSHAP / LIME from Captum on "
           "the same 14x14 cells (occlusion on the finest grid its budget allows), HSIC (8x8) and Sobol "
           "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "

@@ -20,7 +20,7 @@ the answers are cached, so only the deletion curves are paid for) and changes on
 LIME-ridge (Captum, 14x14 cells, the same blurred baseline) runs beside them on every photo, seeds
 0 and 1, as the reference. Tuning and table photos, judged as in benchmarks/saliency.py: deletion
 and insertion AUC averaged over the two seeds per photo, seed-to-seed rho of the 14x14 cell maps,
-bootstrap 95% intervals over photos, and the paired deletion difference to LIME-ridge.
+95% t-intervals over photos, and the paired deletion difference to LIME-ridge.
 
     python -m benchmarks.saliency_frontier            # -> results/saliency_frontier.{md,json}
     python -m benchmarks.saliency_frontier --combine  # rewrite the .md from the .json
@@ -135,8 +135,8 @@ def summary(rows: list[dict], which: str) -> str:
         rho = [spearman(get[(config, p, SEEDS[0])]["cells"], get[(config, p, SEEDS[1])]["cells"]) for p in photos]
         diff = deletion - lime
         paired = "- | -" if config == LIME else bench.paired(diff)
-        lines.append(f"| {config} | {bench.fmt(bench.bootstrap(deletion))} | "
-                     f"{bench.fmt(bench.bootstrap(per_photo(config, 'insertion')))} | {bench.fmt(bench.bootstrap(rho), 2)} "
+        lines.append(f"| {config} | {bench.fmt(deletion, 4)} | "
+                     f"{bench.fmt(per_photo(config, 'insertion'), 4)} | {bench.fmt(rho, 2)} "
                      f"| {paired} |")
     return "\n".join(lines)
 
@@ -154,7 +154,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
         "LIME-ridge (Captum) runs beside them with its own queries and seeds.",
         "",
         "- Deletion / insertion AUC: as in `saliency.md`, averaged over the two seeds per photo, then over photos "
-        "(bootstrap 95% intervals over photos).",
+        "(95% t-intervals over photos).",
         "- seed-to-seed rho: Spearman correlation of the 14x14 cell maps of seeds 0 and 1.",
         "- deletion - LIME-ridge: paired by photo (both averaged over the two seeds); lower on: photos where the "
         "row deletes faster.",

@@ -16,7 +16,7 @@ cells). This script measures whether one map can do both, on the benchmark's tab
 
 The default, LIME-ridge (Captum, the peer that deletes best at 1000 queries) and white-box IG's own
 map run beside them. Seed 0, 1000 queries, judged as in benchmarks/saliency.py: deletion and
-insertion AUC (bootstrap 95% intervals over photos), rho with white-box IG, and the deletion
+insertion AUC (95% t-intervals over photos), rho with white-box IG, and the deletion
 difference to LIME-ridge paired by photo.
 
     python -m benchmarks.saliency_oracle            # -> results/saliency_oracle.{md,json}
@@ -110,9 +110,9 @@ def summary(rows: list[dict]) -> str:
     for config in configs:
         diff = per_photo(config, "deletion") - lime
         paired = "- | -" if config == LIME else bench.paired(diff)
-        lines.append(f"| {config} | {bench.fmt(bench.bootstrap(per_photo(config, 'deletion')))} | "
-                     f"{bench.fmt(bench.bootstrap(per_photo(config, 'insertion')))} | "
-                     f"{bench.fmt(bench.bootstrap(per_photo(config, 'rho_ig')), 2)} | {paired} |")
+        lines.append(f"| {config} | {bench.fmt(per_photo(config, 'deletion'), 4)} | "
+                     f"{bench.fmt(per_photo(config, 'insertion'), 4)} | "
+                     f"{bench.fmt(per_photo(config, 'rho_ig'), 2)} | {paired} |")
     return "\n".join(lines)
 
 
@@ -128,7 +128,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
         "(every remaining cell tried alone at each of the 28 steps), not methods; the white-box IG blends are "
         "given IG for free.",
         "",
-        "- Deletion / insertion AUC and rho with white-box IG: as in `saliency.md` (bootstrap 95% intervals "
+        "- Deletion / insertion AUC and rho with white-box IG: as in `saliency.md` (95% t-intervals "
         "over photos).",
         "- Rank blend: (1 - a) x rankz(the default's cells) + a x rankz(the other map's cells), rankz = rank "
         "centred and scaled to unit variance.",

@@ -14,7 +14,7 @@ that against the prior held relative to the data at every budget (the library be
   and no prior (smoothness 0).
 * Measured against the truth: the relative error |g - truth| / |truth| of the 14x14 cell map and
   the Spearman correlation with it; per photo averaged over the two seeds, then over photos with
-  bootstrap 95% intervals; faded - held paired by photo.
+  95% t-intervals; faded - held paired by photo.
 
 Answers are cached per photo (shared with benchmarks/saliency.py), so a rerun pays only for new
 queries. Model efficientnet-lite0 (embedded), target = the top-1 class, blurred baseline.
@@ -89,7 +89,7 @@ def summary(rows: list[dict], which: str) -> str:
 
     lines = [f"\n## {which.capitalize()} photos ({', '.join(photos)})\n",
              f"The truth's own noise (relative, from its halves): "
-             f"{bench.fmt(bench.bootstrap(np.array(list(noise.values()))), 3)}.\n",
+             f"{bench.fmt(np.array(list(noise.values())), 3)}.\n",
              "| queries | fit | relative error to the truth | rho with the truth "
              "| error minus held | lower on |", "|---|---|---|---|---|---|"]
     for budget in BUDGETS:
@@ -103,8 +103,8 @@ def summary(rows: list[dict], which: str) -> str:
                 paired = "(the same fit as held) | -"
             else:
                 paired = bench.paired(diff, 3)
-            lines.append(f"| {budget} | {name}, smoothness {smoothness_of(name, budget):g} | {bench.fmt(bench.bootstrap(error), 3)} "
-                         f"| {bench.fmt(bench.bootstrap(per_photo(budget, name, 'rho')), 2)} | {paired} |")
+            lines.append(f"| {budget} | {name}, smoothness {smoothness_of(name, budget):g} | {bench.fmt(error, 3)} "
+                         f"| {bench.fmt(per_photo(budget, name, 'rho'), 2)} | {paired} |")
     top = BUDGETS[-1]
     lines += [f"\nPer photo at {top} queries (relative error, mean of the two seeds):\n",
               "| photo | truth's noise | " + " | ".join(FITS) + " |", "|---|---|" + "---|" * len(FITS)]
@@ -132,7 +132,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
         "- no prior: least squares with smoothness 0 (the same small ridge).",
         "",
         "Relative error = |map - truth| / |truth| over the 196 cells; rho = Spearman correlation with the truth. "
-        "Per photo the mean of the two seeds, then over photos with bootstrap 95% intervals; "
+        "Per photo the mean of the two seeds, then over photos with 95% t-intervals; "
         "the paired column is faded (or no prior) minus held, by photo; lower on = photos where it is closer "
         "to the truth than held. The truth's noise is half the relative distance between fits of its two halves.",
     ]

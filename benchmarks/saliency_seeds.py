@@ -11,7 +11,7 @@ decide those targets over seeds 0 to 5 on the tuning and table photos:
   saliency.md, and on the log-probability (the default's score: the control row).
 
 Judged as in benchmarks/saliency.py. Per photo, deletion and insertion AUC are averaged over the
-six seeds; intervals are bootstrap 95% intervals over photos. Seed-to-seed rho is the Spearman
+six seeds; intervals are 95% t-intervals over photos. Seed-to-seed rho is the Spearman
 correlation of the 14x14 cell maps, averaged over the 15 pairs of seeds per photo. The last table
 of each budget shows what one seed's table would have said: for each seed, the mean over photos
 of the default's paired differences to the two LIME-ridge rows.
@@ -68,17 +68,17 @@ def summary(rows: list[dict], which: str, budget: int) -> str:
              "| map | deletion AUC (lower better) | insertion AUC (higher better) | seed-to-seed rho |",
              "|---|---|---|---|"]
     for name, _ in MAPS:
-        lines.append(f"| {name} | {bench.fmt(bench.bootstrap(per_photo(name, 'deletion')))} | "
-                     f"{bench.fmt(bench.bootstrap(per_photo(name, 'insertion')))} | "
-                     f"{bench.fmt(bench.bootstrap(stability(name)), 2)} |")
+        lines.append(f"| {name} | {bench.fmt(per_photo(name, 'deletion'), 4)} | "
+                     f"{bench.fmt(per_photo(name, 'insertion'), 4)} | "
+                     f"{bench.fmt(stability(name), 2)} |")
     lines += ["", "Paired by photo (both maps averaged over the six seeds):", "",
               "| map - peer | deletion | lower on | insertion | higher on |", "|---|---|---|---|---|"]
     for name in (bench.DEFAULT, bench.FOCUS):
         for peer in PEERS:
             d = per_photo(name, "deletion") - per_photo(peer, "deletion")
             i = per_photo(name, "insertion") - per_photo(peer, "insertion")
-            lines.append(f"| {SHORT[name]} - {SHORT[peer]} | {bench.fmt(bench.bootstrap(d))} | "
-                         f"{int(np.sum(d < 0))}/{n} | {bench.fmt(bench.bootstrap(i))} | {int(np.sum(i > 0))}/{n} |")
+            lines.append(f"| {SHORT[name]} - {SHORT[peer]} | {bench.fmt(d, 4)} | "
+                         f"{int(np.sum(d < 0))}/{n} | {bench.fmt(i, 4)} | {int(np.sum(i > 0))}/{n} |")
     lines += ["", "What one seed's table would have said (the default's mean paired difference over photos):", "",
               "| seed | " + " | ".join(f"{k} - {SHORT[peer]}" for peer in PEERS for k in ("deletion", "insertion"))
               + " |", "|---|" + "---|" * 2 * len(PEERS)]
@@ -100,7 +100,7 @@ def write(rows: list[dict], seconds: float | None = None) -> None:
         f"14x14 cells, {' and '.join(map(str, BUDGETS))} queries per map, seeds {SEEDS[0]} to {SEEDS[-1]}.",
         "",
         "- Deletion / insertion AUC: as in `saliency.md`, averaged over the six seeds per photo, then over "
-        "photos (bootstrap 95% intervals over photos).",
+        "photos (95% t-intervals over photos).",
         "- seed-to-seed rho: Spearman correlation of the 14x14 cell maps, the mean over the 15 pairs of seeds "
         "per photo (`saliency.md` has the one pair, seeds 0 and 1).",
         "- LIME-ridge explains the probability, as every peer in `saliency.md`; the control row reads the same "
