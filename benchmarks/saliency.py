@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.harness import RESULTS, fmt, mean_ci, paired, show  # noqa: F401 (paired: for scripts)
+from benchmarks.harness import RESULTS, fmt, mean_ci, paired, show
 from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
 from blackbox.paths import cache_dir
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample
@@ -224,11 +224,6 @@ class Photo:
                 "rho_gradient": round(spearman(cells, self.whitebox["gradient"]), 4),
                 "cells": np.round(cells, 7).tolist()}
 
-    def judge_cells(self, cells: np.ndarray) -> dict:
-        """``judge`` of a 14x14 cell map (flat or square), each cell's value over its pixels."""
-        grid = self.cells
-        return self.judge(grid.upsample(np.reshape(cells, (1, grid.rows, grid.cols)).astype(np.float32))[0])
-
 
 def config_of(spec: dict, budget: int) -> str:
     """What a row measured: the library's settings in full at its budget (so rows of a changed
@@ -276,34 +271,6 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
 
 
 # ---------------------------------------------------------------- summaries
-def rows_over_photos(rows_for, sets: dict[str, list[str]]) -> tuple[list[dict], float]:
-    """``rows_for(photo, set name)`` over every photo of ``sets`` on the embedded model, answers
-    saved per photo (for the scripts that read the default's queries again): ``(rows, seconds)``."""
-    from blackbox.adapters import load_image_model
-
-    model = load_image_model()
-    model.batch_size = BATCH
-    t0 = time.perf_counter()
-    rows = []
-    for which, names in sets.items():
-        for name in names:
-            photo = Photo(name, model)
-            rows += rows_for(photo, which)
-            photo.oracle.save()
-            print(f"{time.perf_counter() - t0:7.1f}s [{name}] done", flush=True)
-    return rows, time.perf_counter() - t0
-
-
-def run_or_combine(stem: str, rows_for, write, *, combine: bool | None = None, sets: dict | None = None) -> None:
-    """The main of a script over photo sets (default both): ``combine`` (default: ``--combine`` on
-    the command line) rewrites ``results/<stem>.md`` from its .json (``write(rows, seconds)``);
-    otherwise ``rows_for`` runs over every photo first."""
-    if "--combine" in sys.argv[1:] if combine is None else combine:
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        return write(saved["rows"], saved.get("seconds"))
-    write(*rows_over_photos(rows_for, sets or {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
-
-
 def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
     by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
     return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]
@@ -363,7 +330,7 @@ def target_check(rows: list[dict], default: str, mine_label: str = "default") ->
                 dd = [mine[p][0] - theirs[p][0] for p in common]
                 di = [mine[p][1] - theirs[p][1] for p in common]
                 label = peer if len(seeds) == 1 else f"{peer} (both maps averaged over seeds 0 and 1)"
-                lines.append(f"| {b} | {label} | {fmt(dd, 4)} | {sum(d < 0 for d in dd)}/{len(common)} "
+                lines.append(f"| {b} | {label} | {paired(dd)} "
                              f"| {fmt(di, 4)} | {sum(d > 0 for d in di)}/{len(common)} |")
     return "\n".join(lines)
 
