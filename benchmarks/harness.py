@@ -1,7 +1,8 @@
 """Shared parts of the benchmark scripts: the results folder, means with intervals, run/combine.
 
 Scripts run from the repository root as modules (``python -m benchmarks.NAME``) and write their
-tables to ``benchmarks/results/``.
+tables and summaries to ``benchmarks/results/`` (in git); what they rebuild on demand, such as
+per-photo part files with cell maps, goes to ``benchmarks/parts/`` (git-ignored).
 
 Intervals, one style everywhere: every figure is a mean over independent units (photos, or seeds
 that each draw their own data split, initialisation, batches and noise) with a 95% Student-t
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = Path(__file__).resolve().parent / "parts"
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float]:

@@ -8,13 +8,19 @@ map between two seeds, and by its rank correlation with white-box Integrated Gra
 same cells and baseline (torch autograd on the model's twin). Means come with 95% t-intervals
 over photos (:mod:`benchmarks.harness`).
 
-Quality (any time; runs in parts, one part file per photo, merged at the end):
+Quality (any time; runs in parts, one part file per photo under the git-ignored
+benchmarks/parts/saliency/, merged at the end):
 
     python -m benchmarks.saliency --photos coffee chelsea      # parts for these photos
     python -m benchmarks.saliency                              # every table photo (resumes parts)
     python -m benchmarks.saliency --combine                    # parts -> results/saliency.{md,json}
     python -m benchmarks.saliency --set tuning                 # candidates on the tuning photos
     python -m benchmarks.saliency --set tuning --combine       # -> results/saliency.tuning.{md,json}
+
+Check (after a change to the library): rerun some rows into a scratch folder and compare them
+with the rows stored in results/saliency{,.tuning}.json; exit status 1 if any differs:
+
+    python -m benchmarks.saliency --photos coffee --budgets 250 --check
 
 Timing (only on an idle machine: queries/s, library overhead, the demo's seconds):
 
@@ -38,14 +44,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import peers
-from benchmarks.harness import RESULTS, fmt, mean_ci, paired, show
+from benchmarks.harness import PARTS as ALL_PARTS, RESULTS, fmt, mean_ci, paired, show
 from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
 from blackbox.paths import cache_dir
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample
 from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight
 from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN
-PARTS = RESULTS / "saliency-parts"
+PARTS = ALL_PARTS / "saliency"
 # the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
 TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
 # photos that chose the default, kept out of the table: scikit-image's cameraman (a tripod),
@@ -382,22 +388,60 @@ def per_photo(rows: list[dict], key: str, budgets) -> str:
     return "\n".join(lines)
 
 
+def stem_of(which: str) -> str:
+    return "saliency" if which == "table" else f"saliency.{which}"
+
+
+def same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+
+
+def check(which: str, names: list[str], model, specs: list[dict], budgets: list[int], log) -> int:
+    """Rerun ``names`` x ``specs`` x ``budgets`` into a scratch folder and compare every row with
+    the row stored in ``results/<stem>.json`` (all it measured but the seconds): 1 if any differs."""
+    key = lambda r: (r["photo"], r["method"], r["budget"], r["seed"])  # noqa: E731
+    stored = {key(r): r for r in json.loads((RESULTS / f"{stem_of(which)}.json").read_text())["rows"]}
+    fresh = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            part = Path(tmp) / f"{which}-{name}.json"
+            run_photo(name, model, specs, budgets, part, log)
+            fresh += json.loads(part.read_text())
+    by_name = {spec["name"]: spec for spec in specs}
+    differ = 0
+    for r in fresh:
+        old = stored.get(key(r))
+        if old is None:
+            bad = ["not stored"]
+        else:  # a stored config is compared as is_current reads it (peer rows may predate configs)
+            bad = [] if is_current(old, by_name) else [f"config {old.get('config')} -> {r.get('config')}"]
+            bad += [f"{k} {old.get(k)} -> {r[k]}" for k in r
+                    if k not in ("seconds", "cells", "config") and not same(old.get(k), r[k])]
+        differ += bool(bad)
+        log(f"{'DIFFERS' if bad else 'same':8} {r['photo']} {r['method'][:60]} {r['budget']}q s{r['seed']}"
+            + (": " + "; ".join(bad) if bad else ""))
+    log(f"{len(fresh) - differ} of {len(fresh)} rows identical to {RESULTS / stem_of(which)}.json")
+    return int(differ > 0)
+
+
 def combine(which: str, log) -> None:
     specs = {spec["name"]: spec for spec in (table_specs() if which == "table" else tuning_specs())}
     rows = []
     for part in sorted(PARTS.glob(f"{which}-*.json")):
         rows += [r for r in json.loads(part.read_text()) if is_current(r, specs)]  # what today's specs measure
     if not rows:
-        raise SystemExit(f"no part files for {which!r} under {PARTS}")
+        raise SystemExit(f"no part files for {which!r} under {PARTS}: run `python -m benchmarks.saliency"
+                         f"{' --set ' + which if which != 'table' else ''}` first (they are not in git)")
     photos = list(dict.fromkeys(r["photo"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
-    stem = "saliency" if which == "table" else f"saliency.{which}"
+    stem = stem_of(which)
     summary = summarise(rows)
     default = describe({})
     md = [f"# Saliency benchmark ({which})\n",
           f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
           f"{', '.join(photos)}. Written by `python -m benchmarks.saliency{' --set ' + which if which != 'table' else ''}"
-          f" --combine` from the part files under `benchmarks/results/saliency-parts/`.\n",
+          f" --combine` from the part files under `benchmarks/parts/saliency/` (git-ignored; the script rebuilds "
+          "them).\n",
           f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults; above "
           f"{PRIOR_QUERIES} queries every ridge row's smoothness fades as S x {PRIOR_QUERIES} / N).",
           "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed into "
@@ -480,6 +524,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="only methods whose name contains one of these")
     p.add_argument("--combine", action="store_true", help="merge the part files into the tables")
     p.add_argument("--timing", action="store_true", help="timing part (run alone on an idle machine)")
+    p.add_argument("--check", action="store_true",
+                   help="rerun the selected rows into a scratch folder and compare them with the stored rows")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     log = lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True)  # noqa: E731
@@ -494,10 +540,13 @@ def main(argv=None):
     specs = table_specs() if args.set == "table" else tuning_specs()
     if args.only:
         specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
+    names = args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS)
+    if args.check:
+        return check(args.set, names, model, specs, args.budgets, log)
     PARTS.mkdir(parents=True, exist_ok=True)
-    for name in args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS):
+    for name in names:
         run_photo(name, model, specs, args.budgets, PARTS / f"{args.set}-{name}.json", log)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
