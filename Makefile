@@ -33,8 +33,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow and not network"
 
+# the saliency table: a part file per table photo (resumes those it has), then the tables from them
 bench: $(STAMP)
-	$(PY) benchmarks/saliency.py
+	$(PY) -m benchmarks.saliency
+	$(PY) -m benchmarks.saliency --combine
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

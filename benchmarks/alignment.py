@@ -2,33 +2,30 @@
 against training queries for uniform, Neyman and FLOPS allocation, and the backprop reference at
 the same steps. Writes benchmarks/results/alignment.{md,json}.
 
-    python benchmarks/alignment.py [--seeds 0 1 2] [--steps 24] [--queries-per-step 256] [--classes 01234]
+    python -m benchmarks.alignment [--seeds 0 1 2] [--steps 24] [--queries-per-step 256] [--classes 01234]
+    python -m benchmarks.alignment --combine   # rewrite the .md from the .json
 
 Each seed is an independent replicate: its own choice of digit images and train/held-out split,
 projector initialisation, batches and noise. Within a seed every allocator starts from the same
 data and projector. Figures are means over the seeds with 95% Student-t intervals; comparisons
-with uniform allocation are paired by seed (``intervals.py``). Accuracy is measured on the
+with uniform allocation are paired by seed (:mod:`benchmarks.harness`). Accuracy is measured on the
 held-out half at a few checkpoints (its queries are not training queries). No timings: the figures
 are quality per query, which the machine's load does not change.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from intervals import curve_cell, fmt, paired_claim, reach_claim, reach_ratios  # noqa: E402
-
+from benchmarks.harness import curve_cell, fmt, paired_claim, reach_claim, reach_ratios, run_seeds  # noqa: E402
 from blackbox import tasks  # noqa: E402
 from blackbox.adapters.causal_lm import load_causal_lm  # noqa: E402
 from blackbox.adapters.image_features import image_features  # noqa: E402
 from blackbox.alignment import evaluate, train_backprop, train_projector  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 NAMES = {"uniform": "LR output noise, uniform", "neyman": "LR output noise, Neyman",
          "flops": "LR output noise, FLOPS", "backprop": "backprop (white-box reference)"}
 
@@ -112,18 +109,11 @@ def main() -> None:
     ap.add_argument("--allocators", nargs="+", default=["uniform", "neyman", "flops"])
     ap.add_argument("--context", default="Handwritten digit:", help="text before the soft token ('' for none)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
+    ap.add_argument("--combine", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
     if "uniform" not in args.allocators:
         ap.error("the comparisons need uniform among --allocators")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    seeds = []
-    for seed in args.seeds:
-        seeds.append(one_seed(seed, args))
-        lines = report(seeds, args)
-        info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
-        (RESULTS / f"alignment{args.tag}.md").write_text("\n".join(lines) + "\n")
-        (RESULTS / f"alignment{args.tag}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
-    print("\n".join(lines))
+    print("\n".join(run_seeds(args, one_seed, report, f"alignment{args.tag}")))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each seed is an independent replicate: its own train/held-out split of the animal task, its own
 random prompt subspace, batches and noise. Every figure is a mean over the seeds with a 95%
-Student-t interval; comparisons with uniform allocation are paired by seed (``intervals.py``).
+Student-t interval; comparisons with uniform allocation are paired by seed (:mod:`benchmarks.harness`).
 
 (a) Variance of the combined LR gradient at equal budget, uniform vs Neyman vs FLOPS: every
     training example's antithetic-pair terms are measured on the real model (a pool per item);
@@ -15,30 +15,28 @@ Student-t interval; comparisons with uniform allocation are paired by seed (``in
 (c) MeZO-style SPSA (one shared perturbation per step, a gradient source on the same loop) and
     CMA-ES (``cma``) at the same budget.
 
-    python benchmarks/allocation.py [--seeds 0 1 2] [--steps 30] [--queries-per-step 128] [--batch 16]
+    python -m benchmarks.allocation [--seeds 0 1 2] [--steps 30] [--queries-per-step 128] [--batch 16]
+    python -m benchmarks.allocation --combine   # rewrite the .md from the .json
 
 Writes benchmarks/results/allocation.json and allocation.md (tables as printed). No timings: the
 figures are quality per query, which the machine's load does not change.
 """
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from intervals import curve_cell, fmt, paired_claim, reach_claim, reach_ratios  # noqa: E402
 
+from benchmarks.harness import curve_cell, fmt, paired_claim, reach_claim, reach_ratios, run_seeds  # noqa: E402
 from blackbox import tasks  # noqa: E402
 from blackbox.allocators import make_allocator  # noqa: E402
 from blackbox.forward_learning import Asked, ParameterNoise, batch_items, train  # noqa: E402
 from blackbox.prompt_tuning import (backprop_soft_prompt, evaluate, soft_prompt_loss,  # noqa: E402
                                     tune_soft_prompt)
 
-RESULTS = Path(__file__).parent / "results"
 ALLOCATORS = ("uniform", "neyman", "flops")
 
 
@@ -226,16 +224,9 @@ def main():
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--skip-variance", action="store_true", help="leave out part (a)")
     p.add_argument("--tag", default="", help="suffix for the result files")
+    p.add_argument("--combine", action="store_true", help="rewrite the .md from the .json")
     args = p.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    seeds = []
-    for seed in args.seeds:
-        seeds.append(one_seed(seed, args))
-        lines = report(seeds, args)
-        info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
-        (RESULTS / f"allocation{args.tag}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
-        (RESULTS / f"allocation{args.tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(run_seeds(args, one_seed, report, f"allocation{args.tag}")))
 
 
 if __name__ == "__main__":

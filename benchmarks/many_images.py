@@ -15,7 +15,7 @@ throughput once workers are up as well.
   time, for Ray's overhead per image: (ray-1w steady seconds - serial-1t steady seconds) / N.
 
 Timings need an idle machine. ``--check`` runs a tiny configuration and writes nothing.
-Run: ``python benchmarks/many_images.py`` (final: ``--images 32 --queries 500 --repeats 3``, about
+Run: ``python -m benchmarks.many_images`` (final: ``--images 32 --queries 500 --repeats 3``, about
 10 minutes on 2 cores); writes benchmarks/results/many_images.{json,md}.
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.harness import RESULTS, mean_ci
+
 CONFIGS = {  # name: (executor, workers, model options)
     "serial": ("serial", None, {}),
     "serial-1t": ("serial", None, {"threads": 1}),
@@ -57,17 +57,6 @@ def timed_run(images: dict, config: str, workers: int, queries: int, grid: int) 
     seconds = time.perf_counter() - t0
     assert all(r.status == "done" for r in batch), [r.error for r in batch if r.status != "done"]
     return seconds, [r.seconds for r in batch]
-
-
-def interval(values) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t interval (0 for one value)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
 
 
 def main():
@@ -103,11 +92,11 @@ def main():
             per_image += seconds
         rate = [60 * args.images / w for w in walls]
         steady = [60 * args.images / max(w - s, 1e-9) for w, s in zip(walls, startups)]
-        rows.append({"config": config, "wall_s": interval(walls), "startup_s": interval(startups),
-                     "images_per_min": interval(rate), "steady_images_per_min": interval(steady),
+        rows.append({"config": config, "wall_s": mean_ci(walls), "startup_s": mean_ci(startups),
+                     "images_per_min": mean_ci(rate), "steady_images_per_min": mean_ci(steady),
                      "task_s_mean": float(np.mean(per_image)), "walls": walls, "startups": startups})
-        print(f"{config:10s} {interval(rate)[0]:7.1f} images/min ({interval(steady)[0]:.1f} once started), "
-              f"wall {interval(walls)[0]:.1f} s, start-up {interval(startups)[0]:.1f} s", flush=True)
+        print(f"{config:10s} {mean_ci(rate)[0]:7.1f} images/min ({mean_ci(steady)[0]:.1f} once started), "
+              f"wall {mean_ci(walls)[0]:.1f} s, start-up {mean_ci(startups)[0]:.1f} s", flush=True)
     by = {r["config"]: r for r in rows}
     summary = {}
     if "serial" in by:

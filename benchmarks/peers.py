@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from blackbox.saliency.spaces import PatchGrid
+from blackbox import PatchGrid
 
 
 class Oracle:

@@ -1,4 +1,4 @@
-"""Do local and remote maps of the same photo agree? (issue #10, item 3)
+"""Do local and remote maps of the same photo agree?
 
 The embedded classifier is explained twice with the same command: locally
 (``blackbox saliency PHOTO``) and through ``blackbox serve`` on loopback (``--model
@@ -7,11 +7,12 @@ card and answers "Is there a {label} in this image?" with log P(Yes) = log p and
 log P(No) = log(1 - p). Rank correlation (Spearman) of the two maps over the pixels the model
 sees, per photo and seed, for the remote default score (log-odds) and for ``--scoring logprob``
 (log P(Yes), the local score itself); the seed-to-seed correlation of the local map is the noise
-floor for comparison. Before this change (full image squashed to 224, log P(Yes)) the coffee
-photo gave 0.26 at 400 queries.
+floor for comparison. Each figure is the mean over photos (a photo's own mean over its seeds)
+with a 95% t-interval over the photos.
 
-Run: ``python benchmarks/remote_agreement.py [--queries 400] [--seeds 3]`` (quality figures: any
-load); writes benchmarks/results/remote_agreement.{json,md}.
+Run: ``python -m benchmarks.remote_agreement [--queries 400] [--seeds 3]`` (quality figures: any
+load); writes benchmarks/results/remote_agreement.{json,md}; ``--combine`` rewrites the .md from
+the .json.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.harness import RESULTS, mean_ci, show
+
 PHOTOS = ("coffee", "chelsea", "rocket", "flower")
 
 
@@ -39,11 +41,33 @@ def saliency_map(args: list[str], path: Path) -> np.ndarray:
     return np.load(path)
 
 
-def bootstrap(values, n=2000, seed=0) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, (n, len(values))).mean(axis=1)
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+KEYS = {"local_vs_remote_logodds": "local vs remote, default score (log-odds)",
+        "local_vs_remote_logprob": "local vs remote, --scoring logprob (the local score)",
+        "local_seed_to_seed": "local seed s vs seed s+100 (noise floor)"}
+
+
+def per_photo(rows: list[dict], key: str) -> list[float]:
+    """Each photo's mean of ``key`` over its seeds."""
+    photos = dict.fromkeys(r["photo"] for r in rows)
+    return [float(np.mean([r[key] for r in rows if r["photo"] == p])) for p in photos]
+
+
+def write(rows: list[dict]) -> list[str]:
+    """``results/remote_agreement.{json,md}`` from the rows; the table's lines."""
+    RESULTS.mkdir(exist_ok=True)
+    summary = {k: mean_ci(per_photo(rows, k)) for k in KEYS}
+    (RESULTS / "remote_agreement.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    lines = ["# Local vs remote saliency maps of the same photo (`blackbox serve`, loopback)", "",
+             f"{rows[0]['queries']} map queries per run (remote: + the capability probe), default method and grid; "
+             "Spearman rank correlation of the maps over the pixels the model sees. Mean over photos (each "
+             "photo's mean over its seeds) with a 95% t-interval over the photos.", "",
+             "| comparison | mean ± 95% interval |", "|---|---|"]
+    lines += [f"| {name} | {show(summary[k])} |" for k, name in KEYS.items()]
+    lines += ["", "| photo | target | seed | remote log-odds | remote logprob | local seed-to-seed |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['photo']} | {r['target']} | {r['seed']} | {r['local_vs_remote_logodds']:.3f} | "
+              f"{r['local_vs_remote_logprob']:.3f} | {r['local_seed_to_seed']:.3f} |" for r in rows]
+    (RESULTS / "remote_agreement.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main():
@@ -51,7 +75,10 @@ def main():
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--photos", nargs="+", default=list(PHOTOS))
+    parser.add_argument("--combine", action="store_true", help="rewrite the .md from the .json")
     opts = parser.parse_args()
+    if opts.combine:
+        return print("\n".join(write(json.loads((RESULTS / "remote_agreement.json").read_text())["rows"])))
     os.environ["BLACKBOX_CACHE_DIR"] = tempfile.mkdtemp(prefix="blackbox-agreement-")
     os.environ.setdefault("TQDM_DISABLE", "1")
     from blackbox.adapters import load_image_model
@@ -91,24 +118,7 @@ def main():
                 print(json.dumps(row), flush=True)
     finally:
         server.stop()
-    keys = ("local_vs_remote_logodds", "local_vs_remote_logprob", "local_seed_to_seed")
-    summary = {k: bootstrap([r[k] for r in rows]) for k in keys}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "remote_agreement.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    lines = ["# Local vs remote saliency maps of the same photo (`blackbox serve`, loopback)", "",
-             f"{opts.queries} map queries per run (remote: + the capability probe), default method and grid; "
-             "Spearman rank correlation of the maps over the pixels the model sees. Mean over photos x seeds "
-             "with a bootstrap 95% interval.", "",
-             "| comparison | mean | 95% interval |", "|---|---|---|"]
-    names = {"local_vs_remote_logodds": "local vs remote, default score (log-odds)",
-             "local_vs_remote_logprob": "local vs remote, --scoring logprob (the local score)",
-             "local_seed_to_seed": "local seed s vs seed s+100 (noise floor)"}
-    lines += [f"| {names[k]} | {summary[k][0]:.3f} | [{summary[k][1]:.3f}, {summary[k][2]:.3f}] |" for k in keys]
-    lines += ["", "| photo | target | seed | remote log-odds | remote logprob | local seed-to-seed |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['photo']} | {r['target']} | {r['seed']} | {r['local_vs_remote_logodds']:.3f} | "
-              f"{r['local_vs_remote_logprob']:.3f} | {r['local_seed_to_seed']:.3f} |" for r in rows]
-    (RESULTS / "remote_agreement.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(write(rows)))
 
 
 if __name__ == "__main__":

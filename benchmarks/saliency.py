@@ -5,20 +5,26 @@ target = the top-1 class, one blurred copy as the baseline for every method. Eac
 by deletion and insertion AUC (the target's probability while the 14x14 cells are removed into /
 inserted from the blurred copy, most salient first), by the rank correlation of its 14x14 cell
 map between two seeds, and by its rank correlation with white-box Integrated Gradients on the
-same cells and baseline (torch autograd on the model's twin). Means come with bootstrap 95%
-intervals over photos.
+same cells and baseline (torch autograd on the model's twin). Means come with 95% t-intervals
+over photos (:mod:`benchmarks.harness`).
 
-Quality (any time; runs in parts, one part file per photo, merged at the end):
+Quality (any time; runs in parts, one part file per photo under the git-ignored
+benchmarks/parts/saliency/, merged at the end):
 
-    python benchmarks/saliency.py --photos coffee chelsea      # parts for these photos
-    python benchmarks/saliency.py                              # every table photo (resumes parts)
-    python benchmarks/saliency.py --combine                    # parts -> results/saliency.{md,json}
-    python benchmarks/saliency.py --set tuning                 # candidates on the tuning photos
-    python benchmarks/saliency.py --set tuning --combine       # -> results/saliency.tuning.{md,json}
+    python -m benchmarks.saliency --photos coffee chelsea      # parts for these photos
+    python -m benchmarks.saliency                              # every table photo (resumes parts)
+    python -m benchmarks.saliency --combine                    # parts -> results/saliency.{md,json}
+    python -m benchmarks.saliency --set tuning                 # candidates on the tuning photos
+    python -m benchmarks.saliency --set tuning --combine       # -> results/saliency.tuning.{md,json}
+
+Check (after a change to the library): rerun some rows into a scratch folder and compare them
+with the rows stored in results/saliency{,.tuning}.json; exit status 1 if any differs:
+
+    python -m benchmarks.saliency --photos coffee --budgets 250 --check
 
 Timing (only on an idle machine: queries/s, library overhead, the demo's seconds):
 
-    python benchmarks/saliency.py --timing                     # -> results/saliency.timing.{md,json}
+    python -m benchmarks.saliency --timing                     # -> results/saliency.timing.{md,json}
 
 Peers (see peers.py): RISE, occlusion, KernelSHAP, LIME (Captum's sparse default and ridge),
 HSIC attribution and Sobol attribution. Every method's model evaluations are counted and held to
@@ -29,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,21 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import peers  # noqa: E402
-
-from blackbox import make_baseline, saliency  # noqa: E402
-from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight  # noqa: E402
-from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage  # noqa: E402
-from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN  # noqa: E402
-from blackbox.saliency.spaces import PatchGrid  # noqa: E402
-from blackbox.saliency.metrics import deletion_insertion, spearman  # noqa: E402
-from blackbox.paths import cache_dir  # noqa: E402
-from blackbox.sample_images import SAMPLE_IMAGES, load_sample  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = RESULTS / "saliency-parts"
+from benchmarks import peers
+from benchmarks.harness import PARTS as ALL_PARTS, RESULTS, fmt, mean_ci, paired, show
+from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
+from blackbox.paths import cache_dir
+from blackbox.sample_images import SAMPLE_IMAGES, load_sample
+from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight
+from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage
+from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN
+PARTS = ALL_PARTS / "saliency"
 # the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
 TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
 # photos that chose the default, kept out of the table: scikit-image's cameraman (a tripod),
@@ -231,11 +230,6 @@ class Photo:
                 "rho_gradient": round(spearman(cells, self.whitebox["gradient"]), 4),
                 "cells": np.round(cells, 7).tolist()}
 
-    def judge_cells(self, cells: np.ndarray) -> dict:
-        """``judge`` of a 14x14 cell map (flat or square), each cell's value over its pixels."""
-        grid = self.cells
-        return self.judge(grid.upsample(np.reshape(cells, (1, grid.rows, grid.cols)).astype(np.float32))[0])
-
 
 def config_of(spec: dict, budget: int) -> str:
     """What a row measured: the library's settings in full at its budget (so rows of a changed
@@ -283,55 +277,6 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
 
 
 # ---------------------------------------------------------------- summaries
-def rows_over_photos(rows_for, sets: dict[str, list[str]]) -> tuple[list[dict], float]:
-    """``rows_for(photo, set name)`` over every photo of ``sets`` on the embedded model, answers
-    saved per photo (for the scripts that read the default's queries again): ``(rows, seconds)``."""
-    from blackbox.adapters import load_image_model
-
-    model = load_image_model()
-    model.batch_size = BATCH
-    t0 = time.perf_counter()
-    rows = []
-    for which, names in sets.items():
-        for name in names:
-            photo = Photo(name, model)
-            rows += rows_for(photo, which)
-            photo.oracle.save()
-            print(f"{time.perf_counter() - t0:7.1f}s [{name}] done", flush=True)
-    return rows, time.perf_counter() - t0
-
-
-def run_or_combine(stem: str, rows_for, write, *, combine: bool | None = None, sets: dict | None = None) -> None:
-    """The main of a script over photo sets (default both): ``combine`` (default: ``--combine`` on
-    the command line) rewrites ``results/<stem>.md`` from its .json (``write(rows, seconds)``);
-    otherwise ``rows_for`` runs over every photo first."""
-    if "--combine" in sys.argv[1:] if combine is None else combine:
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        return write(saved["rows"], saved.get("seconds"))
-    write(*rows_over_photos(rows_for, sets or {"tuning": TUNING_PHOTOS, "table": TABLE_PHOTOS}))
-
-
-def bootstrap(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a percentile bootstrap 95% interval over the given (per-photo) values."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def fmt(stat, digits: int = 4) -> str:
-    mean, lo, hi = stat
-    return "-" if np.isnan(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def paired(diff, digits: int = 4) -> str:
-    """Two table cells for per-photo differences (row minus reference): the mean with its bootstrap
-    interval, and on how many photos the row is lower."""
-    diff = np.asarray(diff)
-    return f"{fmt(bootstrap(diff), digits)} | {int(np.sum(diff < 0))}/{diff.size}"
-
-
 def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
     by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
     return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]
@@ -343,8 +288,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for method, budget in keys:
         rs = [r for r in rows if r["method"] == method and r["budget"] == budget and r["seed"] == 0]
         out.append({"method": method, "budget": budget, "photos": len(rs),
-                    **{k: bootstrap([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
-                    "seed_rho": bootstrap(seed_pairs(rows, method, budget))})
+                    **{k: mean_ci([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
+                    "seed_rho": mean_ci(seed_pairs(rows, method, budget))})
     out.sort(key=lambda s: (s["budget"], s["deletion"][0]))
     return out
 
@@ -353,8 +298,8 @@ def summary_table(summary: list[dict]) -> str:
     lines = ["| budget | method | photos | deletion AUC (lower better) | insertion AUC (higher better) "
              "| rho vs white-box IG | seed-to-seed rho |", "|---|---|---|---|---|---|---|"]
     for s in summary:
-        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {fmt(s['deletion'])} | "
-                     f"{fmt(s['insertion'])} | {fmt(s['rho_ig'], 2)} | {fmt(s['seed_rho'], 2)} |")
+        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {show(s['deletion'], 4)} | "
+                     f"{show(s['insertion'], 4)} | {show(s['rho_ig'], 2)} | {show(s['seed_rho'], 2)} |")
     return "\n".join(lines)
 
 
@@ -368,8 +313,8 @@ def runs_by_photo(rows: list[dict], method: str, budget: int, seeds: tuple[int, 
 
 
 def target_check(rows: list[dict], default: str, mine_label: str = "default") -> str:
-    """One method (the default) against every other, paired by photo: mean difference with a
-    bootstrap interval."""
+    """One method (the default) against every other, paired by photo: mean difference with its
+    interval."""
     me = mine_label
     lines = [f"| budget | peer | deletion: {me} - peer | {me} lower on | insertion: {me} - peer "
              f"| {me} higher on |", "|---|---|---|---|---|---|"]
@@ -391,14 +336,14 @@ def target_check(rows: list[dict], default: str, mine_label: str = "default") ->
                 dd = [mine[p][0] - theirs[p][0] for p in common]
                 di = [mine[p][1] - theirs[p][1] for p in common]
                 label = peer if len(seeds) == 1 else f"{peer} (both maps averaged over seeds 0 and 1)"
-                lines.append(f"| {b} | {label} | {fmt(bootstrap(dd))} | {sum(d < 0 for d in dd)}/{len(common)} "
-                             f"| {fmt(bootstrap(di))} | {sum(d > 0 for d in di)}/{len(common)} |")
+                lines.append(f"| {b} | {label} | {paired(dd)} "
+                             f"| {fmt(di, 4)} | {sum(d > 0 for d in di)}/{len(common)} |")
     return "\n".join(lines)
 
 
 SELECTION_RULE = (
     f"Every candidate against the default at {SEED_BUDGET} queries, paired by photo (deletion and insertion "
-    "averaged over seeds 0 and 1, seed-to-seed rho per photo; bootstrap 95% intervals). A candidate would "
+    "averaged over seeds 0 and 1, seed-to-seed rho per photo; 95% t-intervals). A candidate would "
     "replace the default only if it deletes faster beyond the noise (the interval of the paired difference "
     "below 0) while neither its insertion nor its stability is lower beyond the noise (both intervals reach 0).")
 
@@ -420,11 +365,12 @@ def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
         common = [p for p in mine if p in theirs]
         if not common:
             continue
-        diff = [bootstrap([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
-        reasons = ([] if diff[0][2] < 0 else ["deletes no faster beyond the noise"]) + \
-                  ([] if diff[1][2] >= 0 else ["inserts worse"]) + ([] if diff[2][2] >= 0 else ["less stable"])
+        diff = [mean_ci([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
+        high = [m + h for m, h in diff]  # the upper end of each paired difference's interval
+        reasons = ([] if high[0] < 0 else ["deletes no faster beyond the noise"]) + \
+                  ([] if high[1] >= 0 else ["inserts worse"]) + ([] if high[2] >= 0 else ["less stable"])
         verdict = "would replace the default" if not reasons else "; ".join(reasons)
-        lines.append(f"| {name} | {fmt(diff[0])} | {fmt(diff[1])} | {fmt(diff[2], 2)} | {verdict} |")
+        lines.append(f"| {name} | {show(diff[0], 4)} | {show(diff[1], 4)} | {show(diff[2], 2)} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -442,22 +388,60 @@ def per_photo(rows: list[dict], key: str, budgets) -> str:
     return "\n".join(lines)
 
 
+def stem_of(which: str) -> str:
+    return "saliency" if which == "table" else f"saliency.{which}"
+
+
+def same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+
+
+def check(which: str, names: list[str], model, specs: list[dict], budgets: list[int], log) -> int:
+    """Rerun ``names`` x ``specs`` x ``budgets`` into a scratch folder and compare every row with
+    the row stored in ``results/<stem>.json`` (all it measured but the seconds): 1 if any differs."""
+    key = lambda r: (r["photo"], r["method"], r["budget"], r["seed"])  # noqa: E731
+    stored = {key(r): r for r in json.loads((RESULTS / f"{stem_of(which)}.json").read_text())["rows"]}
+    fresh = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            part = Path(tmp) / f"{which}-{name}.json"
+            run_photo(name, model, specs, budgets, part, log)
+            fresh += json.loads(part.read_text())
+    by_name = {spec["name"]: spec for spec in specs}
+    differ = 0
+    for r in fresh:
+        old = stored.get(key(r))
+        if old is None:
+            bad = ["not stored"]
+        else:  # a stored config is compared as is_current reads it (peer rows may predate configs)
+            bad = [] if is_current(old, by_name) else [f"config {old.get('config')} -> {r.get('config')}"]
+            bad += [f"{k} {old.get(k)} -> {r[k]}" for k in r
+                    if k not in ("seconds", "cells", "config") and not same(old.get(k), r[k])]
+        differ += bool(bad)
+        log(f"{'DIFFERS' if bad else 'same':8} {r['photo']} {r['method'][:60]} {r['budget']}q s{r['seed']}"
+            + (": " + "; ".join(bad) if bad else ""))
+    log(f"{len(fresh) - differ} of {len(fresh)} rows identical to {RESULTS / stem_of(which)}.json")
+    return int(differ > 0)
+
+
 def combine(which: str, log) -> None:
     specs = {spec["name"]: spec for spec in (table_specs() if which == "table" else tuning_specs())}
     rows = []
     for part in sorted(PARTS.glob(f"{which}-*.json")):
         rows += [r for r in json.loads(part.read_text()) if is_current(r, specs)]  # what today's specs measure
     if not rows:
-        raise SystemExit(f"no part files for {which!r} under {PARTS}")
+        raise SystemExit(f"no part files for {which!r} under {PARTS}: run `python -m benchmarks.saliency"
+                         f"{' --set ' + which if which != 'table' else ''}` first (they are not in git)")
     photos = list(dict.fromkeys(r["photo"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
-    stem = "saliency" if which == "table" else f"saliency.{which}"
+    stem = stem_of(which)
     summary = summarise(rows)
     default = describe({})
     md = [f"# Saliency benchmark ({which})\n",
           f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
-          f"{', '.join(photos)}. Written by `python benchmarks/saliency.py{' --set ' + which if which != 'table' else ''}"
-          f" --combine` from the part files under `benchmarks/results/saliency-parts/`.\n",
+          f"{', '.join(photos)}. Written by `python -m benchmarks.saliency{' --set ' + which if which != 'table' else ''}"
+          f" --combine` from the part files under `benchmarks/parts/saliency/` (git-ignored; the script rebuilds "
+          "them).\n",
           f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults; above "
           f"{PRIOR_QUERIES} queries every ridge row's smoothness fades as S x {PRIOR_QUERIES} / N).",
           "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed into "
@@ -468,7 +452,7 @@ def combine(which: str, log) -> None:
           "grad . (x - baseline) summed per cell).",
           f"- seed-to-seed rho: Spearman correlation of the 14x14 cell maps of seeds 0 and 1 (at {SEED_BUDGET} "
           "queries, where measured).",
-          "- Intervals: percentile bootstrap 95% intervals of the mean over photos (2000 resamples).",
+          "- Intervals: 95% Student-t intervals of the mean over photos, mean ± half-width.",
           "- Peers: RISE (7x7 masks, p = 0.5, own implementation), occlusion / KernelSHAP / LIME from Captum on "
           "the same 14x14 cells (occlusion on the finest grid its budget allows), HSIC (8x8) and Sobol "
           "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "
@@ -519,7 +503,7 @@ def timing(model, log) -> None:
         proc = subprocess.run(cli, capture_output=True, text=True, check=True)
         demo = {"wall_seconds": round(time.perf_counter() - t0, 2), **json.loads(proc.stdout.strip().splitlines()[-1])}
     log(f"demo: {demo['wall_seconds']} s wall, {demo['seconds']} s in the command, overhead {demo['overhead']:.1%}")
-    md = ["# Saliency timing (idle machine)\n", "Written by `python benchmarks/saliency.py --timing`: 1000 queries per "
+    md = ["# Saliency timing (idle machine)\n", "Written by `python -m benchmarks.saliency --timing`: 1000 queries per "
           "map, no answer cache; overhead = share of wall time outside the model's forward pass.\n",
           "| photo | method | queries | seconds | queries/s | overhead |", "|---|---|---|---|---|---|"]
     md += [f"| {r['photo']} | {r['method']} | {r['queries']} | {r['seconds']} | {r['queries_per_s']} | "
@@ -540,6 +524,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="only methods whose name contains one of these")
     p.add_argument("--combine", action="store_true", help="merge the part files into the tables")
     p.add_argument("--timing", action="store_true", help="timing part (run alone on an idle machine)")
+    p.add_argument("--check", action="store_true",
+                   help="rerun the selected rows into a scratch folder and compare them with the stored rows")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     log = lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True)  # noqa: E731
@@ -554,10 +540,13 @@ def main(argv=None):
     specs = table_specs() if args.set == "table" else tuning_specs()
     if args.only:
         specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
+    names = args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS)
+    if args.check:
+        return check(args.set, names, model, specs, args.budgets, log)
     PARTS.mkdir(parents=True, exist_ok=True)
-    for name in args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS):
+    for name in names:
         run_photo(name, model, specs, args.budgets, PARTS / f"{args.set}-{name}.json", log)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
