@@ -48,7 +48,7 @@ from benchmarks.harness import PARTS as ALL_PARTS, RESULTS, fmt, mean_ci, paired
 from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
 from blackbox.paths import cache_dir
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample
-from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, defaults, prior_weight
+from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, Saliency, defaults, prior_weight
 from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN
 PARTS = ALL_PARTS / "saliency"
@@ -101,7 +101,7 @@ def describe(options: dict, budget: int | None = None) -> str:
     ``PRIOR_QUERIES``), the smoothness the fit used there too."""
     o = {**library_default(), **options}
     method = o["method"] or SPACES[o["space"]].default_method
-    estimator = o["estimator"] or METHODS[method].default_estimator
+    estimator = o["estimator"] or Saliency.from_options(method=method, space=o["space"]).estimator.name
     text = f"{method} {o['space']} g{o['grid']} {estimator}"
     if estimator == "ridge":
         text += f" smooth {'gcv' if o['smoothness'] is None else o['smoothness']}"
