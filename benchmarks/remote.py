@@ -1,4 +1,5 @@
-"""Benchmark of the remote query engine against a loopback server (``blackbox serve``'s ModelServer).
+"""Benchmark of the remote query engine against a loopback server (``blackbox serve``'s ModelServer
+with injected faults and counters: tests/fault_server.py).
 
 * throughput at concurrency 1, 4, 16, 64 against a fixed 50 ms latency, as a ratio to the ideal
   (concurrency / latency); the server runs in its own process (no shared GIL);
@@ -24,22 +25,17 @@ import numpy as np
 
 MODEL = "bench-vision"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def serve_main(latency: float, rate_limit: float, server_error: float, malformed: float):
-    from blackbox.adapters.remote.serve import BrightnessScorer, FaultPlan, ModelServer
-
-    srv = ModelServer(scorer=BrightnessScorer(), model_id=MODEL,
-                      faults=FaultPlan(latency=latency, rate_limit=rate_limit, retry_after=0.05,
-                                       server_error=server_error, malformed=malformed, seed=1))
-    print(srv.url, flush=True)
-    srv.serve_forever(poll_interval=0.05)
+FAULT_SERVER = Path(__file__).resolve().parents[1] / "tests" / "fault_server.py"
 
 
 class Server:
+    """The test server in its own process (no shared GIL); its counters at ``stats()``."""
+
     def __init__(self, latency=0.05, rate_limit=0.0, server_error=0.0, malformed=0.0):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(latency), str(rate_limit),
-                                      str(server_error), str(malformed)], stdout=subprocess.PIPE, text=True)
+        options = {"--model-id": MODEL, "--latency": latency, "--rate-limit": rate_limit, "--retry-after": 0.05,
+                   "--server-error": server_error, "--malformed": malformed, "--seed": 1}
+        args = [str(a) for pair in options.items() for a in pair]
+        self.proc = subprocess.Popen([sys.executable, str(FAULT_SERVER), *args], stdout=subprocess.PIPE, text=True)
         self.url = self.proc.stdout.readline().strip()
 
     def stats(self) -> dict:
@@ -278,7 +274,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 5 and sys.argv[1] == "--serve":
-        serve_main(*map(float, sys.argv[2:6]))
-    else:
-        main()
+    main()

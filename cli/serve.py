@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from blackbox.adapters.remote.serve import LOOPBACK, FaultPlan, serve
+    from blackbox.adapters.remote.serve import LOOPBACK, serve
 
     key = None
     if args.require_key_env:
@@ -51,8 +51,7 @@ def run(args) -> int:
                          "also pass --require-key-env VAR, or serve on 127.0.0.1")
     try:
         serve(args.host, args.port, announce=lambda m: print(m, flush=True),
-              faults=FaultPlan(latency=args.latency, api_key=key), no_logprobs=args.no_logprobs,
-              verbose=args.verbose)
+              latency=args.latency, api_key=key, no_logprobs=args.no_logprobs, verbose=args.verbose)
     except OSError as exc:
         raise InputError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0

@@ -1,8 +1,9 @@
 """Many images in one call: executors agree, a shared cap holds across workers (counted by the
 server), a killed worker loses nothing finished and pays nothing twice, a run resumes.
 
-Real parts only: the embedded model, ``blackbox serve``'s ModelServer on 127.0.0.1, spawned
-process pools and one local Ray cluster for the whole session (``ray.init(num_cpus=2)``)."""
+Real parts only: the embedded model, ``blackbox serve``'s ModelServer on 127.0.0.1 (counting what
+it answers: tests/fault_server.py), spawned process pools and one local Ray cluster for the whole
+session (``ray.init(num_cpus=2)``)."""
 from __future__ import annotations
 
 import json
@@ -20,9 +21,10 @@ import pytest
 
 import blackbox
 from blackbox.adapters import model_spec
-from blackbox.adapters.remote.serve import ClassifierScorer, ModelServer
+from blackbox.adapters.remote.serve import ClassifierScorer
 from blackbox.errors import InputError
 from blackbox.sample_images import load_sample
+from fault_server import FaultServer
 from terminal import interruptible
 
 PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")
@@ -64,7 +66,7 @@ def server(model, tmp_path, monkeypatch):
     """`blackbox serve` in-process on 127.0.0.1 (the stand-in for a paid endpoint), a fresh
     query cache, and the server's own count of what it answered."""
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
-    srv = ModelServer(scorer=ClassifierScorer(model)).start()
+    srv = FaultServer(scorer=ClassifierScorer(model)).start()
     yield srv
     srv.stop()
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blackbox.adapters.remote.serve import BrightnessScorer, ClassifierScorer, FaultPlan, ModelServer
+from blackbox.adapters.remote.serve import ClassifierScorer
 from blackbox.cli.main import main
+from fault_server import BrightnessScorer, FaultServer
 from terminal import interruptible
 
 pytestmark = pytest.mark.network
@@ -40,8 +41,8 @@ def env(tmp_path, monkeypatch):
 def servers():
     started = []
 
-    def make(scorer=None, **faults):
-        srv = ModelServer(scorer=scorer or BrightnessScorer(), faults=FaultPlan(**faults)).start()
+    def make(scorer=None, **settings):
+        srv = FaultServer(scorer=scorer or BrightnessScorer(), **settings).start()
         started.append(srv)
         return srv
     yield make

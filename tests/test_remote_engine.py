@@ -1,8 +1,9 @@
 """The remote query engine over real loopback HTTP: faults, retries, budget, cache, concurrency.
 
-The server is ``blackbox serve``'s ModelServer with a cheap deterministic scorer (the mean
-brightness of the image) so these tests exercise the HTTP/engine path fast; the embedded-model
-path is covered in test_remote_cli.py.
+The server is ``blackbox serve``'s ModelServer with injected faults and counters
+(tests/fault_server.py) and a cheap deterministic scorer (the mean brightness of the image), so
+these tests exercise the HTTP/engine path fast; the embedded-model path is covered in
+test_remote_cli.py.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from blackbox.errors import EndpointRefused
 from blackbox.adapters.remote.openai_transport import OpenAITransport
 from blackbox.adapters.remote.image_model import png_data_url
 from blackbox.adapters.remote.openai_vision import OpenAIVisionModel, yes_logprob, yes_no_logodds
-from blackbox.adapters.remote.serve import BrightnessScorer, FaultPlan, ModelServer
+from blackbox.adapters.remote.serve import ModelServer
 from blackbox.errors import BudgetExceeded, InputError, ModelError
 from blackbox.queries import Budget, QueryRunner
+from fault_server import BrightnessScorer, FaultPlan, FaultServer
 
 pytestmark = pytest.mark.network
 MODEL = "test-vision"
@@ -38,10 +40,9 @@ def _own_cache(tmp_path, monkeypatch):
 def server_factory():
     servers = []
 
-    def make(**faults):
-        no_logprobs = faults.pop("no_logprobs", False)
-        srv = ModelServer(scorer=BrightnessScorer(), faults=FaultPlan(**faults), model_id=MODEL,
-                          no_logprobs=no_logprobs).start()
+    def make(latency=0.0, api_key=None, no_logprobs=False, **faults):
+        srv = FaultServer(scorer=BrightnessScorer(), model_id=MODEL, latency=latency, api_key=api_key,
+                          no_logprobs=no_logprobs, faults=FaultPlan(**faults)).start()
         servers.append(srv)
         return srv
     yield make

@@ -215,7 +215,8 @@ def test_a_bomb_posted_to_blackbox_serve_is_refused(bomb):
 
     import httpx2
 
-    from blackbox.adapters.remote.serve import BrightnessScorer, ModelServer
+    from blackbox.adapters.remote.serve import ModelServer
+    from fault_server import BrightnessScorer
 
     srv = ModelServer(scorer=BrightnessScorer()).start()
     try:
@@ -460,9 +461,10 @@ def test_cache_dir_that_is_a_file_and_serve_port_out_of_range(capsys, image, tmp
 # -- 11. blackbox serve under abuse ----------------------------------------------------------------------
 @pytest.fixture
 def served():
-    from blackbox.adapters.remote.serve import BrightnessScorer, FaultPlan, ModelServer
+    from blackbox.adapters.remote.serve import ModelServer
+    from fault_server import BrightnessScorer
 
-    srv = ModelServer(scorer=BrightnessScorer(), faults=FaultPlan(api_key="sk-serve-key-0123456789")).start()
+    srv = ModelServer(scorer=BrightnessScorer(), api_key="sk-serve-key-0123456789").start()
     yield srv
     srv.stop()
 
@@ -502,9 +504,9 @@ def test_serve_refuses_abuse_without_tracebacks(served, capfd, monkeypatch):
     assert status(raw_http(served, head.replace(b"application/json", b"text/plain") + b"Content-Length: 2\r\n\r\n{}")) == 415
     assert status(raw_http(served, head.replace(b"Host: 127.0.0.1", b"Host: evil.example") +
                            b"Content-Length: 2\r\n\r\n{}")) == 403
-    assert status(raw_http(served, b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")) == 401
+    assert status(raw_http(served, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")) == 401
     # a lying Content-Length: the connection is dropped after the socket timeout, not held forever
-    monkeypatch.setattr(serve_module._Handler, "timeout", 0.5)
+    monkeypatch.setattr(serve_module.Handler, "timeout", 0.5)
     t0 = time.monotonic()
     raw_http(served, head + b"Content-Length: 100\r\n\r\n{\"a\":", wait=5)
     assert time.monotonic() - t0 < 3

@@ -17,14 +17,18 @@ questions (``POST /v1/score`` with ``{"image": data URL, "label": ...}`` ->
 
 With ``temperature > 0`` and ``n > 1`` answers are sampled from p (for the sampled-frequency
 fallback). Usage is reported (a nominal 85 prompt tokens per image plus text/4), and
-``system_fingerprint`` names this server. :class:`FaultPlan` injects faults (rate limits with
-Retry-After, 500s, slow answers, malformed JSON, missing logprobs, a required API key) for tests
-and benchmarks; every request and every paid (200) answer is counted.
+``system_fingerprint`` names this server. Settings a user tries the remote path with: ``latency``
+(seconds added to each answer, like a hosted model's), ``api_key`` (any other bearer token gets
+401) and ``no_logprobs`` (answers never carry logprobs, so clients fall back).
+
+Extension points (for servers built on this one): every response leaves through
+:meth:`Handler.send`, and :meth:`ModelServer.answer` turns one authorised POST into a :class:`Reply`.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import json
 import math
@@ -32,8 +36,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -41,12 +44,16 @@ import numpy as np
 
 from blackbox.errors import BlackboxError
 
+from .serve_lm import CHAT, COMPLETIONS, ServedLM
+
 SERVED_NAME = "efficientnet-lite0"
 MAX_BODY = 32 << 20            # bytes per request body (a 4096 px PNG in base64 fits)
 SERVE_MAX_PIXELS = 16_000_000  # pixels per image, checked before decoding (decompression bombs)
 SOCKET_TIMEOUT = 10.0          # seconds a connection may sit idle mid-request (slow or lying clients)
 MAX_CONNECTIONS = 64           # connections handled at once; more are closed at once
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SCORE = "/v1/score"
+POST_ROUTES = (*CHAT, *COMPLETIONS, SCORE)
 _QUESTION = re.compile(r"\bis there (?:an?\s+|any\s+|the\s+)?(.+?)\s+in (?:this|the) (?:image|picture|photo)", re.I)
 _CONFIDENCE = re.compile(r"confiden|0\s*(?:-|to)\s*100", re.I)
 
@@ -84,53 +91,6 @@ class ClassifierScorer:
         if image.shape[:2] != (size, size):
             image = np.clip(resize(image, size, size, resample="bicubic"), 0.0, 1.0)
         return float(self.model.log_probs(image[None])[0, index])
-
-
-class BrightnessScorer:
-    """A cheap deterministic stand-in (benchmarks of the HTTP path): log p = -(1 - mean brightness)."""
-
-    name = "brightness"
-
-    def input_view(self) -> None:  # any view will do: clients use their default
-        return None
-
-    def log_prob(self, image: np.ndarray, label: str) -> float:
-        return float(-1.0 + 0.98 * image.mean())
-
-
-@dataclass
-class FaultPlan:
-    """Faults to inject, each with a probability per request (seeded), plus a fixed latency."""
-
-    latency: float = 0.0
-    rate_limit: float = 0.0        # answer 429 with Retry-After
-    retry_after: float = 0.05
-    server_error: float = 0.0      # answer 500
-    slow: float = 0.0              # sleep slow_seconds before answering (past a client timeout)
-    slow_seconds: float = 3.0
-    malformed: float = 0.0         # 200 with a truncated JSON body
-    missing_logprobs: float = 0.0  # 200 without logprobs although they were requested
-    api_key: str | None = None     # when set, any other bearer token gets 401
-    first: tuple = ()              # fault names forced on the first requests, in order
-    seed: int = 0
-
-
-@dataclass
-class ServerCounters:
-    requests: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
-    by_status: Counter = field(default_factory=Counter)
-    faults: Counter = field(default_factory=Counter)
-    paid: Counter = field(default_factory=Counter)  # request-body hash -> 200 answers
-
-    @property
-    def answered(self) -> int:
-        return sum(self.paid.values())
-
-    @property
-    def duplicate_paid(self) -> int:
-        return sum(c - 1 for c in self.paid.values() if c > 1)
 
 
 def _decode_image(url) -> np.ndarray:
@@ -177,6 +137,75 @@ def _log_no(log_yes: float) -> float:
     return math.log(-math.expm1(log_yes)) if log_yes < -1e-12 else -30.0
 
 
+def _logprobs(token: str, log_yes: float, top: int) -> dict:
+    """The first token's log-probability and its ``top`` likeliest alternatives, as OpenAI lists them."""
+    alts = sorted([("Yes", log_yes), ("No", _log_no(log_yes))], key=lambda t: -t[1])
+    return {"content": [{"token": token, "logprob": dict(alts).get(token, 0.0), "bytes": list(token.encode()),
+                         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
+                                          for t, lp in alts[:top]]}]}
+
+
+@dataclass
+class Reply:
+    """One response: its status, its JSON payload and any extra headers."""
+
+    status: int
+    payload: object
+    headers: dict | None = None
+
+    @classmethod
+    def error(cls, status: int, message: str, kind: str = "invalid_request_error",
+              headers: dict | None = None) -> "Reply":
+        """An error as OpenAI's API words it."""
+        return cls(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+
+    def encode(self) -> bytes:
+        """The body as sent."""
+        return json.dumps(self.payload).encode()
+
+
+class _Refusal(Exception):
+    """A request answered with an error instead of a completion."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.reply = Reply.error(status, message, kind)
+
+
+@dataclass
+class _Question:
+    """A chat request about one image: 'Is there a {label} ...?', or a 0-100 confidence."""
+
+    text: str
+    image: np.ndarray
+    label: str
+    confidence: bool
+    n: int
+    temperature: float
+    top: int        # top_logprobs asked for
+    logprobs: bool  # logprobs asked for
+
+
+def _question(body: dict, model_id: str) -> _Question:
+    """The question a chat request asks; raises _Refusal (or ValueError, a 400) when it asks none."""
+    text, url = _parts(body)
+    if body.get("model") != model_id:
+        raise _Refusal(404, f"The model '{body.get('model')}' does not exist", "model_not_found")
+    if url is None:
+        raise _Refusal(400, "this server needs an image part in the user message")
+    image = _decode_image(url)
+    match = _QUESTION.search(text)
+    if not match:
+        raise _Refusal(400, "ask 'Is there a {label} in this image?'")
+    n = int(body.get("n") or 1)
+    temperature = 1.0 if body.get("temperature") is None else float(body["temperature"])
+    top = int(body.get("top_logprobs") or 0)
+    if not (1 <= n <= 128 and 0 <= top <= 20 and 0 <= temperature <= 2):
+        raise _Refusal(400, "n must be 1..128, top_logprobs 0..20 and temperature 0..2")
+    return _Question(text, image, match.group(1).strip(" ?."), bool(_CONFIDENCE.search(text)), n, temperature,
+                     top, bool(body.get("logprobs")))
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict | None = None) -> None:
     """Answer ``data`` (JSON bytes) with ``status`` and a Content-Length."""
     handler.send_response(status)
@@ -188,7 +217,9 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers
     handler.wfile.write(data)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
+    """One connection to a :class:`ModelServer`: checks the request, then sends the server's reply."""
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stalls)
     timeout = SOCKET_TIMEOUT        # a connection idle this long mid-request is dropped
@@ -198,76 +229,78 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def _send(self, status: int, payload, headers: dict | None = None, raw: bytes | None = None):
-        with self.server.lock:  # counted before the answer leaves: a client that has it sees it counted
-            self.server.counters.by_status[status] += 1
-        send_json(self, status, raw if raw is not None else json.dumps(payload).encode(), headers)
+    def send(self, status: int, data: bytes, headers: dict | None = None) -> None:
+        """Every response leaves here: ``data`` (JSON bytes) with ``status``."""
+        send_json(self, status, data, headers)
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
-        self._send(status, {"error": {"message": message, "type": kind, "code": None}}, headers)
+    def reply(self, reply: Reply) -> None:
+        self.send(reply.status, reply.encode(), reply.headers)
+
+    def refuse(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self.reply(Reply.error(status, message, kind))
 
     def do_GET(self):
         route = self.path.rstrip("/")
-        if not self._host_allowed():
+        if not self.host_allowed():
             return
-        if route in ("/v1/models", "/models"):
-            if not self._authorised():
-                return
-            self._send(200, {"object": "list", "data": [self.server.model_card(), self.server.text_model.card()]})
-        elif route.startswith(("/v1/models/", "/models/")):
-            if not self._authorised():
-                return
-            if route.rsplit("/", 1)[1] != self.server.model_id:
-                return self._error(404, f"The model '{route.rsplit('/', 1)[1]}' does not exist", "model_not_found")
-            self._send(200, self.server.model_card())
-        elif route == "/v1/stats":  # request counters (tests and benchmarks)
-            if not self._authorised():
-                return
-            c = self.server.counters
-            with self.server.lock:
-                stats = {"requests": c.requests, "answered": c.answered, "duplicate_paid": c.duplicate_paid,
-                         "max_in_flight": c.max_in_flight, "by_status": dict(c.by_status), "faults": dict(c.faults)}
-            self._send(200, stats)
+        if route in ("/v1/models", "/models") or route.startswith(("/v1/models/", "/models/")):
+            if self.authorised():
+                self.reply(self.server.models(route))
         else:
-            self._error(404, f"no route {self.path}")
+            self.refuse(404, f"no route {self.path}")
 
-    def _authorised(self) -> bool:
-        key = self.server.faults.api_key
-        if key is None:
+    def do_POST(self):
+        if not self.host_allowed():
+            self.close_connection = True
+            return
+        raw = self.read_body()
+        if raw is None:
+            return
+        route = self.path.rstrip("/")
+        if route not in POST_ROUTES:
+            return self.refuse(404, f"no route {self.path}")
+        if self.authorised():
+            if self.server.latency:
+                time.sleep(self.server.latency)
+            self.reply(self.server.answer(route, raw))
+
+    def authorised(self) -> bool:
+        """True when no key is required or the request carries it; otherwise answers 401."""
+        key = self.server.api_key
+        given = self.headers.get("Authorization", "").encode("utf-8", "replace")
+        if key is None or hmac.compare_digest(given, f"Bearer {key}".encode()):
             return True
-        if self.headers.get("Authorization", "") != f"Bearer {key}":
-            self._error(401, "Incorrect API key provided.", "invalid_api_key")
-            return False
-        return True
+        self.refuse(401, "Incorrect API key provided.", "invalid_api_key")
+        return False
 
-    def _host_allowed(self) -> bool:
+    def host_allowed(self) -> bool:
         """The Host header must name this server (a web page's DNS-rebinding requests do not)."""
         if str(self.server.server_address[0]) not in LOOPBACK:
             return True  # served to the network on purpose (an API key is required then)
         host = (self.headers.get("Host") or "").strip().lower()
         name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         if name not in LOOPBACK:
-            self._error(403, f"host {host!r} is not allowed")
+            self.refuse(403, f"host {host!r} is not allowed")
             return False
         return True
 
-    def _body(self) -> bytes | None:
+    def read_body(self) -> bytes | None:
         """The request body, or None after answering an error (size, type or a lying length)."""
         self.close_connection = True  # until the body is read whole, the connection cannot be reused
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":  # a web page cannot post JSON to us without a preflight
-            self._error(415, "send the request as Content-Type: application/json")
+            self.refuse(415, "send the request as Content-Type: application/json")
             return None
         if self.headers.get("Transfer-Encoding"):
-            self._error(411, "send a Content-Length (no chunked bodies)")
+            self.refuse(411, "send a Content-Length (no chunked bodies)")
             return None
         text = (self.headers.get("Content-Length") or "").strip()
         if not text.isdigit():
-            self._error(400 if text else 411, f"bad Content-Length {text!r}" if text else "Content-Length required")
+            self.refuse(400 if text else 411, f"bad Content-Length {text!r}" if text else "Content-Length required")
             return None
         length = int(text)
         if length > MAX_BODY:
-            self._error(413, f"the request body is larger than {MAX_BODY >> 20} MB")
+            self.refuse(413, f"the request body is larger than {MAX_BODY >> 20} MB")
             return None
         try:
             raw = self.rfile.read(length)
@@ -278,159 +311,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = False
         return raw
 
-    def do_POST(self):
-        if not self._host_allowed():
-            self.close_connection = True
-            return
-        raw = self._body()
-        if raw is None:
-            return
-        srv = self.server
-        with srv.lock:
-            srv.counters.requests += 1
-            number = srv.counters.requests
-            roll = srv.rng.random()
-            srv.counters.in_flight += 1
-            srv.counters.max_in_flight = max(srv.counters.max_in_flight, srv.counters.in_flight)
-        try:
-            self._post(raw, roll, number)
-        finally:
-            with srv.lock:
-                srv.counters.in_flight -= 1
-
-    def _post(self, raw: bytes, roll: float, number: int):
-        srv = self.server
-        route = self.path.rstrip("/")
-        if srv.text_model.handles(route, raw):  # the embedded LM: adapters/remote/serve_lm.py
-            if self._authorised():
-                status, payload = srv.text_model.answer(route, raw)
-                self._send(status, payload)
-            return
-        if route not in ("/v1/chat/completions", "/chat/completions", "/v1/score"):
-            return self._error(404, f"no route {self.path}")
-        if not self._authorised():
-            return
-        if route == "/v1/score":
-            return self._score(raw)
-        f = srv.faults
-        if f.latency:
-            time.sleep(f.latency)
-        # one roll per request decides its fault (probabilities stack in this order)
-        edges = [("rate_limit", f.rate_limit), ("server_error", f.server_error), ("slow", f.slow),
-                 ("malformed", f.malformed), ("missing_logprobs", f.missing_logprobs)]
-        fault, acc = None, 0.0
-        if number <= len(f.first):
-            fault, edges = f.first[number - 1], []
-        for name, p in edges:
-            acc += p
-            if roll < acc:
-                fault = name
-                break
-        if fault:
-            with srv.lock:
-                srv.counters.faults[fault] += 1
-        if fault == "rate_limit":
-            return self._error(429, "Rate limit reached; try again later.", "rate_limit_error",
-                               {"Retry-After": f"{f.retry_after:g}"})
-        if fault == "server_error":
-            return self._error(500, "The server had an error while processing your request.", "server_error")
-        if fault == "slow":
-            time.sleep(f.slow_seconds)
-        try:
-            body = json.loads(raw or b"{}")
-            text, url = _parts(body)
-            if body.get("model") != srv.model_id:
-                return self._error(404, f"The model '{body.get('model')}' does not exist", "model_not_found")
-            if url is None:
-                return self._error(400, "this server needs an image part in the user message")
-            image = _decode_image(url)
-            confidence = bool(_CONFIDENCE.search(text))
-            m = _QUESTION.search(text)
-            if not m:
-                return self._error(400, "ask 'Is there a {label} in this image?'")
-            n = int(body.get("n") or 1)
-            temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
-            k = int(body.get("top_logprobs") or 0)
-            if not (1 <= n <= 128 and 0 <= k <= 20 and 0 <= temperature <= 2):
-                return self._error(400, "n must be 1..128, top_logprobs 0..20 and temperature 0..2")
-            log_yes = min(0.0, max(srv.scorer.log_prob(image, m.group(1).strip(" ?.")), -100.0))
-        except BlackboxError as exc:  # an unknown label, an image too large or not an image
-            return self._error(400, str(exc))
-        except (ValueError, TypeError, AttributeError, OSError, OverflowError) as exc:
-            return self._error(400, f"bad request: {exc}")
-        p = math.exp(log_yes)
-        want_lp = bool(body.get("logprobs")) and fault != "missing_logprobs" and not srv.no_logprobs
-        choices = []
-        for i in range(n):
-            if confidence:
-                token = str(int(round(100 * p)))
-            elif temperature > 0 and n > 1:
-                with srv.lock:
-                    token = "Yes" if srv.rng.random() < p else "No"
-            else:
-                token = "Yes" if p >= 0.5 else "No"
-            choice = {"index": i, "finish_reason": "length" if not confidence else "stop",
-                      "message": {"role": "assistant", "content": token}, "logprobs": None}
-            if want_lp:
-                alts = sorted([("Yes", log_yes), ("No", _log_no(log_yes))], key=lambda t: -t[1])
-                own = dict(alts).get(token, 0.0)
-                choice["logprobs"] = {"content": [{
-                    "token": token, "logprob": own, "bytes": list(token.encode()),
-                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:k]]}]}
-            choices.append(choice)
-        prompt_tokens = 85 + len(text) // 4
-        payload = {"id": f"chatcmpl-{hashlib.sha1(raw).hexdigest()[:16]}", "object": "chat.completion",
-                   "created": int(time.time()), "model": srv.model_id, "system_fingerprint": srv.fingerprint,
-                   "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                                                 "total_tokens": prompt_tokens + n}}
-        if fault is None:  # a full, well-formed answer the client receives
-            with srv.lock:
-                srv.counters.paid[hashlib.sha256(raw).hexdigest()] += 1
-        if fault == "malformed":
-            data = json.dumps(payload).encode()
-            return self._send(200, None, raw=data[: len(data) // 2])
-        self._send(200, payload)
-
-
-    def _score(self, raw: bytes):
-        """A plain JSON endpoint (for the generic HTTP adapter): {image, label} -> {log_prob}."""
-        srv = self.server
-        if srv.faults.latency:
-            time.sleep(srv.faults.latency)
-        try:
-            body = json.loads(raw or b"{}")
-            log_p = srv.scorer.log_prob(_decode_image(body["image"]), str(body["label"]))
-        except BlackboxError as exc:  # an unknown label, an image too large or not an image
-            return self._error(400, str(exc))
-        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
-            return self._error(400, f"bad request: {exc}")
-        with srv.lock:
-            srv.counters.paid[hashlib.sha256(raw).hexdigest()] += 1
-        self._send(200, {"result": {"log_prob": max(log_p, -100.0)}, "model": srv.model_id})
-
 
 class ModelServer(ThreadingHTTPServer):
+    """The server: ``scorer`` answers image questions (the embedded classifier unless given),
+    ``text_model`` text requests (the embedded SmolLM2, loaded on the first one). ``latency`` adds
+    seconds to each answer; with ``api_key`` set, any other bearer token gets 401; ``no_logprobs``
+    leaves logprobs out of every image answer; ``seed`` seeds the sampled answers."""
+
     daemon_threads = True
     request_queue_size = 256
+    handler_class = Handler
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, faults: FaultPlan | None = None,
-                 model_id: str = SERVED_NAME, no_logprobs: bool = False, verbose: bool = False,
-                 price: dict | None = None, text_model=None):
-        super().__init__((host, port), _Handler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, scorer=None, model_id: str = SERVED_NAME, *,
+                 latency: float = 0.0, api_key: str | None = None, no_logprobs: bool = False, seed: int = 0,
+                 verbose: bool = False, price: dict | None = None, text_model=None):
+        super().__init__((host, port), self.handler_class)
         from blackbox import __version__
 
-        from .serve_lm import ServedLM
-
         self.scorer = scorer if scorer is not None else ClassifierScorer()
-        self.faults = faults or FaultPlan()
         self.model_id = model_id
+        self.latency = latency
+        self.api_key = api_key
         self.no_logprobs = no_logprobs
         self.verbose = verbose
         self.fingerprint = f"blackbox-serve-{__version__}"
         self.text_model = text_model if text_model is not None else ServedLM(fingerprint=self.fingerprint)
-        self.counters = ServerCounters()
         self.lock = threading.Lock()
-        self.rng = random.Random(self.faults.seed)
+        self.rng = random.Random(seed)
         self.price = dict(price) if price is not None else {"input": 0.0, "output": 0.0}
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread: threading.Thread | None = None
@@ -444,6 +351,70 @@ class ModelServer(ThreadingHTTPServer):
         if view:
             card["input_view"] = view
         return card
+
+    def models(self, route: str) -> Reply:
+        """``GET /v1/models`` (the list) or ``GET /v1/models/{id}`` (one card)."""
+        if route in ("/v1/models", "/models"):
+            return Reply(200, {"object": "list", "data": [self.model_card(), self.text_model.card()]})
+        name = route.rsplit("/", 1)[1]
+        if name != self.model_id:
+            return Reply.error(404, f"The model '{name}' does not exist", "model_not_found")
+        return Reply(200, self.model_card())
+
+    def answer(self, route: str, raw: bytes) -> Reply:
+        """The reply to one authorised POST to one of POST_ROUTES (``raw``: its JSON body)."""
+        if self.text_model.handles(route, raw):  # the embedded LM: adapters/remote/serve_lm.py
+            return Reply(*self.text_model.answer(route, raw))
+        if route == SCORE:
+            return self.score(raw)
+        return self.chat(raw)
+
+    def chat(self, raw: bytes) -> Reply:
+        """A chat completion answering a question about an image."""
+        try:
+            question = _question(json.loads(raw or b"{}"), self.model_id)
+            log_yes = min(0.0, max(self.scorer.log_prob(question.image, question.label), -100.0))
+        except _Refusal as refusal:
+            return refusal.reply
+        except BlackboxError as exc:  # an unknown label, an image too large or not an image
+            return Reply.error(400, str(exc))
+        except (ValueError, TypeError, AttributeError, OSError, OverflowError) as exc:
+            return Reply.error(400, f"bad request: {exc}")
+        return Reply(200, self._completion(raw, question, log_yes))
+
+    def _completion(self, raw: bytes, question: _Question, log_yes: float) -> dict:
+        with_logprobs = question.logprobs and not self.no_logprobs
+        choices = []
+        for i in range(question.n):
+            token = self._token(question, math.exp(log_yes))
+            choices.append({"index": i, "finish_reason": "stop" if question.confidence else "length",
+                            "message": {"role": "assistant", "content": token},
+                            "logprobs": _logprobs(token, log_yes, question.top) if with_logprobs else None})
+        prompt_tokens = 85 + len(question.text) // 4
+        return {"id": f"chatcmpl-{hashlib.sha1(raw).hexdigest()[:16]}", "object": "chat.completion",
+                "created": int(time.time()), "model": self.model_id, "system_fingerprint": self.fingerprint,
+                "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": question.n,
+                                              "total_tokens": prompt_tokens + question.n}}
+
+    def _token(self, question: _Question, p: float) -> str:
+        """One answer: the confidence as text, a sample from p, or the likelier of Yes and No."""
+        if question.confidence:
+            return str(int(round(100 * p)))
+        if question.temperature > 0 and question.n > 1:
+            with self.lock:
+                return "Yes" if self.rng.random() < p else "No"
+        return "Yes" if p >= 0.5 else "No"
+
+    def score(self, raw: bytes) -> Reply:
+        """A plain JSON endpoint (for the generic HTTP adapter): {image, label} -> {log_prob}."""
+        try:
+            body = json.loads(raw or b"{}")
+            log_p = self.scorer.log_prob(_decode_image(body["image"]), str(body["label"]))
+        except BlackboxError as exc:  # an unknown label, an image too large or not an image
+            return Reply.error(400, str(exc))
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            return Reply.error(400, f"bad request: {exc}")
+        return Reply(200, {"result": {"log_prob": max(log_p, -100.0)}, "model": self.model_id})
 
     def handle_error(self, request, client_address):
         import sys
@@ -472,7 +443,7 @@ class ModelServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
     def start(self) -> "ModelServer":
-        """Serve in a background thread (tests, benchmarks); stop with :meth:`stop`."""
+        """Serve in a background thread; stop with :meth:`stop`."""
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -484,9 +455,9 @@ class ModelServer(ThreadingHTTPServer):
             self._thread.join(timeout=5)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] = print, **kwargs) -> None:
-    """Run until interrupted (the ``blackbox serve`` command)."""
-    server = ModelServer(host, port, **kwargs)
+def serve(host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] = print, **settings) -> None:
+    """Run until interrupted (the ``blackbox serve`` command); ``settings`` go to :class:`ModelServer`."""
+    server = ModelServer(host, port, **settings)
     announce(f"serving {server.model_id} (OpenAI-compatible) on {server.url}  (Ctrl-C to stop)")
     try:
         server.serve_forever(poll_interval=0.2)
