@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from blackbox.errors import InputError, ModelError
+from blackbox.errors import EndpointRefused, InputError, ModelError
 
 APIS = ("auto", "completions", "chat")
 _NOTHING_LISTED = "the endpoint listed no log-probabilities even with min_tokens=1"
@@ -188,7 +188,7 @@ def openai_label_scorer(model: str, label_words: Sequence[str], *, api: str = "a
     ``<base_url>/completions`` or ``<base_url>/chat/completions`` (``api``; ``"auto"`` probes
     completions with one one-token request and falls back to chat when the endpoint refuses it).
     Close it with ``scorer.engine.close()``."""
-    from .remote.engine import EndpointRefused, QueryEngine
+    from .remote.engine import QueryEngine
     from .remote.openai_transport import OpenAITransport
 
     if api not in APIS:

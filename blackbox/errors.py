@@ -33,7 +33,8 @@ class MissingDependency(BlackboxError):
 class RetryableError(ModelError):
     """One attempt at a remote request failed in a way worth retrying (429, 5xx, timeout,
     connection, malformed or unusable answer). ``maybe_billed``: the endpoint may have charged
-    for it (it answered, or the request was sent and no answer came), so it counts as spent."""
+    for it (it answered, or the request was sent and no answer came), so it counts as spent.
+    Which outcome is which is decided in one place: ``blackbox.adapters.remote.outcomes``."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
                  maybe_billed: bool = False):

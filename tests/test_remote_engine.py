@@ -7,16 +7,26 @@ test_remote_cli.py.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
+import socket
 import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
+import httpx2
 import numpy as np
 import pytest
 
 from blackbox.adapters.remote.cache import ResponseCache
 from blackbox.adapters.remote.engine import QueryEngine
+from blackbox.adapters.remote.http_limits import RequestLimits
+from blackbox.adapters.remote.http_model import HTTPTransport
+from blackbox.adapters.remote.outcomes import (Verdict, no_answer, retry_after_seconds, retry_delay, status_error,
+                                               verdict_of)
+from hostile import Hostile
 from blackbox.adapters.remote.pricing import PriceTable
-from blackbox.errors import EndpointRefused
+from blackbox.errors import EndpointRefused, RetryableError
 from blackbox.adapters.remote.openai_transport import OpenAITransport
 from blackbox.adapters.remote.image_model import png_data_url
 from blackbox.adapters.remote.openai_vision import OpenAIVisionModel, yes_logprob, yes_no_logodds
@@ -395,3 +405,140 @@ def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkey
     assert renders == [] and srv.counters.answered == paid and again.engine.budget.queries == 0
     np.testing.assert_array_equal(a.cells, b.cells)
     again.close()
+
+
+# -- one judge for every outcome of an attempt (outcomes.py) -------------------------------------------
+RETRY, RETRY_PAID, REFUSED = Verdict.RETRY, Verdict.RETRY_PAID, Verdict.REFUSED
+
+
+def both_transports(url: str):
+    return [OpenAITransport(base_url=url, kind="completions"), HTTPTransport(f"{url}/score")]
+
+
+def failure_of(transport, request: dict, timeout: float = 5.0):
+    with pytest.raises(ModelError) as info:
+        transport.send(request, timeout)
+    return info.value
+
+
+def test_every_http_status_gets_its_verdict_through_both_transports():
+    def answer_status(h, request, number):
+        h.json(request["status"], {"error": {"message": f"no ({request['status']})"}}, headers={"Retry-After": "7"})
+
+    with Hostile(answer_status) as srv:
+        for transport in both_transports(srv.url):
+            for status in (400, 401, 403, 404, 405, 408, 409, 413, 422, 429, 500, 502, 503, 504, 529):
+                error = failure_of(transport, {"status": status})
+                retried = status in (408, 409, 429) or status >= 500
+                assert verdict_of(error) is (RETRY if retried else REFUSED), (transport, status)
+                assert error.status == status and f"no ({status})" in str(error)
+                if retried:  # the endpoint says when to come back
+                    assert error.retry_after == 7.0
+                else:
+                    assert "refused" in str(error)
+            assert "API key" in str(failure_of(transport, {"status": 401}))
+            transport.close()
+
+
+def test_every_way_of_getting_no_answer_gets_its_verdict():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for transport in both_transports(f"http://127.0.0.1:{port}/v1"):
+        error = failure_of(transport, {})
+        assert verdict_of(error) is RETRY and "connection error" in str(error)  # nothing was sent
+        transport.close()
+
+    def behave(h, request, number):
+        if request["do"] == "hang":
+            time.sleep(2)
+        elif request["do"] == "hang up":
+            h.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            h.flood(5)
+
+    with Hostile(behave) as srv:
+        for transport in both_transports(srv.url):
+            # the deadline passes before a connection is made: a connect timeout, nothing sent
+            error = failure_of(transport, {"do": "hang"}, timeout=1e-6)
+            assert verdict_of(error) is RETRY and "timeout" in str(error)
+            error = failure_of(transport, {"do": "hang"}, timeout=0.3)  # sent, never answered
+            assert verdict_of(error) is RETRY_PAID and "no answer within 0.3 s" in str(error)
+            error = failure_of(transport, {"do": "hang up"})
+            assert verdict_of(error) is RETRY_PAID and "connection error" in str(error)
+            error = failure_of(transport, {"do": "flood"})
+            assert verdict_of(error) is RETRY_PAID and "larger than 4 MB" in str(error)
+            transport.close()
+
+
+@pytest.mark.parametrize("exc, verdict", [
+    (httpx2.ConnectError("refused"), RETRY), (httpx2.ConnectTimeout("slow"), RETRY),
+    (httpx2.ReadTimeout("slow"), RETRY_PAID), (httpx2.WriteTimeout("slow"), RETRY_PAID),
+    (httpx2.PoolTimeout("busy"), RETRY_PAID),  # a timeout in an unclear phase counts on the safe side
+    (httpx2.ReadError("reset"), RETRY_PAID), (httpx2.WriteError("reset"), RETRY_PAID),
+    (httpx2.RemoteProtocolError("closed"), RETRY_PAID)])
+def test_every_httpx_failure_class_gets_its_verdict(exc, verdict):
+    assert verdict_of(no_answer(exc, RequestLimits(0.0, 1 << 20), 1.0)) is verdict
+    cut_off = RequestLimits(0.0, 1 << 20, received=(1 << 20) + 1, too_large=True)
+    assert verdict_of(no_answer(exc, cut_off, 1.0)) is RETRY_PAID
+
+
+def test_every_unusable_answer_gets_its_verdict():
+    def answer_raw(h, request, number):
+        h.pay(None)
+        h.json(200, None, raw=request["raw"].encode())
+
+    chat = {"choices": [{"message": {"content": "Yes"}, "logprobs": {"content": [
+        {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1}]}]}}]}
+    lying = {"choices": [{"text": "x", "logprobs": {"token_logprobs": [0.5]}}]}
+    cases = {  # raw answer: (OpenAI transport's verdict, HTTP transport's verdict, what the message says)
+        "{oops": (RETRY_PAID, RETRY_PAID, "malformed JSON"),
+        '{"choices": [{"logprobs": {"token_logprobs": [NaN]}}]}': (RETRY_PAID, RETRY_PAID, "NaN is not a JSON number"),
+        "[1, 2]": (RETRY_PAID, RETRY_PAID, "JSON"),
+        '{"id": "x"}': (RETRY_PAID, None, "without 'choices'"),
+        '{"error": {"message": "quota"}}': (REFUSED, None, "answered with an error"),
+        json.dumps(lying): (RETRY_PAID, None, "not finite and <= 0"),
+        json.dumps(chat): (None, None, ""),
+    }
+    with Hostile(answer_raw) as srv:
+        for i, transport in enumerate(both_transports(srv.url)):
+            for raw, expected in cases.items():
+                if expected[i] is None:  # usable: the answer itself comes back
+                    assert transport.send({"raw": raw}, 5.0) == json.loads(raw)
+                    continue
+                error = failure_of(transport, {"raw": raw})
+                assert verdict_of(error) is expected[i] and expected[2] in str(error), (transport, raw)
+            transport.close()
+
+
+def test_retry_after_and_the_one_delay_rule():
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("nan") is None and retry_after_seconds("soon") is None and retry_after_seconds("") is None
+    in_30s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 < retry_after_seconds(in_30s) <= 30
+    # the endpoint's Retry-After wins, up to max_wait; else exponential backoff with up to `backoff` of jitter
+    assert retry_delay(status_error(429, "", {"retry-after": "3"}), 1, 0.5, 60.0) == 3.0
+    assert retry_delay(status_error(429, "", {"retry-after": "300"}), 1, 0.5, 60.0) == 60.0
+    for attempt in (1, 2, 3, 6):
+        expo = 0.5 * 2 ** (attempt - 1)
+        delays = [retry_delay(status_error(503, "", None), attempt, 0.5, 10.0) for _ in range(50)]
+        assert all(min(expo, 10.0) <= d <= min(expo + 0.5, 10.0) for d in delays)
+
+
+def test_a_validator_rejection_is_paid_retried_and_never_cached():
+    """A validator may raise a plain RetryableError: the answer arrived, so it is charged."""
+    def sane(h, request, number):
+        h.answer({"choices": [{"text": " x"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+
+    def reject(request, body):
+        raise RetryableError("not what I asked for")
+
+    with Hostile(sane) as srv:
+        budget = Budget(max_queries=10)
+        engine = QueryEngine(OpenAITransport(base_url=srv.url, kind="completions"), budget=budget, cache=True,
+                             max_attempts=3, backoff=0.01, validate=reject)
+        with pytest.raises(ModelError, match="failed 3 attempt.*not what I asked for"):
+            engine.submit({"model": MODEL, "prompt": "x", "max_tokens": 1})
+        assert budget.queries == srv.paid == 3 and budget.tokens == 3 * 6
+        assert engine.stats.unusable == 3 and engine.cache.stats()["entries"] == 0
+        engine.close()

@@ -35,9 +35,10 @@ How to use it (any request type: chat with images, text completions, a custom JS
 * The budget's deadline (``max_seconds``) cuts every attempt: a request gets the smaller of
   ``timeout`` and the time left, as one wall-clock deadline (the transports enforce it on
   connect + send + read).
-* Retries (tenacity is the only retry layer; transports must not retry): 429, 5xx, timeouts,
-  connection errors and malformed answers are retried with exponential backoff and jitter,
-  honouring ``Retry-After``; 400/401/403/404 raise :class:`EndpointRefused` at once and stop the run.
+* Retries (tenacity is the only retry layer; transports must not retry): what is retried and
+  what may have been billed is judged in :mod:`.outcomes` (429, 5xx, timeouts, connection errors
+  and malformed answers are retried with exponential backoff and jitter, honouring
+  ``Retry-After``; 400/401/403/404 raise :class:`EndpointRefused` at once and stop the run).
 * ``validate(request, body)`` (per engine or per ``map`` call): raise :class:`RetryableError` for
   an answer that cannot be used (e.g. no logprobs): it is paid and counted (``stats.unusable``),
   never cached, and retried. Only validated answers are cached.
@@ -51,7 +52,6 @@ import asyncio
 import hashlib
 import json
 import queue
-import random
 import threading
 import time
 from concurrent.futures import Executor, Future
@@ -61,6 +61,7 @@ from typing import Any, Callable, Protocol, Sequence
 from blackbox.errors import BudgetExceeded, EndpointRefused, InputError, ModelError, RetryableError
 from blackbox.queries import Budget, Reservation
 
+from .outcomes import retry_delay, should_retry, unusable, verdict_of
 from .pricing import PriceTable, default_token_estimate, max_output_tokens
 
 INTERRUPT_GRACE = 0.5  # seconds answers in flight get to arrive after Ctrl-C
@@ -70,8 +71,8 @@ class Transport(Protocol):
     """Sends one request dict and returns the endpoint's JSON answer as a dict.
 
     ``endpoint`` identifies where requests go (URL without credentials) for the cache key.
-    ``send`` must not retry; ``timeout`` is a wall-clock deadline for the whole attempt; it raises
-    :class:`RetryableError` or :class:`EndpointRefused`. ``usage(body)`` returns
+    ``send`` must not retry; ``timeout`` is a wall-clock deadline for the whole attempt; what goes
+    wrong it raises as the errors :mod:`.outcomes` makes. ``usage(body)`` returns
     ``(prompt_tokens, completion_tokens)`` or ``None``."""
 
     endpoint: str
@@ -79,35 +80,6 @@ class Transport(Protocol):
     def send(self, request: dict, timeout: float) -> dict: ...
 
     def usage(self, body: dict) -> tuple[int, int] | None: ...
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Parse a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is no answer
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def classify_status(status: int, message: str, retry_after: float | None = None) -> ModelError:
-    """The error an HTTP status maps to: retryable (408/409/429/5xx) or a refusal (other 4xx)."""
-    if status in (408, 409, 429) or status >= 500:
-        return RetryableError(f"HTTP {status}: {message}", status=status, retry_after=retry_after)
-    hint = {401: "check the API key (--api-key-env / OPENAI_API_KEY)",
-            403: "the key has no access to this model or endpoint",
-            404: "check --base-url and the model name",
-            400: "the endpoint rejected the request"}.get(status, "")
-    return EndpointRefused(f"the endpoint refused the request (HTTP {status}): {message}"
-                           + (f"; {hint}" if hint else ""), status)
 
 
 # -- results and counters ------------------------------------------------------------------------
@@ -440,11 +412,7 @@ class QueryEngine:
 
     def _wait(self, state) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(after, self.max_wait)
-        expo = self.backoff * (2 ** (state.attempt_number - 1))
-        return min(self.max_wait, expo + random.uniform(0, self.backoff))
+        return retry_delay(exc, state.attempt_number, self.backoff, self.max_wait)
 
     def _attempt_timeout(self) -> float:
         left = self.budget.seconds_left()
@@ -461,13 +429,11 @@ class QueryEngine:
         try:
             sent = batch.prepare(request) if batch.prepare else request
             body = self.transport.send(sent, self._attempt_timeout())
-        except RetryableError as exc:
-            self.stats.add(failed_attempts=1, maybe_billed=int(exc.maybe_billed))
-            if exc.maybe_billed:
+        except (RetryableError, EndpointRefused) as exc:
+            billed = verdict_of(exc).billed
+            self.stats.add(failed_attempts=1, maybe_billed=int(billed))
+            if billed:
                 self._settle(reservation)
-            raise
-        except EndpointRefused:
-            self.stats.add(failed_attempts=1)
             raise
         usage = self.transport.usage(body)
         prompt, completion = usage if usage else (0, 0)
@@ -497,7 +463,7 @@ class QueryEngine:
                 batch.validate(request, body)  # paid, but unusable: counted, not cached, retried
             except RetryableError as exc:
                 self.stats.add(failed_attempts=1, unusable=1)
-                raise RetryableError(str(exc), maybe_billed=True) from None
+                raise unusable(str(exc)) from None
         if self.cache is not None:
             self.cache.put(key, {"body": body, "prompt_tokens": prompt, "completion_tokens": completion,
                                  "cost": cost}, endpoint=self.transport.endpoint)
@@ -540,7 +506,7 @@ class QueryEngine:
                 self._changed.notify_all()
 
     async def _send_one(self, key, request, reservation, answers, batch: _Batch):
-        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
         semaphore = self._limiters[0]
         holder = {"reservation": reservation}
@@ -550,7 +516,7 @@ class QueryEngine:
             self.stats.add(retries=1)
 
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
-                                 retry=retry_if_exception_type(RetryableError), reraise=True,
+                                 retry=retry_if_exception(should_retry), reraise=True,
                                  before_sleep=before_sleep)
         try:
             async for attempt in retrying:
@@ -564,13 +530,13 @@ class QueryEngine:
                         else:
                             await self._when_budget_allows(lambda: self._top_up(holder["reservation"], request))
                         response = await self._gated_attempt(key, request, holder["reservation"], batch)
-        except RetryableError as exc:
+        except BaseException as exc:
+            if not should_retry(exc):
+                batch.abort = batch.abort or exc
+                raise
             error = ModelError(f"the endpoint failed {attempts} attempt(s) in a row; last error: {exc}")
             batch.abort = batch.abort or error
             raise error from None
-        except BaseException as exc:
-            batch.abort = batch.abort or exc
-            raise
         finally:
             if holder["reservation"] is not reservation:
                 self._release(holder["reservation"])

@@ -28,8 +28,6 @@ import httpx2
 from httpcore2._backends.base import NetworkBackend, NetworkStream  # the documented extension point
 from httpcore2._backends.sync import SyncBackend
 
-from blackbox.errors import RetryableError
-
 MAX_RESPONSE_BYTES = 4 << 20  # a chat answer with logprobs is a few KB; anything near this is hostile
 _CHUNK = 64 << 10
 _local = threading.local()
@@ -122,19 +120,6 @@ def limited_client(max_connections: int = 64, headers: dict | None = None) -> ht
     # httpx takes no network backend: give its connection pool ours (it opens every connection)
     transport._pool._network_backend = LimitedBackend()
     return httpx2.Client(transport=transport, headers=headers or {})
-
-
-def failure(exc: BaseException | None, limits: RequestLimits, timeout: float) -> RetryableError:
-    """The retryable error for an attempt that got no usable answer, and whether it may have been
-    billed: not when the connection was never made; yes once the request was sent."""
-    if limits.too_large:
-        return RetryableError(f"the answer is larger than {limits.max_bytes >> 20} MB; it was cut off",
-                              maybe_billed=True)
-    if isinstance(exc, httpx2.TimeoutException):
-        return RetryableError(f"no answer within {timeout:g} s (timeout)",
-                              maybe_billed=not isinstance(exc, httpx2.ConnectTimeout))
-    sent = not isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout))
-    return RetryableError(f"connection error ({type(exc).__name__})", maybe_billed=sent)
 
 
 def _no_constant(name: str):

@@ -29,13 +29,14 @@ import os
 import httpx2
 import numpy as np
 
-from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.errors import InputError, ModelError
 from blackbox.paths import read_json_object
 
-from .engine import QueryEngine, classify_status, retry_after_seconds
-from .http_limits import failure, limited_client, parse_json, request_limits
+from .engine import QueryEngine
+from .http_limits import limited_client, parse_json, request_limits
 from .image_model import RemoteImageModel, ViewRule, stand_in
 from .openai_transport import strip_credentials
+from .outcomes import no_answer, parse_answer, status_error, unusable
 
 
 def lookup(body, path: str):
@@ -85,7 +86,7 @@ class HTTPTransport:
             try:
                 r = self._client.post(self.url, json=request, timeout=timeout)
             except httpx2.HTTPError as exc:
-                raise failure(exc, limits, timeout) from None
+                raise no_answer(exc, limits, timeout) from None
         if r.status_code >= 400:
             try:
                 err = parse_json(r.content)
@@ -93,15 +94,10 @@ class HTTPTransport:
                 message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
             except ValueError:
                 message = r.text
-            raise classify_status(r.status_code, self._redact(message[:300]),
-                                  retry_after_seconds(r.headers.get("retry-after")))
-        try:
-            body = parse_json(r.content)
-        except ValueError as exc:
-            raise RetryableError(f"the endpoint answered malformed JSON ({str(exc)[:80]}; {len(r.content)} bytes)",
-                                 maybe_billed=True) from None
+            raise status_error(r.status_code, self._redact(message[:300]), r.headers)
+        body = parse_answer(r.content)
         if not isinstance(body, dict):
-            raise RetryableError("the endpoint answered JSON that is not an object", maybe_billed=True)
+            raise unusable("the endpoint answered JSON that is not an object")
         return body
 
     def usage(self, body: dict):
@@ -138,13 +134,13 @@ class HTTPImageModel(RemoteImageModel):
             raise ModelError(f"score path {self.score_path!r} not found in the answer (missing {exc}; "
                              f"top-level keys: {keys})") from None
         except (TypeError, ValueError, OverflowError):
-            raise RetryableError(f"the value at {self.score_path!r} is not a number") from None
+            raise unusable(f"the value at {self.score_path!r} is not a number") from None
         if self.transform == "log":
             if not 0 <= value <= 1:
-                raise RetryableError(f"the value at {self.score_path!r} is not a probability: {value!r}")
+                raise unusable(f"the value at {self.score_path!r} is not a probability: {value!r}")
             value = float(np.log(max(value, 1e-12)))
         if not np.isfinite(value):
-            raise RetryableError(f"the value at {self.score_path!r} is not finite")
+            raise unusable(f"the value at {self.score_path!r} is not finite")
         return value
 
     def _validate(self, request: dict, body: dict) -> None:

@@ -15,10 +15,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx2
 import openai
 
-from blackbox.errors import EndpointRefused, InputError, RetryableError
+from blackbox.errors import InputError
 
-from .engine import classify_status, retry_after_seconds
-from .http_limits import failure, limited_client, parse_json, request_limits
+from .http_limits import limited_client, parse_json, request_limits
+from .outcomes import client_failed, no_answer, parse_answer, refused, status_error, unusable
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 KINDS = ("chat", "completions")
@@ -96,28 +96,25 @@ class OpenAITransport:
                                        options={"timeout": timeout})
                 text = raw.text
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                raise failure(exc.__cause__, limits, timeout) from None
+                raise no_answer(exc.__cause__, limits, timeout) from None
             except openai.APIStatusError as exc:
-                status = exc.status_code
-                message = _error_message(exc)
-                after = retry_after_seconds(exc.response.headers.get("retry-after")) if exc.response is not None else None
-                raise classify_status(status, self.redact(message), after) from None
+                headers = exc.response.headers if exc.response is not None else None
+                raise status_error(exc.status_code, self.redact(_error_message(exc)), headers) from None
             except httpx2.HTTPError as exc:  # raised while the SDK read the body
-                raise failure(exc, limits, timeout) from None
+                raise no_answer(exc, limits, timeout) from None
             except openai.OpenAIError as exc:  # anything else the SDK raises before or after sending
-                raise RetryableError(f"request failed: {self.redact(exc)}") from None
-        try:
-            body = parse_json(text)
-        except ValueError as exc:
-            raise RetryableError(f"the endpoint answered malformed JSON ({str(exc)[:80]}; {len(text)} bytes)",
-                                 maybe_billed=True) from None
+                raise client_failed(self.redact(exc)) from None
+        return self.check(parse_answer(text))
+
+    def check(self, body) -> dict:
+        """A parsed answer, if it can be used: an object with choices whose log-probabilities
+        are valid; raises the error :mod:`.outcomes` gives it otherwise."""
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
             if isinstance(body, dict) and "error" in body:
-                raise EndpointRefused(f"the endpoint answered with an error: {self.redact(str(body['error'])[:300])}")
-            raise RetryableError("the endpoint answered JSON without 'choices'", maybe_billed=True)
+                raise refused(f"the endpoint answered with an error: {self.redact(str(body['error'])[:300])}")
+            raise unusable("the endpoint answered JSON without 'choices'")
         if not _logprobs_valid(body):
-            raise RetryableError("the endpoint answered log-probabilities that are not finite and <= 0",
-                                 maybe_billed=True)
+            raise unusable("the endpoint answered log-probabilities that are not finite and <= 0")
         return body
 
     @staticmethod

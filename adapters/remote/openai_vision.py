@@ -30,12 +30,13 @@ from typing import Callable
 
 import numpy as np
 
-from blackbox.errors import InputError, ModelError, RetryableError
+from blackbox.errors import InputError, ModelError
 from blackbox.models import Target
 from blackbox.queries import KeyedInputs
 
 from .engine import QueryEngine
 from .image_model import RemoteImageModel, ViewRule, stand_in
+from .outcomes import unusable
 from .pricing import PriceTable
 
 PRESETS = {"gpt-vision": "gpt-4o-mini"}
@@ -198,7 +199,7 @@ class OpenAIVisionModel(RemoteImageModel):
     def _score(body: dict | None, scoring: str) -> float:
         top = _top_logprobs(body)
         if top is None:
-            raise RetryableError("the answer has no usable first-token top_logprobs")
+            raise unusable("the answer has no usable first-token top_logprobs")
         return yes_no_logodds(top) if scoring == "logodds" else yes_logprob(top)
 
     def _validate(self, request: dict, body: dict) -> None:
@@ -207,7 +208,7 @@ class OpenAIVisionModel(RemoteImageModel):
             self._score(body, "logodds")
         elif "0 to 100" in str(request["messages"][0]["content"][0].get("text", "")):
             if _NUMBER.search(_content(body)) is None:
-                raise RetryableError("the answer has no number")
+                raise unusable("the answer has no number")
 
     def _provenance_extra(self) -> dict:
         return {"requested_model": self.model, "scoring": self.scoring or self.requested_scoring,
@@ -220,9 +221,9 @@ def _validate_probe(request: dict, body: dict) -> None:
     try:
         listed = body["choices"][0].get("logprobs")
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise RetryableError("the answer has no choices") from None
+        raise unusable("the answer has no choices") from None
     if listed and _top_logprobs(body) is None:
-        raise RetryableError("the answer lists logprobs that are not valid log-probabilities")
+        raise unusable("the answer lists logprobs that are not valid log-probabilities")
 
 
 def _top_logprobs(body: dict | None):
