@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from blackbox.adapters.remote.cache import ResponseCache
-from blackbox.adapters.remote.engine import QueryEngine
+from blackbox.adapters.remote.engine import QueryEngine, request_key
 from blackbox.adapters.remote.http_limits import RequestLimits
 from blackbox.adapters.remote.http_model import HTTPTransport
 from blackbox.adapters.remote.outcomes import (Verdict, no_answer, retry_after_seconds, retry_delay, status_error,
-                                               verdict_of)
+                                               unusable, verdict_of)
+from blackbox.adapters.remote.spending import SlowStart, Spending
 from hostile import Hostile
 from blackbox.adapters.remote.pricing import PriceTable
 from blackbox.errors import EndpointRefused, RetryableError
@@ -542,3 +543,56 @@ def test_a_validator_rejection_is_paid_retried_and_never_cached():
         assert budget.queries == srv.paid == 3 and budget.tokens == 3 * 6
         assert engine.stats.unusable == 3 and engine.cache.stats()["entries"] == 0
         engine.close()
+
+
+# -- the spending side on its own (any way of sending reuses it) ------------------------------------------
+def test_spending_holds_the_worst_case_and_learns_from_what_is_billed():
+    budget = Budget(max_queries=3, max_tokens=10_000)
+    spending = Spending(budget, PriceTable({"m": {"input": 1.0, "output": 2.0}}), "m",
+                        token_estimate=lambda request: 100, window=SlowStart(8))
+    requests = [{"model": "m", "prompt": "x", "max_tokens": 1}] * 4
+    with pytest.raises(BudgetExceeded):
+        spending.reserve_all(requests)  # four do not fit in three queries: nothing is held
+    assert budget.remaining == 3
+    held = spending.reserve_all(requests[:3])
+    assert [r.tokens for r in held] == [100] * 3 and spending.capped
+    first = spending.charge(held[0], requests[0], (50, 1))  # within its reservation
+    assert not first.overshoot and first.cost == pytest.approx((50 * 1.0 + 1 * 2.0) / 1e6)
+    assert budget.tokens == 51 and spending.window.size == 2
+    assert spending.bound(requests[1]) == int(1.25 * 50) + 16 + 1  # learnt from the first bill
+    spending.top_up(held[1], requests[1])
+    assert held[1].tokens == 100  # the bound fell: nothing more is held
+    second = spending.charge(held[1], requests[1], (200, 1))  # 201 tokens billed on 100 reserved
+    assert second.overshoot and spending.window.size == 1
+    grown = int(2 * 200 / 50 * 200) + 16 + 1  # twice the growth seen, times the largest prompt
+    assert spending.bound(requests[2]) == grown
+    spending.top_up(held[2], requests[2])
+    assert held[2].tokens == grown
+    spending.settle(held[2])  # maybe billed, no usage known: charged at its reservation
+    spending.release(held[2])  # already settled: nothing given back
+    assert budget.tokens == 51 + 201 + grown and budget.queries == 3
+    assert budget.cost == pytest.approx((50 + 2 + 200 + 2) / 1e6 + held[2].cost)
+
+
+def test_an_answer_got_outside_the_send_loop_is_charged_and_cached_like_any_other():
+    """What a batch sender needs: reserve, then hand the engine an answer to accept."""
+    transport = OpenAITransport(base_url="http://127.0.0.1:9/v1", kind="completions")
+    budget = Budget(max_queries=2)
+    engine = QueryEngine(transport, budget=budget, cache=True, model=MODEL,
+                         prices=PriceTable({MODEL: {"input": 1.0, "output": 2.0}}))
+    request = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+    body = transport.check({"choices": [{"text": " y"}], "usage": {"prompt_tokens": 7, "completion_tokens": 1}})
+    key = request_key(transport.endpoint, request)
+    first, second = engine.spending.reserve_all([request, request])
+    response = engine.accept(key, request, first, body)
+    assert (response.prompt_tokens, response.completion_tokens) == (7, 1) and budget.tokens == 8
+    assert engine.lookup([request])[0].body == body and engine.stats.sent == 1
+
+    def reject(request, body):
+        raise unusable("no")
+
+    with pytest.raises(ModelError) as info:
+        engine.accept("other", request, second, body, reject)
+    assert verdict_of(info.value) is RETRY_PAID and budget.queries == 2 and engine.stats.unusable == 1
+    assert engine.cache.get_many(["other"]) == {}
+    engine.close()
