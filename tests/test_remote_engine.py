@@ -25,7 +25,6 @@ from blackbox.adapters.remote.http_model import HTTPTransport
 from blackbox.adapters.remote.outcomes import (Verdict, no_answer, retry_after_seconds, retry_delay, status_error,
                                                unusable, verdict_of)
 from blackbox.adapters.remote.spending import SlowStart, Spending
-from hostile import Hostile
 from blackbox.adapters.remote.pricing import PriceTable
 from blackbox.errors import EndpointRefused, RetryableError
 from blackbox.adapters.remote.openai_transport import OpenAITransport
@@ -35,6 +34,7 @@ from blackbox.adapters.remote.serve import ModelServer
 from blackbox.errors import BudgetExceeded, InputError, ModelError
 from blackbox.queries import Budget, QueryRunner
 from fault_server import BrightnessScorer, FaultPlan, FaultServer
+from hostile import Hostile
 
 pytestmark = pytest.mark.network
 MODEL = "test-vision"
