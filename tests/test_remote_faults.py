@@ -379,7 +379,7 @@ def test_no_empty_map_is_reported_as_success(capsys, image, tmp_path):
     with Hostile(sane) as srv:
         code, _, err = saliency(capsys, srv, image, "--blocks", 16, "--queries", 16, "--out", out)
         assert code == 2 and srv.requests == 0
-        one_line(err, "--blocks 16 needs at least 32 queries")
+        one_line(err, "16 blocks need at least 32 queries")
         # a token cap that admits the probe and not one batch of the map
         code, _, err = saliency(capsys, srv, image, "--max-tokens", 1500, "--out", out, "--save-map", npy)
         assert code == 2
