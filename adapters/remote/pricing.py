@@ -19,27 +19,35 @@ from typing import Callable
 from blackbox.errors import InputError
 from blackbox.paths import read_json_object
 
-DEFAULT_PRICES = {  # USD per million tokens (input, output); edit your own copy, see PriceTable.load
-    "gpt-4o": {"input": 2.50, "output": 10.00},
-    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-    "gpt-4.1": {"input": 2.00, "output": 8.00},
-    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
-    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
-    "gpt-5": {"input": 1.25, "output": 10.00},
-    "gpt-5-mini": {"input": 0.25, "output": 2.00},
-    "gpt-5-nano": {"input": 0.05, "output": 0.40},
-    "o3": {"input": 2.00, "output": 8.00},
-    "o4-mini": {"input": 1.10, "output": 4.40},
+# USD per million tokens (input, output), and the share of those prices two cheaper ways of
+# sending bill: ``batch`` (the Batch API: every model here has it, at half price) and ``flex`` (the
+# flex service tier: synchronous, slower, at the batch rate; OpenAI offers it for o3, o4-mini and
+# the gpt-5 models). A model without an entry for a tier has no such discount. Edit your own copy
+# of the table, see PriceTable.load.
+DEFAULT_PRICES = {
+    "gpt-4o": {"input": 2.50, "output": 10.00, "batch": 0.5},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60, "batch": 0.5},
+    "gpt-4.1": {"input": 2.00, "output": 8.00, "batch": 0.5},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60, "batch": 0.5},
+    "gpt-4.1-nano": {"input": 0.10, "output": 0.40, "batch": 0.5},
+    "gpt-5": {"input": 1.25, "output": 10.00, "batch": 0.5, "flex": 0.5},
+    "gpt-5-mini": {"input": 0.25, "output": 2.00, "batch": 0.5, "flex": 0.5},
+    "gpt-5-nano": {"input": 0.05, "output": 0.40, "batch": 0.5, "flex": 0.5},
+    "o3": {"input": 2.00, "output": 8.00, "batch": 0.5, "flex": 0.5},
+    "o4-mini": {"input": 1.10, "output": 4.40, "batch": 0.5, "flex": 0.5},
 }
+TIERS = ("batch", "flex")  # the discounted ways of sending a price entry may name
 
 
 @dataclass
 class PriceTable:
-    """Per-model prices in USD per million input/output tokens.
+    """Per-model prices in USD per million input/output tokens, with the share of them a
+    discounted tier bills (``batch``, ``flex``; see :data:`DEFAULT_PRICES`).
 
     Loaded from the defaults, then ``prices.json`` in the user config directory
     (``platformdirs.user_config_dir('blackbox')``, or ``BLACKBOX_PRICES``), then an explicit file;
-    later entries win. Format: ``{"model-name": {"input": 0.15, "output": 0.60}}``."""
+    later entries win. Format: ``{"model-name": {"input": 0.15, "output": 0.60, "batch": 0.5}}``
+    (``batch`` and ``flex`` are optional)."""
 
     table: dict = field(default_factory=lambda: dict(DEFAULT_PRICES))
     sources: list = field(default_factory=list)
@@ -63,24 +71,45 @@ class PriceTable:
 
     def update_from(self, path: str) -> None:
         data = read_json_object(path, "price table", "a JSON object mapping model names to "
-                                "{'input': .., 'output': ..}")
+                                "{'input': .., 'output': ..} (optionally 'batch' and 'flex' shares)")
         for name, entry in data.items():
-            try:
-                self.table[name] = {"input": float(entry["input"]), "output": float(entry["output"])}
-            except (TypeError, KeyError, ValueError):
-                raise InputError(f"price table {path}: entry {name!r} needs numeric 'input' and 'output'") from None
+            self.table[name] = price_entry(entry, f"price table {path}: entry {name!r}")
         self.sources.append(path)
 
     def price(self, model: str) -> dict | None:
         return _family(model, self.table)  # dated snapshots use their family's price
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def discount(self, model: str | None, tier: str | None) -> float | None:
+        """The share of the price ``tier`` bills for ``model`` (1.0 for no tier; None when the
+        model has no price or the tier is not offered for it)."""
+        p = self.price(model) if model else None
+        if p is None:
+            return None
+        return 1.0 if tier is None else p.get(tier)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, tier: str | None = None) -> float | None:
+        """What the tokens cost sent one by one (``tier`` None) or through ``tier``; a tier the
+        model has no discount for is priced in full (a reservation must not fall short)."""
         p = self.price(model)
         if p is None:
             return None
-        return (prompt_tokens * p["input"] + completion_tokens * p["output"]) / 1e6
+        share = 1.0 if tier is None else p.get(tier, 1.0)
+        return share * (prompt_tokens * p["input"] + completion_tokens * p["output"]) / 1e6
 
 
+def price_entry(entry, where: str) -> dict:
+    """One price entry checked: numeric ``input`` and ``output``, optional tier shares in [0, 1]."""
+    try:
+        out = {"input": float(entry["input"]), "output": float(entry["output"])}
+        for tier in TIERS:
+            if entry.get(tier) is not None:
+                out[tier] = float(entry[tier])
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise InputError(f"{where} needs numeric 'input' and 'output' (and, if given, numeric "
+                         f"{' and '.join(repr(t) for t in TIERS)})") from None
+    if not all(math.isfinite(v) and v >= 0 for v in out.values()) or any(out.get(t, 0) > 1 for t in TIERS):
+        raise InputError(f"{where}: prices must be >= 0 and a tier's share between 0 and 1")
+    return out
 
 
 # -- image tokens -------------------------------------------------------------------------------

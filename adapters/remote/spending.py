@@ -17,6 +17,10 @@ endpoint has billed a prompt, then ``factor`` x the largest prompt it has billed
 output; the factor starts at 1.25 and, when an answer bills more than its reservation, becomes
 twice the growth seen (at most 64), and the slow-start window (:class:`SlowStart`) falls back to
 one request, so a misjudged bound is found out before many requests are in flight on it.
+
+Prices: a request sent one by one is priced at the engine's service tier (``tier``: None, or
+``flex``); one sent through the Batch API (``batch=True``) at the model's batch share of the
+price (:meth:`~.pricing.PriceTable.cost`), for its reservation and its charge alike.
 """
 from __future__ import annotations
 
@@ -66,14 +70,16 @@ class Spending:
     """Reservations and their settlement for one engine's requests (thread-safe).
 
     ``model`` prices requests that name none; ``token_estimate(request)`` is the static worst
-    case; ``window`` is the slow start the sender obeys when tokens or money are capped."""
+    case; ``window`` is the slow start the sender obeys when tokens or money are capped;
+    ``tier`` is the service tier requests sent one by one are billed at (None: the standard one)."""
 
     def __init__(self, budget: Budget, prices: PriceTable, model: str | None = None,
-                 token_estimate: Callable[[dict], int] = default_token_estimate, window: SlowStart | None = None):
+                 token_estimate: Callable[[dict], int] = default_token_estimate, window: SlowStart | None = None,
+                 tier: str | None = None):
         if budget.max_cost is not None and (model is None or prices.price(model) is None):
             raise InputError(f"no price for model {model!r}, so a --max-cost cap cannot be enforced: "
                              "add it to prices.json in the user config folder or pass --prices FILE")
-        self.budget, self.prices, self.model = budget, prices, model
+        self.budget, self.prices, self.model, self.tier = budget, prices, model, tier
         self.token_estimate = token_estimate
         self.window = window if window is not None else SlowStart()
         self._lock = threading.Lock()
@@ -92,28 +98,32 @@ class Spending:
             return int(self.token_estimate(request))
         return int(self._factor * self._largest_prompt) + PROMPT_SLACK + max_output_tokens(request)
 
-    def cost_bound(self, request: dict, tokens: int) -> float | None:
-        """The price of ``tokens`` for ``request``, of which at most its output limit is output."""
+    def _tier(self, batch: bool) -> str | None:
+        return "batch" if batch else self.tier
+
+    def cost_bound(self, request: dict, tokens: int, batch: bool = False) -> float | None:
+        """The price of ``tokens`` for ``request``, of which at most its output limit is output
+        (``batch``: at the Batch API's price)."""
         model = request.get("model") or self.model
         out = min(max_output_tokens(request), tokens)  # the rest of the bound is prompt
-        return self.prices.cost(model, tokens - out, out) if model else None
+        return self.prices.cost(model, tokens - out, out, self._tier(batch)) if model else None
 
-    def estimate(self, request: dict) -> tuple[int, float]:
+    def estimate(self, request: dict, batch: bool = False) -> tuple[int, float]:
         """``(tokens, cost)`` a request would reserve now (what a dry run adds up)."""
         tokens = self.bound(request)
-        return tokens, self.cost_bound(request, tokens) or 0.0
+        return tokens, self.cost_bound(request, tokens, batch) or 0.0
 
     # -- holding --------------------------------------------------------------------------------
-    def reserve(self, request: dict) -> Reservation:
-        tokens, cost = self.estimate(request)
+    def reserve(self, request: dict, batch: bool = False) -> Reservation:
+        tokens, cost = self.estimate(request, batch)
         return self.budget.reserve(1, tokens, cost)
 
-    def reserve_all(self, requests: Sequence[dict]) -> list[Reservation]:
+    def reserve_all(self, requests: Sequence[dict], batch: bool = False) -> list[Reservation]:
         """One reservation per request, or none at all (BudgetExceeded) when they do not all fit."""
         held = []
         try:
             for request in requests:
-                held.append(self.reserve(request))
+                held.append(self.reserve(request, batch))
         except BudgetExceeded:
             for reservation in held:
                 self.budget.release(reservation)
@@ -137,12 +147,14 @@ class Spending:
         return min(timeout, left)
 
     # -- endings --------------------------------------------------------------------------------
-    def charge(self, reservation: Reservation, request: dict, usage: tuple[int, int] | None) -> Charge:
+    def charge(self, reservation: Reservation, request: dict, usage: tuple[int, int] | None,
+               batch: bool = False) -> Charge:
         """Settle an answer from the ``(prompt, completion)`` tokens it reports (no usage: its
-        reservation, never under-counted); grow the bound when it billed more than reserved."""
+        reservation, never under-counted); grow the bound when it billed more than reserved.
+        ``batch``: the answer came through the Batch API (priced at its share)."""
         prompt, completion = usage if usage else (0, 0)
         model = request.get("model") or self.model
-        cost = self.prices.cost(model, prompt, completion) if model else None
+        cost = self.prices.cost(model, prompt, completion, self._tier(batch)) if model else None
         if not usage:
             self.settle(reservation)
             self.window.after(False)
