@@ -32,8 +32,10 @@ class ImageModel:
     defaults of a local model that costs nothing: a capability check paid before the map
     (:meth:`probe`), how many images a number of billable requests pays for
     (:meth:`queries_within`), what it spent and who answered (:meth:`usage`, :meth:`provenance`),
-    and :meth:`close`. A model object that does not subclass this class is used through
-    :func:`as_image_model`, with those defaults."""
+    and :meth:`close`. A paid endpoint with a batch interface (half price, answers later) also
+    collects requests instead of sending them (:meth:`collect`, :meth:`stage_gate`,
+    :meth:`send_batch`; see :func:`blackbox.saliency.pipeline.explain_image`). A model object that
+    does not subclass this class is used through :func:`as_image_model`, with those defaults."""
 
     name = "model"
     query_batch_size = 32   # images per call to a query function
@@ -71,6 +73,25 @@ class ImageModel:
     def provenance(self) -> dict | None:
         """Which model and build answered; None for a local model."""
         return None
+
+    def collect(self, on: bool = True) -> None:
+        """Batch mode on or off: requests not answered yet are collected (answered by
+        placeholders) until :meth:`send_batch`, instead of being sent one by one. A model without
+        a batch interface refuses to turn it on."""
+        if on:
+            raise InputError(f"{self.name} has no batch interface: batch mode is for paid endpoints "
+                             "that offer one (OpenAI's Batch API)")
+
+    def stage_gate(self) -> Callable[[], None] | None:
+        """A check for the stage boundaries of one run, made when the run starts: in batch mode it
+        raises :class:`~blackbox.queries.StagePending` once the run has used placeholders; None
+        when there is nothing to check (a model answering at once)."""
+        return None
+
+    def send_batch(self, progress: bool = True) -> int:
+        """Send the requests collected so far as a batch, wait for it and keep its answers;
+        returns how many requests were waiting (0: none)."""
+        return 0
 
     def close(self) -> None:
         """Release connections and threads."""

@@ -12,6 +12,13 @@ carrying the budget it spends from as ``fn.budget``; the runner then adopts that
 leaves the counting to the engine, which reserves every attempt that can be billed (the first
 attempt, a capability probe, the samples of a fallback score, retries of paid-but-unusable
 answers) and settles tokens and money on the same budget. Cached answers cost nothing.
+
+Stages: a run whose later queries depend on earlier answers (a second stage that re-measures
+what the first ranked highest, a round rationed from the variance so far) marks the boundary
+with :meth:`QueryRunner.stage`. Locally that does nothing. A model that collects its requests
+for a provider's batch interface (answering placeholders until the batch is back) raises
+:class:`StagePending` there when this run has used placeholders: the caller sends the batch and
+runs again from the start, now answered from the cache, so every stage sees real answers.
 """
 from __future__ import annotations
 
@@ -23,6 +30,11 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import BudgetExceeded, InputError, ModelError
+
+
+class StagePending(Exception):
+    """A run reached a stage boundary (or its end) having used answers that are not there yet:
+    its requests are waiting to be sent as a batch. Not an error: send the batch, then run again."""
 
 
 @runtime_checkable
@@ -244,9 +256,16 @@ class QueryRunner:
         self.budget = own if own is not None else budget if budget is not None else Budget()
         self.batch_size = batch_size
         self.record = SpendRecord()
+        self.on_stage: Callable[[], None] | None = None  # wired by whoever runs the job (see stage)
         self._bar = None
         if progress:
             self.start_progress(total, description)
+
+    def stage(self) -> None:
+        """Mark a stage boundary: what is asked next depends on the answers so far. Calls
+        ``on_stage`` (which raises :class:`StagePending` when those answers are placeholders)."""
+        if self.on_stage is not None:
+            self.on_stage()
 
     def start_progress(self, total: int | None, description: str = "queries"):
         from tqdm.auto import tqdm

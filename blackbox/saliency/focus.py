@@ -43,12 +43,15 @@ def first_stage(queries: int, cells: int, share: float = SHARE) -> int:
 
 
 def focused(probe, explainer, prior, *, queries: int, sigma: float, noise: str, seed: np.random.Generator,
-            share: float = SHARE) -> tuple[GradientEstimate, np.ndarray, np.ndarray]:
+            share: float = SHARE, stage=None) -> tuple[GradientEstimate, np.ndarray, np.ndarray]:
     """Two-stage Banzhaf map: ``(estimate, values, standard errors)`` over every cell. ``explainer``
-    fits stage 1 (:func:`first_stage` queries): its prior is set for that many."""
+    fits stage 1 (:func:`first_stage` queries): its prior is set for that many. ``stage()``, when
+    given, is called between the stages (stage 2 asks for what stage 1's answers rank highest)."""
     second, k = plan(queries, probe.center.size, share)
     first = lr_gradient(probe.f, probe.center, queries=queries - second, sigma=sigma, noise=noise, seed=seed,
                         keep_samples=explainer.keep_samples)
+    if stage is not None:
+        stage()
     values, stderr = explainer.fit(first, prior)
     first.extras.update(focus_cells=[], focus_queries=0)
     if first.stopped or k == 0:

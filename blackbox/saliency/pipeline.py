@@ -11,19 +11,31 @@ workers explain an image through :func:`explain_image`:
    requests per image), so a rerun asks for the same images whatever the cache holds;
 6. the map, every query through one :class:`~blackbox.queries.QueryRunner` on the budget;
 7. optionally its deletion and insertion curves, paid from the same budget.
+
+Batch mode (``batch=True``; a paid endpoint with a batch interface: OpenAI's Batch API bills half
+price): the model collects the queries instead of sending them and answers placeholders; the run
+stops at its first stage boundary that follows a placeholder (:class:`~blackbox.queries.StagePending`:
+between the stages of an adaptive sampler, after the map, after the curves), the collected
+queries go out as one batch, and the run starts again, answered from the cache, until it ends
+with nothing collected (:func:`in_batches`). Same requests, same seed, same answers: the map is
+the one the synchronous run draws, for one batch per stage.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..models import ImageModel, Target, as_image_model
-from ..queries import Budget, QueryRunner
+from ..queries import Budget, QueryRunner, StagePending
 from .compose import Saliency
 from .metrics import deletion_insertion
 from .result import SaliencyResult
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,11 +56,36 @@ class Explanation:
 
 def explain_image(model, original: np.ndarray, *, target=None, queries: int = 1000,
                   explainer: Saliency | None = None, seed: int | None = 0, budget: Budget | None = None,
-                  progress: bool = False, faithfulness: int | None = None) -> Explanation:
+                  progress: bool = False, faithfulness: int | None = None, batch: bool = False) -> Explanation:
     """Explain ``original`` (an ``(H, W, 3)`` photo, uint8 or float in [0, 1]) on ``model`` with at most ``queries``
     billable requests (the probe included) from ``budget``; ``explainer`` defaults to the default
-    :class:`Saliency`. ``faithfulness`` (a number of steps) also measures deletion and insertion."""
+    :class:`Saliency`. ``faithfulness`` (a number of steps) also measures deletion and insertion.
+    ``batch``: send the queries through the model's batch interface, one batch per stage."""
     model = as_image_model(model)
+    run = partial(explain_once, model, original, target=target, queries=queries, explainer=explainer, seed=seed,
+                  budget=budget, progress=progress, faithfulness=faithfulness)
+    return in_batches(model, run, progress) if batch else run()
+
+
+def in_batches(model: ImageModel, run: Callable[[], T], progress: bool = True) -> T:
+    """``run()`` in batch mode: each time it stops at a stage that needs answers still to come,
+    the collected requests go out as one batch and ``run()`` starts again (answered from the cache)."""
+    model.collect(True)
+    try:
+        while True:
+            try:
+                return run()
+            except StagePending:
+                if model.send_batch(progress) == 0:
+                    raise ModelError(f"{model.name} answered placeholders but collected no request to send") from None
+    finally:
+        model.collect(False)
+
+
+def explain_once(model: ImageModel, original: np.ndarray, *, target=None, queries: int = 1000,
+                 explainer: Saliency | None = None, seed: int | None = 0, budget: Budget | None = None,
+                 progress: bool = False, faithfulness: int | None = None) -> Explanation:
+    """One pass of :func:`explain_image` (in batch mode it may stop with StagePending)."""
     explainer = explainer if explainer is not None else Saliency()
     view = model.view(*original.shape[:2])
     working = view.to_working(original)
@@ -59,13 +96,15 @@ def explain_image(model, original: np.ndarray, *, target=None, queries: int = 10
     map_queries = model.queries_within(queries)
     if map_queries != queries:
         _enough_after_probe(explainer, working, queries, map_queries, model)
-    fn = model.score_fn(target)
-    runner = QueryRunner(fn, budget=budget, batch_size=model.query_batch_size)
+    runner = QueryRunner(model.score_fn(target), budget=budget, batch_size=model.query_batch_size)
+    runner.on_stage = model.stage_gate()
     result = explainer(runner, working, queries=map_queries, seed=seed, progress=progress, target=target, view=view)
+    runner.stage()  # the curves ask about the map
     explanation = Explanation(result, target, top5, map_queries)
     if faithfulness and not explanation.stopped_by_budget:
         explanation.faithfulness = _faithfulness(model, target, working, space.baseline, result, runner.budget,
                                                  faithfulness)
+        runner.stage()
     return explanation
 
 

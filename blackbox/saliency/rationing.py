@@ -42,8 +42,10 @@ def _block_variance(est: GradientEstimate, blocks: Sequence[np.ndarray], per_que
 def rationed_gradient(f: Callable, center: np.ndarray, *, queries: int, sigma: float,
                       blocks: Sequence[np.ndarray] | None = None, allocator: str | Allocator = "neyman",
                       rounds: int = 4, target_error: float | None = None, control: str = "antithetic",
-                      seed=None, allocation=None, **kwargs) -> GradientEstimate:
-    """:func:`~blackbox.estimators.lr_gradient` in ``rounds`` rounds, rationed across ``blocks``."""
+                      seed=None, allocation=None, stage=None, **kwargs) -> GradientEstimate:
+    """:func:`~blackbox.estimators.lr_gradient` in ``rounds`` rounds, rationed across ``blocks``;
+    ``stage()``, when given, is called before every round after the first (each is rationed from
+    the answers so far)."""
     if allocation is not None:
         raise InputError("pass either a fixed allocation or an allocator, not both")
     if rounds < 1:
@@ -72,6 +74,8 @@ def rationed_gradient(f: Callable, center: np.ndarray, *, queries: int, sigma: f
         budget = left if r == rounds - 1 else min(share, left)
         if budget < per_query * n_blocks:
             break
+        if r > 0 and stage is not None:
+            stage()
         variances = _block_variance(est, blocks, per_query) if est is not None else None
         counts = alloc.allocate(budget, n_blocks, variances=variances)
         part = lr_gradient(f, center, queries=budget, sigma=sigma, control=control, blocks=blocks,

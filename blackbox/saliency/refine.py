@@ -23,7 +23,9 @@ COARSE_SHARE = 0.4
 
 def coarse_to_fine(space, method, score, *, queries: int, sigma: float, noise: str, control: str,
                    seed: np.random.Generator, allocator: str = "neyman", factor: int = FACTOR,
-                   coarse_share: float = COARSE_SHARE, keep_samples: bool = True) -> GradientEstimate:
+                   coarse_share: float = COARSE_SHARE, keep_samples: bool = True, stage=None) -> GradientEstimate:
+    """The coarse stage, then the fine one rationed from its answers; ``stage()``, when given, is
+    called between them."""
     if control != "antithetic":
         raise InputError("coarse-to-fine refinement uses antithetic pairs")
     coarse_grid, parent = space.grid.coarsened(factor)
@@ -37,6 +39,8 @@ def coarse_to_fine(space, method, score, *, queries: int, sigma: float, noise: s
     probe = coarse.probe(method, score, [np.arange(coarse_grid.cells)])
     est_coarse = lr_gradient(probe.f, probe.center, queries=first, sigma=sigma, noise=noise, seed=seed,
                              center_fn=probe.center_fn, keep_samples=True)
+    if stage is not None:
+        stage()
     expanded = Samples(est_coarse.samples.directions[:, parent], est_coarse.samples.responses)
     probe = space.probe(method, score, fine_blocks)
     if est_coarse.stopped:

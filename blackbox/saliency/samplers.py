@@ -19,7 +19,9 @@ query is paid.
   (:mod:`blackbox.saliency.path_steps`).
 
 A sampler of one's own subclasses :class:`Sampler` and writes :meth:`Sampler.sample` (the
-estimate; the estimator reads it) or, when it reads its own answers, :meth:`Sampler.run`.
+estimate; the estimator reads it) or, when it reads its own answers, :meth:`Sampler.run`. A
+sampler whose later queries depend on earlier answers calls ``job.runner.stage()`` between them
+(then a batched run sends the earlier queries as one batch before the later ones are drawn).
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ class Rationed(Sampler):
         return rationed_gradient(probe.f, probe.center, queries=job.queries, sigma=job.sigma, noise=job.method.noise,
                                  blocks=probe.blocks, allocator=self.allocator, rounds=self.rounds,
                                  target_error=self.target_error, seed=job.rng, center_fn=probe.center_fn,
-                                 keep_samples=job.estimator.keep_samples)
+                                 keep_samples=job.estimator.keep_samples, stage=job.runner.stage)
 
 
 class CoarseToFine(Sampler):
@@ -174,7 +176,7 @@ class CoarseToFine(Sampler):
         return coarse_to_fine(job.space, job.method, job.runner, queries=job.queries, sigma=job.sigma,
                               noise=job.method.noise, control="antithetic", seed=job.rng, allocator=self.allocator,
                               factor=self.factor, coarse_share=self.coarse_share,
-                              keep_samples=job.estimator.keep_samples)
+                              keep_samples=job.estimator.keep_samples, stage=job.runner.stage)
 
 
 class Focus(Sampler):
@@ -202,7 +204,8 @@ class Focus(Sampler):
 
     def run(self, job: Job) -> Reading:
         est, values, stderr = focused(job.probe(), job.estimator, job.space.prior(), queries=job.queries,
-                                      sigma=job.sigma, noise=job.method.noise, seed=job.rng, share=self.share)
+                                      sigma=job.sigma, noise=job.method.noise, seed=job.rng, share=self.share,
+                                      stage=job.runner.stage)
         return Reading(est, values, stderr)
 
 
