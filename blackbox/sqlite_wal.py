@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 RETRY_PAUSE = 0.02  # seconds between attempts to switch a new file to WAL
@@ -32,3 +33,16 @@ def connect_wal(path: str | os.PathLike, timeout: float) -> sqlite3.Connection:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(RETRY_PAUSE)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection):
+    """One write transaction on an autocommit connection, taking the write lock at once (``BEGIN
+    IMMEDIATE``: one writer at a time, across processes): committed whole or rolled back whole."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -94,6 +94,11 @@ class ResponseCache:
                 self._connections.append(conn)
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the file (autocommit), e.g. for the batch records kept beside
+        the answers (:mod:`.batch_records`)."""
+        return self._conn()
+
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         try:

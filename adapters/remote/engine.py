@@ -22,6 +22,7 @@ The engine is three parts, each in its own module:
 * :mod:`.spending`: what may be spent (a reservation per billable attempt, its worst case and
   how that grows, settlement from the reported usage, the slow-start window);
 * :mod:`.sending`: how requests go out (threads, rate limits, tenacity retries, Ctrl-C);
+* :mod:`.batching`: how they go out through the provider's Batch API instead (half price, later).
 
 and every outcome of an attempt (retry or not, maybe billed or not) is judged in :mod:`.outcomes`.
 
@@ -41,7 +42,15 @@ and every outcome of an attempt (retry or not, maybe billed or not) is judged in
   :class:`~blackbox.errors.RetryableError` (e.g. :func:`.outcomes.unusable`) for an answer that
   cannot be used (e.g. no logprobs): it is paid and counted (``stats.unusable``), never cached,
   and retried. Only validated answers are cached.
-* ``dry_run=True``: nothing is sent; answers are ``None`` and ``stats`` says what would be paid.
+* ``dry_run=True``: nothing is sent; answers are ``None`` and ``stats`` says what would be paid,
+  sent one by one and through the Batch API.
+* Batch API: ``map(requests, batch=True)`` sends the uncached requests as one batch, waits and
+  answers from what came back (a fixed set of requests scored at once, e.g. an evaluation pass).
+  A run whose requests are drawn in stages *collects* instead (:meth:`QueryEngine.collect`):
+  requests without an answer are kept and answered ``None`` (placeholders), a stage gate
+  (:meth:`QueryEngine.stage_gate`) raises :class:`~blackbox.queries.StagePending` once the run
+  has used one, and :meth:`QueryEngine.send_batch` sends what was collected. Requests the
+  capability probe must answer at once are sent one by one (``map(..., sync=True)``).
 * Ctrl-C: the batch stops sending, answers in flight get half a second to arrive (they are
   cached), then :class:`KeyboardInterrupt` goes on; no thread keeps the process alive.
 """
@@ -55,8 +64,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Protocol, Sequence
 
-from blackbox.errors import EndpointRefused, InputError, RetryableError
-from blackbox.queries import Budget, Reservation
+from blackbox.errors import EndpointRefused, InputError, ModelError, RetryableError
+from blackbox.queries import Budget, Reservation, StagePending
 
 from .outcomes import unusable, verdict_of
 from .pricing import PriceTable, default_token_estimate
@@ -117,6 +126,10 @@ class EngineStats:
     cost_known: bool = True
     estimated_tokens: int = 0  # dry run: reserved-token estimate for would_send requests
     estimated_cost: float = 0.0
+    estimated_batch_cost: float = 0.0  # dry run: the same, sent through the Batch API (the probe at once)
+    batches: int = 0          # batches created at the provider
+    batched: int = 0          # answers taken from batches
+    batch_hits: int = 0       # answers paid earlier in this batched run, read back by its reruns
     seconds: float = 0.0
     _lock: Any = field(default_factory=threading.Lock, repr=False)
 
@@ -129,6 +142,7 @@ class EngineStats:
         d = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         d["cost"] = round(self.cost, 6) if self.cost_known else None
         d["estimated_cost"] = round(self.estimated_cost, 6)
+        d["estimated_batch_cost"] = round(self.estimated_batch_cost, 6)
         d["seconds"] = round(self.seconds, 3)
         return d
 
@@ -182,9 +196,11 @@ class QueryEngine:
         self.stats = EngineStats()
         self.spending = Spending(budget if budget is not None else Budget(),
                                  prices if isinstance(prices, PriceTable) else PriceTable.load(prices),
-                                 model, token_estimate, SlowStart(self.concurrency))
+                                 model, token_estimate, SlowStart(self.concurrency), getattr(transport, "tier", None))
         self.sender = Sender(self.spending, self.stats, concurrency=self.concurrency, rpm=rpm, tpm=tpm,
                              max_attempts=self.max_attempts, backoff=self.backoff, max_wait=self.max_wait)
+        self.collecting = False
+        self.batcher = None  # made when the Batch API is first used (see _batching)
 
     # the spending side's settings, as attributes of the engine
     budget = property(lambda self: self.spending.budget)
@@ -205,14 +221,17 @@ class QueryEngine:
         return self.map([request], [replica])[0]
 
     def map(self, requests: Sequence[dict], replicas: Sequence[int] | None = None,
-            prepare: Callable[[dict], dict] | None = None, validate=None) -> list[Response]:
+            prepare: Callable[[dict], dict] | None = None, validate=None, *, sync: bool = False,
+            batch: bool = False) -> list[Response]:
         """Answer ``requests`` (concurrently, in order). Raises BudgetExceeded before sending
         anything if the uncached ones do not fit the budget; stops on the first refusal.
 
         ``prepare(request) -> request``, when given, turns a request into what is sent, in the
         worker thread and only for cache misses: requests can then carry a content hash of a
         large input (an image) and be encoded only when they are really sent. ``validate``
-        overrides the engine's own for this call (``False``: accept any answer)."""
+        overrides the engine's own for this call (``False``: accept any answer). ``batch``: send
+        the uncached requests through the Batch API as one batch and wait for it. While the engine
+        collects, uncached requests are collected and answered ``None``, unless ``sync``."""
         replicas = list(replicas) if replicas is not None else [0] * len(requests)
         if len(replicas) != len(requests):
             raise ValueError("one replica index per request")
@@ -224,11 +243,16 @@ class QueryEngine:
             unique.setdefault(key, req)
         answers = self._cached(list(unique))
         misses = [k for k in unique if k not in answers]
-        self.stats.add(requested=len(unique), cache_hits=len(unique) - len(misses))
+        self.stats.add(requested=len(unique))
         if misses and self.dry_run:
-            answers.update((key, self._plan(unique[key])) for key in misses)
+            answers.update((key, self._plan(unique[key], sync)) for key in misses)
+        elif misses and (batch or (self.collecting and not sync)):
+            answers.update(self._collect([(k, unique[k]) for k in misses], prepare, validate, batch))
         elif misses:
-            answers.update(self._send([(k, unique[k]) for k in misses], _Call(prepare, validate)))
+            sent = self._send([(k, unique[k]) for k in misses], _Call(prepare, validate))
+            if self.collecting and self.batcher is not None:  # paid in this batched run (see _cached)
+                self.batcher.answers.update(sent)
+            answers.update(sent)
         self.stats.add(seconds=time.perf_counter() - t0)
         return [answers[k] for k in keys]
 
@@ -236,24 +260,26 @@ class QueryEngine:
         """Cached answers only (None where there is none); nothing is sent or reserved."""
         keys = self._keys(requests, replicas)
         found = self._cached(keys)
-        self.stats.add(requested=len(found), cache_hits=len(found))
+        self.stats.add(requested=len(found))
         return [found.get(k) for k in keys]
 
     def remember(self, requests: Sequence[dict], replicas: Sequence[int], responses: Sequence[Response]) -> None:
         """Store answers under other requests too (aliases: e.g. an image known by the points
         that render it as well as by its pixels), so :meth:`lookup` finds them."""
-        if self.cache is None:
-            return
+        held = self.batcher.answers if self.batcher is not None else None
         for key, r in zip(self._keys(requests, replicas), responses):
             if r is not None and r.body is not None:
-                self._store(key, r)
+                if self.cache is not None:
+                    self._store(key, r)
+                if held is not None and not r.cached:  # paid in this run (see _cached)
+                    held[key] = r
 
     def accept(self, key: str, request: dict, reservation: Reservation, body: dict,
-               validate: Callable[[dict, dict], None] | None = None) -> Response:
+               validate: Callable[[dict, dict], None] | None = None, batch: bool = False) -> Response:
         """Take the endpoint's answer ``body`` to ``request``: charge it on the budget (settling
-        ``reservation``), check it with ``validate`` (an unusable answer is paid, counted and
-        raised as retryable, never cached), cache it under ``key``."""
-        charge = self.spending.charge(reservation, request, self.transport.usage(body))
+        ``reservation``; ``batch``: at the Batch API's price), check it with ``validate`` (an
+        unusable answer is paid, counted and raised as retryable, never cached), cache it under ``key``."""
+        charge = self.spending.charge(reservation, request, self.transport.usage(body), batch)
         self.stats.add(prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
                        cost=charge.cost or 0.0, overshoots=int(charge.overshoot))
         if charge.cost is None:
@@ -270,9 +296,74 @@ class QueryEngine:
         self.stats.add(sent=1)
         return response
 
+    # -- the Batch API ------------------------------------------------------------------------
+    def collect(self, on: bool = True) -> None:
+        """Collect uncached requests for a batch (answering placeholders) instead of sending them;
+        refused (InputError) when this engine cannot batch."""
+        if on and not self.dry_run:
+            self._batching()
+        self.collecting = on
+
+    def stage_gate(self) -> Callable[[], None] | None:
+        """A check for one run's stage boundaries: raises StagePending once the run (since this
+        gate was made) has been answered a placeholder. None when not collecting."""
+        if not self.collecting or self.batcher is None:
+            return None
+        batcher, mark = self.batcher, self.batcher.handed
+
+        def gate() -> None:
+            if batcher.handed > mark:
+                raise StagePending(f"{len(batcher.spool.lines)} requests wait to be sent as a batch")
+        return gate
+
+    def send_batch(self, progress: bool = True) -> int:
+        """Send the collected requests through the Batch API and take the answers (see
+        :mod:`.batching`); how many were collected."""
+        return self.batcher.send(progress) if self.batcher is not None else 0
+
+    def answered(self, keys: Sequence[str]) -> set[str]:
+        """Which of these cache keys have an answer (nothing is counted)."""
+        found = set(self.cache.get_many(list(keys))) if self.cache is not None else set()
+        held = self.batcher.answers if self.batcher is not None else {}
+        return found | {k for k in keys if k in held}
+
+    def _batching(self):
+        """The engine's Batcher, made on first use: the transport must reach a Batch API, and the
+        query cache must be there to keep the batches and their answers (resuming relies on it)."""
+        if self.batcher is None:
+            from .batch_records import BatchRecords
+            from .batching import Batcher
+
+            make = getattr(self.transport, "batch_api", None)
+            if make is None:
+                raise InputError(f"{self.transport.endpoint} has no Batch API here: batching is for "
+                                 "OpenAI-compatible endpoints (gpt-vision, openai:<model>)")
+            if self.cache is None or not hasattr(self.cache, "connection"):
+                raise InputError("batching keeps its batch ids and answers in the query cache, so that a stopped run "
+                                 "can collect its batch: it needs the cache (drop --no-cache)")
+            api = make(max_attempts=self.max_attempts, backoff=self.backoff, max_wait=self.max_wait,
+                       timeout=self.timeout)
+            self.batcher = Batcher(self, api, BatchRecords(self.cache))
+        return self.batcher
+
+    def _collect(self, jobs: list[tuple[str, dict]], prepare, validate, now: bool) -> dict[str, Response]:
+        """Collect ``jobs`` for a batch: placeholders, or (``now``) the batch's answers."""
+        batcher = self._batching()
+        batcher.record(jobs, prepare, validate)
+        if not now:
+            batcher.handed += len(jobs)
+            return {key: Response(None, False) for key, _ in jobs}
+        batcher.send(progress=False)
+        found = self._cached([key for key, _ in jobs])
+        if len(found) < len(jobs):
+            raise ModelError(f"the batch left {len(jobs) - len(found)} requests without an answer")
+        return found
+
     def close(self):
         """Stop the engine's threads; never waits on an attempt still in flight."""
         self.sender.close()
+        if self.batcher is not None:
+            self.batcher.spool.clear()
         if self.sender.in_flight == 0:
             if hasattr(self.transport, "close"):
                 self.transport.close()
@@ -285,16 +376,25 @@ class QueryEngine:
         return [request_key(self.transport.endpoint, r, k) for r, k in zip(requests, replicas)]
 
     def _cached(self, keys: list[str]) -> dict[str, Response]:
+        """Answers already there, counted: cache hits, and answers of this process's batches
+        (``batch_hits``: paid in this run, they are no cache hits)."""
         found = self.cache.get_many(keys) if self.cache is not None else {}
-        return {key: Response.from_cache(value) for key, value in found.items()}
+        answers = {key: Response.from_cache(value) for key, value in found.items()}
+        held = self.batcher.answers if self.batcher is not None else {}
+        answers.update((k, held[k]) for k in keys if k in held)  # as paid (not cached): remember() keeps them so
+        ours = sum(k in held for k in answers)
+        self.stats.add(cache_hits=len(answers) - ours, batch_hits=ours)
+        return answers
 
     def _store(self, key: str, response: Response) -> None:
         self.cache.put(key, response.cache_entry(), endpoint=self.transport.endpoint)
 
-    def _plan(self, request: dict) -> Response:
-        """A dry run's answer: nothing, and what sending it would reserve counted."""
+    def _plan(self, request: dict, sync: bool = False) -> Response:
+        """A dry run's answer: nothing, and what sending it would reserve counted, one by one and
+        through the Batch API (``sync``: a request a batched run sends at once all the same)."""
         tokens, cost = self.spending.estimate(request)
-        self.stats.add(would_send=1, estimated_tokens=tokens, estimated_cost=cost)
+        batched = cost if sync else self.spending.cost_bound(request, tokens, batch=True) or 0.0
+        self.stats.add(would_send=1, estimated_tokens=tokens, estimated_cost=cost, estimated_batch_cost=batched)
         return Response(None, False)
 
     def _send(self, jobs: list[tuple[str, dict]], call: _Call) -> dict[str, Response]:

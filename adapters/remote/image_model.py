@@ -240,10 +240,23 @@ class RemoteImageModel(ImageModel):
             if body.get("model"):
                 self.served_models.add(str(body["model"]))
 
+    # -- batch mode (the engine's Batch API) ----------------------------------------------------
+    def collect(self, on: bool = True) -> None:
+        self.engine.collect(on)
+
+    def stage_gate(self):
+        return self.engine.stage_gate()
+
+    def send_batch(self, progress: bool = True) -> int:
+        return self.engine.send_batch(progress)
+
     # -- reporting ------------------------------------------------------------------------------
     def usage(self) -> dict:
         u = self.engine.stats.as_dict()
         u["budget"] = self.engine.budget.summary()
+        batcher = self.engine.batcher
+        if batcher is not None:
+            u.update(batch_ids=list(batcher.batch_ids), batches_in_flight=list(batcher.in_flight))
         return u
 
     def provenance(self) -> dict:

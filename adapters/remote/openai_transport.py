@@ -8,6 +8,7 @@ error message (messages are scrubbed of it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -39,13 +40,18 @@ def is_loopback(url: str) -> bool:
 
 
 class OpenAITransport:
-    """``send(request) -> dict`` over ``chat.completions`` (``kind='chat'``) or ``completions``."""
+    """``send(request) -> dict`` over ``chat.completions`` (``kind='chat'``) or ``completions``.
+
+    ``service_tier`` (e.g. ``"flex"``) is added to every request as it is sent, not to the
+    request dict: the cache key stays the same whichever tier answers, and the engine prices
+    answers at that tier (:attr:`tier`). :meth:`batch_api` reaches the same endpoint's Batch API."""
 
     def __init__(self, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  kind: str = "chat", max_connections: int = 64, api_key: str | None = None,
-                 require_key: bool = True):
+                 require_key: bool = True, service_tier: str | None = None):
         if kind not in KINDS:
             raise InputError(f"unknown request kind {kind!r} ({', '.join(KINDS)})")
+        self.tier = service_tier
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         if not base_url.startswith(("http://", "https://")):
             raise InputError(f"--base-url must start with http:// or https://, got {base_url!r}")
@@ -86,15 +92,13 @@ class OpenAITransport:
                 return None
         return card if isinstance(card, dict) else None
 
-    def send(self, request: dict, timeout: float) -> dict:
-        """One attempt; ``timeout`` is a wall-clock deadline for connect + send + read."""
-        with request_limits(timeout) as limits:
+    @contextlib.contextmanager
+    def judged(self, timeout: float, max_bytes: int | None = None):
+        """One SDK call within ``timeout`` seconds (and ``max_bytes`` received): what goes wrong
+        leaves as the error :mod:`.outcomes` makes of it, with the key scrubbed from messages."""
+        with request_limits(timeout, *(() if max_bytes is None else (max_bytes,))) as limits:
             try:
-                # the SDK's generic POST: its client, auth, base URL and error classes, but the request
-                # dict is sent as it is (no typed re-validation of every message: half the CPU per call)
-                raw = self.client.post(self._path, cast_to=httpx2.Response, body=request,
-                                       options={"timeout": timeout})
-                text = raw.text
+                yield limits
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 raise no_answer(exc.__cause__, limits, timeout) from None
             except openai.APIStatusError as exc:
@@ -104,7 +108,21 @@ class OpenAITransport:
                 raise no_answer(exc, limits, timeout) from None
             except openai.OpenAIError as exc:  # anything else the SDK raises before or after sending
                 raise client_failed(self.redact(exc)) from None
+
+    def send(self, request: dict, timeout: float) -> dict:
+        """One attempt; ``timeout`` is a wall-clock deadline for connect + send + read."""
+        body = {**request, "service_tier": self.tier} if self.tier else request
+        with self.judged(timeout):
+            # the SDK's generic POST: its client, auth, base URL and error classes, but the request
+            # dict is sent as it is (no typed re-validation of every message: half the CPU per call)
+            text = self.client.post(self._path, cast_to=httpx2.Response, body=body, options={"timeout": timeout}).text
         return self.check(parse_answer(text))
+
+    def batch_api(self, **settings):
+        """This endpoint's Batch API (files and batches, see :mod:`.openai_batch`)."""
+        from .openai_batch import OpenAIBatchAPI
+
+        return OpenAIBatchAPI(self, **settings)
 
     def check(self, body) -> dict:
         """A parsed answer, if it can be used: an object with choices whose log-probabilities

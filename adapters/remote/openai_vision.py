@@ -37,7 +37,7 @@ from blackbox.queries import KeyedInputs
 from .engine import QueryEngine
 from .image_model import RemoteImageModel, ViewRule, stand_in
 from .outcomes import unusable
-from .pricing import PriceTable
+from .pricing import PriceTable, price_entry
 
 PRESETS = {"gpt-vision": "gpt-4o-mini"}
 QUESTION = "Is there a {label} in this image? Answer Yes or No."
@@ -152,7 +152,8 @@ class OpenAIVisionModel(RemoteImageModel):
         if self.capabilities or self.scoring in ("confidence", "frequency"):
             return self.scoring
         reqs, prepare = self._requests(np.asarray(image)[None], label, "logodds")
-        body = self.engine.map(reqs, prepare=prepare, validate=_validate_probe)[0].body
+        # at once even in batch mode: the requests that follow are built from what it finds
+        body = self.engine.map(reqs, prepare=prepare, validate=_validate_probe, sync=True)[0].body
         if body is None:  # dry run and not cached: counted as a request that would be sent
             self.scoring = self.scoring or "logodds"
             self.capabilities = {"probed": False, "note": "dry run: assumed logprobs are available"}
@@ -178,7 +179,7 @@ class OpenAIVisionModel(RemoteImageModel):
         scoring = self.scoring
         k = 1 if scoring in LOGPROB_SCORINGS else self.samples
         responses = self.query(images, lambda d: self.request(stand_in(d), label, scoring), self._validate, k)
-        if self.engine.dry_run:
+        if any(r.body is None for r in responses):  # a dry run, or requests collected for a batch
             return np.zeros(len(images))
         for r in responses:
             self.note(r.body)
@@ -261,9 +262,12 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
                         budget=None, cache: bool = True, concurrency: int = 16, rpm: float | None = None,
                         tpm: float | None = None, timeout: float = 60.0, max_attempts: int = 6,
                         prices: str | PriceTable | None = None, dry_run: bool = False,
-                        max_wait: float = 60.0, backoff: float = 0.5, **options) -> OpenAIVisionModel:
+                        max_wait: float = 60.0, backoff: float = 0.5, service_tier: str | None = None,
+                        **options) -> OpenAIVisionModel:
     """Build the model for ``gpt-vision`` or ``openai:<model>`` with its engine. The endpoint's
-    model card (if it has one) sets the view and, when the price table has none, the price."""
+    model card (if it has one) sets the view and, when the price table has none, the price.
+    ``service_tier="flex"`` sends every request at the flex tier (priced at its share; only for a
+    model the price table offers it for)."""
     from .openai_transport import OpenAITransport, is_loopback
 
     if name in PRESETS:
@@ -272,8 +276,10 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
         model = name[len("openai:"):].strip()
     else:
         raise InputError(f"expected gpt-vision or openai:<model>, got {name!r}")
+    service_tier = None if service_tier == "default" else service_tier
     transport = OpenAITransport(base_url=base_url, api_key_env=api_key_env, kind="chat",
-                                max_connections=max(concurrency, 8), require_key=not dry_run)
+                                max_connections=max(concurrency, 8), require_key=not dry_run,
+                                service_tier=service_tier)
     # a dry run without a key asks a remote API nothing (its model card would only answer 401)
     card = (transport.model_card(model, timeout=min(timeout, 10.0))
             if transport.has_key or is_loopback(transport.base_url) else None)
@@ -281,6 +287,11 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
     described = _card_price((card or {}).get("pricing"))
     if described is not None and table.price(model) is None:
         table.table[model] = described
+    try:
+        _check_tier(table, model, service_tier)
+    except InputError:
+        transport.close()
+        raise
     engine = QueryEngine(transport, budget=budget, cache=cache,
                          concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_attempts=max_attempts,
                          prices=table, model=model, dry_run=dry_run, max_wait=max_wait, backoff=backoff)
@@ -288,9 +299,20 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
 
 
 def _card_price(pricing) -> dict | None:
-    """``{"input": .., "output": ..}`` in USD per million tokens from a model card, if valid."""
+    """``{"input": .., "output": ..}`` in USD per million tokens from a model card (with its
+    ``batch``/``flex`` shares when it gives them), if valid."""
     try:
-        price = {"input": float(pricing["input"]), "output": float(pricing["output"])}
-    except (TypeError, KeyError, ValueError):
+        return price_entry(pricing, "the model card's pricing")
+    except InputError:
         return None
-    return price if all(math.isfinite(v) and v >= 0 for v in price.values()) else None
+
+
+def _check_tier(table: PriceTable, model: str, tier: str | None) -> None:
+    """A service tier the price table offers for the model (else one line saying where it is)."""
+    if tier is None:
+        return
+    if table.discount(model, tier) is None:
+        offered = sorted(name for name, entry in table.table.items() if tier in entry)
+        raise InputError(f"--service-tier {tier}: the price table offers no {tier} rate for {model} (it does for "
+                         f"{', '.join(offered) or 'no model'}; add \"{tier}\": 0.5 to its entry in prices.json if "
+                         "your endpoint has it)")

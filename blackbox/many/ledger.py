@@ -28,7 +28,7 @@ from typing import Protocol
 
 from ..errors import BudgetExceeded, InputError
 from ..queries import Budget, Reservation
-from ..sqlite_wal import connect_wal
+from ..sqlite_wal import connect_wal, immediate
 
 FIELDS = ("queries", "tokens", "cost")
 _SCHEMA = (
@@ -113,15 +113,8 @@ class SQLiteLedger:
 
     @contextmanager
     def _transaction(self):
-        with self._lock:
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, immediate(self._connect()) as conn:  # one writer at a time, across processes
+            yield conn
 
     @staticmethod
     def _state(conn):
