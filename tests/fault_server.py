@@ -9,8 +9,10 @@ a duplicate). It speaks real HTTP on 127.0.0.1::
     srv = FaultServer(scorer=BrightnessScorer(), faults=FaultPlan(rate_limit=0.1)).start()
     ... srv.url, srv.counters.answered, srv.counters.duplicate_paid ...; srv.stop()
 
-``GET /v1/stats`` returns the counters as JSON (for a server in another process). Run as a script,
-it serves until terminated and prints its URL first (``python tests/fault_server.py --help``).
+Batches (the server's Batch API) are answered line by line through the same ``answer``, so their
+lines are counted and faulted alike; ``FaultPlan.expire_batches`` makes the first batches expire
+half-done. ``GET /v1/stats`` returns the counters as JSON (for a server in another process). Run
+as a script, it serves until terminated and prints its URL first (``python tests/fault_server.py --help``).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class FaultPlan:
     malformed: float = 0.0         # a 200 whose JSON body is cut in half
     missing_logprobs: float = 0.0  # a 200 without the logprobs asked for
     first: tuple = ()              # faults forced on the first image chat requests, in order
+    expire_batches: tuple = ()     # the n-th batch created expires after this many of its lines
     seed: int = 0
 
 
@@ -102,6 +105,7 @@ class CountingHandler(Handler):
         if self.host_allowed() and self.authorised():
             with self.server.lock:
                 stats = self.server.counters.snapshot()
+            stats["batches"] = self.server.batch_sizes()
             self.reply(Reply(200, stats))
 
     def do_POST(self):
@@ -149,6 +153,19 @@ class FaultServer(ModelServer):
                 choice["logprobs"] = None
         return Truncated(reply.status, reply.payload, reply.headers) if fault == "malformed" else reply
 
+    def batch_expired(self, batch, answered: int) -> bool:
+        """The batches ``faults.expire_batches`` names (in the order they were created) run out of
+        time after that many of their lines."""
+        with self.batches.lock:
+            number = list(self.batches.batches).index(batch.id)
+        plan = self.faults.expire_batches
+        return (number < len(plan) and answered >= plan[number]) or super().batch_expired(batch, answered)
+
+    def batch_sizes(self) -> list[int]:
+        """The requests of every batch created, in order."""
+        with self.batches.lock:
+            return [b.counts["total"] or None for b in self.batches.batches.values()]
+
     def _fault(self) -> str | None:
         """This image chat request's fault (forced for the first ones, else drawn), counted."""
         first = self.faults.first
@@ -176,13 +193,21 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model-id", default="bench-vision")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    parser.add_argument("--scorer", choices=("brightness", "classifier"), default="brightness",
+                        help="brightness (cheap) or classifier (the embedded model, as `blackbox serve` answers)")
     for f in fields(FaultPlan):
-        if f.name != "first":
+        if f.name not in ("first", "expire_batches"):
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     opts = vars(parser.parse_args(argv))
-    plan = FaultPlan(**{f.name: opts[f.name] for f in fields(FaultPlan) if f.name != "first"})
-    srv = FaultServer(port=opts["port"], scorer=BrightnessScorer(), model_id=opts["model_id"],
-                      latency=opts["latency"], faults=plan)
+    plan = FaultPlan(**{f.name: opts[f.name] for f in fields(FaultPlan) if f.name not in ("first", "expire_batches")})
+    if opts["scorer"] == "classifier":
+        from blackbox.adapters.remote.serve import ClassifierScorer
+
+        scorer = ClassifierScorer()
+    else:
+        scorer = BrightnessScorer()
+    srv = FaultServer(port=opts["port"], scorer=scorer, model_id=opts["model_id"], latency=opts["latency"],
+                      faults=plan)
     print(srv.url, flush=True)
     try:
         srv.serve_forever(poll_interval=0.05)

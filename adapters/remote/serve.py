@@ -21,8 +21,15 @@ fallback). Usage is reported (a nominal 85 prompt tokens per image plus text/4),
 (seconds added to each answer, like a hosted model's), ``api_key`` (any other bearer token gets
 401) and ``no_logprobs`` (answers never carry logprobs, so clients fall back).
 
+It also offers OpenAI's Batch API (``/v1/files``, ``/v1/batches``: serve_batch.py), each line
+answered by :meth:`ModelServer.answer` as if it had been sent alone, so ``--batch`` can be tried
+offline. An upload (multipart, the one kind of POST that is not JSON) must carry an
+``Authorization`` header, which a web page cannot add to a cross-site request without a
+preflight this server never grants.
+
 Extension points (for servers built on this one): every response leaves through
-:meth:`Handler.send`, and :meth:`ModelServer.answer` turns one authorised POST into a :class:`Reply`.
+:meth:`Handler.send`, :meth:`ModelServer.answer` turns one authorised POST into a :class:`Reply`,
+and :meth:`ModelServer.batch_expired` says when a batch has run out of time.
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ import numpy as np
 
 from blackbox.errors import BlackboxError
 
+from .serve_batch import MAX_FILE_BYTES, WINDOW, BatchService, Refused, route_of
 from .serve_lm import CHAT, COMPLETIONS, ServedLM
 
 SERVED_NAME = "efficientnet-lite0"
@@ -164,6 +172,13 @@ class Reply:
         return json.dumps(self.payload).encode()
 
 
+class FileReply(Reply):
+    """A file's content, sent as it is."""
+
+    def encode(self) -> bytes:
+        return self.payload
+
+
 class _Refusal(Exception):
     """A request answered with an error instead of a completion."""
 
@@ -207,11 +222,13 @@ def _question(body: dict, model_id: str) -> _Question:
 
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict | None = None) -> None:
-    """Answer ``data`` (JSON bytes) with ``status`` and a Content-Length."""
+    """Answer ``data`` (JSON bytes, unless ``headers`` name another Content-Type) with ``status``
+    and a Content-Length."""
+    headers = dict(headers or {})
     handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
     handler.send_header("Content-Length", str(len(data)))
-    for k, v in (headers or {}).items():
+    for k, v in headers.items():
         handler.send_header(k, v)
     handler.end_headers()
     handler.wfile.write(data)
@@ -243,9 +260,13 @@ class Handler(BaseHTTPRequestHandler):
         route = self.path.rstrip("/")
         if not self.host_allowed():
             return
+        kind, ids, query = route_of(self.path)
         if route in ("/v1/models", "/models") or route.startswith(("/v1/models/", "/models/")):
             if self.authorised():
                 self.reply(self.server.models(route))
+        elif kind in ("batches", "batch", "file", "content"):
+            if self.authorised():
+                self.reply(self.server.batch_request(kind, ids, query))
         else:
             self.refuse(404, f"no route {self.path}")
 
@@ -253,16 +274,23 @@ class Handler(BaseHTTPRequestHandler):
         if not self.host_allowed():
             self.close_connection = True
             return
-        raw = self.read_body()
+        kind, ids, _ = route_of(self.path)
+        if kind == "files" and not self.headers.get("Authorization"):
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            return self.refuse(401, "an upload needs an Authorization header")
+        raw = self.read_body(upload=kind == "files")
         if raw is None:
             return
         route = self.path.rstrip("/")
-        if route not in POST_ROUTES:
+        if route not in POST_ROUTES and kind not in ("files", "batches", "cancel"):
             return self.refuse(404, f"no route {self.path}")
-        if self.authorised():
-            if self.server.latency:
-                time.sleep(self.server.latency)
-            self.reply(self.server.answer(route, raw))
+        if not self.authorised():
+            return
+        if kind:
+            return self.reply(self.server.batch_request(kind, ids, raw, self.headers.get("Content-Type", "")))
+        if self.server.latency:
+            time.sleep(self.server.latency)
+        self.reply(self.server.answer(route, raw))
 
     def authorised(self) -> bool:
         """True when no key is required or the request carries it; otherwise answers 401."""
@@ -284,12 +312,15 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def read_body(self) -> bytes | None:
-        """The request body, or None after answering an error (size, type or a lying length)."""
+    def read_body(self, upload: bool = False) -> bytes | None:
+        """The request body, or None after answering an error (size, type or a lying length).
+        JSON only (a web page cannot post JSON to us without a preflight), except an ``upload``:
+        multipart, up to a request file's size (its Authorization header is the safeguard)."""
         self.close_connection = True  # until the body is read whole, the connection cannot be reused
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":  # a web page cannot post JSON to us without a preflight
-            self.refuse(415, "send the request as Content-Type: application/json")
+        wanted = "multipart/form-data" if upload else "application/json"
+        if ctype != wanted:
+            self.refuse(415, f"send the request as Content-Type: {wanted}")
             return None
         if self.headers.get("Transfer-Encoding"):
             self.refuse(411, "send a Content-Length (no chunked bodies)")
@@ -298,9 +329,9 @@ class Handler(BaseHTTPRequestHandler):
         if not text.isdigit():
             self.refuse(400 if text else 411, f"bad Content-Length {text!r}" if text else "Content-Length required")
             return None
-        length = int(text)
-        if length > MAX_BODY:
-            self.refuse(413, f"the request body is larger than {MAX_BODY >> 20} MB")
+        length, limit = int(text), MAX_FILE_BYTES + (1 << 20) if upload else MAX_BODY
+        if length > limit:
+            self.refuse(413, f"the request body is larger than {limit >> 20} MB")
             return None
         try:
             raw = self.rfile.read(length)
@@ -338,7 +369,8 @@ class ModelServer(ThreadingHTTPServer):
         self.text_model = text_model if text_model is not None else ServedLM(fingerprint=self.fingerprint)
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
-        self.price = dict(price) if price is not None else {"input": 0.0, "output": 0.0}
+        self.price = dict(price) if price is not None else {"input": 0.0, "output": 0.0, "batch": 0.5}
+        self.batches = BatchService(self)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread: threading.Thread | None = None
 
@@ -405,6 +437,33 @@ class ModelServer(ThreadingHTTPServer):
                 return "Yes" if self.rng.random() < p else "No"
         return "Yes" if p >= 0.5 else "No"
 
+    def batch_request(self, kind: str, ids: list[str], raw: bytes | str = b"", content_type: str = "") -> Reply:
+        """One authorised request to the Batch API (see serve_batch.py): ``kind`` from
+        :func:`~.serve_batch.route_of`, ``raw`` the body of a POST or the query of a GET."""
+        service = self.batches
+        try:
+            if kind == "content":
+                return FileReply(200, service.file(ids[0]).data, {"Content-Type": "application/octet-stream"})
+            if kind == "file":
+                return Reply(200, service.file(ids[0]).card())
+            if kind == "batch":
+                return Reply(200, service.batch(ids[0]).card())
+            if kind == "cancel":
+                return Reply(*service.cancel(ids[0]))
+            if kind == "files":
+                return Reply(*service.upload(content_type, raw))
+            if kind == "batches" and isinstance(raw, str):
+                return Reply(*service.listing(raw))
+            return Reply(*service.create(raw))
+        except Refused as exc:
+            return Reply.error(exc.status, str(exc))
+        except (ValueError, TypeError) as exc:
+            return Reply.error(400, f"bad request: {exc}")
+
+    def batch_expired(self, batch, answered: int) -> bool:
+        """Has ``batch`` (``answered`` lines done) run out of its completion window?"""
+        return time.time() >= batch.created + WINDOW
+
     def score(self, raw: bytes) -> Reply:
         """A plain JSON endpoint (for the generic HTTP adapter): {image, label} -> {log_prob}."""
         try:
@@ -449,6 +508,7 @@ class ModelServer(ThreadingHTTPServer):
         return self
 
     def stop(self):
+        self.batches.closing.set()
         self.shutdown()
         self.server_close()
         if self._thread is not None:
