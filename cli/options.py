@@ -34,8 +34,10 @@ share = _bounded(float, "a number", lambda v: 0 <= v <= 1, "between 0 and 1")
 
 def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
                        title: str = "remote models (gpt-vision, openai:<model>, http:<spec.json>)",
-                       concurrency: int = 16) -> None:
-    """The endpoint, budget and retry options; ``images=False`` leaves out the vision-only ones."""
+                       concurrency: int = 16, batch_help: str | None = None) -> None:
+    """The endpoint, budget and retry options; ``images=False`` leaves out the vision-only ones;
+    ``batch_help`` (what ``--batch`` does for this command) adds the half-price ways of sending,
+    ``--batch`` and ``--service-tier``."""
     g = parser.add_argument_group(title)
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                    help="environment variable holding the API key (default: OPENAI_API_KEY)")
@@ -53,6 +55,12 @@ def add_remote_options(parser: argparse.ArgumentParser, images: bool = True,
     g.add_argument("--max-tokens", type=positive_int, metavar="N", help="hard cap on tokens spent")
     g.add_argument("--prices", metavar="JSON", help="price table {model: {input, output}} in USD per 1M tokens")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the query cache")
+    if batch_help:
+        g.add_argument("--batch", action="store_true", help=batch_help)
+        g.add_argument("--service-tier", choices=("default", "flex"),
+                       help="flex: OpenAI's flex processing (o3, o4-mini and gpt-5 models: see the price table) "
+                            "at the batch price, answered one by one but slower; its 429 'resource unavailable' "
+                            "is retried (raise --timeout if answers are slow)")
     if images:
         g.add_argument("--resolution", type=positive_int, metavar="PX",
                        help="longer side of the image sent (default: the model's own, 512 for chat models)")

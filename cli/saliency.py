@@ -11,6 +11,7 @@ import numpy as np
 from blackbox.errors import ModelError
 
 from . import remote, saliency_many
+from .remote import interrupted_line
 from .files import check_figure_format, check_outputs, save_npy
 from .options import (ALLOCATOR_CHOICES, add_model_file_options, add_output_options, add_remote_options, nonneg_int,
                       positive_float, positive_int, share)
@@ -24,6 +25,7 @@ examples:
   blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
   blackbox saliency coffee.png --method ig-steps   # the map white-box IG would draw
   blackbox saliency coffee.png --focus 0.3        # half the queries re-rank the top 30% of patches
+  blackbox saliency coffee.png --model gpt-vision --target espresso --batch   # half price, answers later
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
@@ -41,6 +43,17 @@ how it works:
   themselves while every other patch stays (or, one pair in three, stays removed), so the
   others' effects cancel and the top patches are ordered precisely. The map deletes faster,
   but two seeds agree a little less and insertion is about the same or lower.
+
+half price (--batch, remote OpenAI models):
+  The map's queries are drawn before any is answered, so they can go to OpenAI's Batch API as
+  one batch (a design in stages, --refine or --focus, sends one batch per stage): half the
+  price, answers within 24 hours (usually minutes), a progress line on stderr while it runs.
+  The map is the one the run without --batch draws (same seed, same requests). --queries,
+  --max-tokens and --max-cost reserve the batch's worst case before it is uploaded. The batch
+  is recorded in the query cache: a run stopped while it runs (Ctrl-C, a lost terminal) and
+  started again with the same command waits for that batch instead of paying again; what an
+  expired or cancelled batch did not answer is sent again as a new batch. --dry-run prints
+  both prices. Try it offline against 'blackbox serve', which has the Batch API too.
 
 outputs:
   --out      the cell map smoothly upsampled (bilinear between cell centres, as the colour bar
@@ -106,7 +119,8 @@ def add_parser(sub) -> None:
     s.add_argument("--target-error", type=positive_float, metavar="E",
                    help="stop once the relative standard error of the map is <= E (e.g. 0.2); "
                         "reports the queries saved")
-    add_remote_options(s)
+    add_remote_options(s, batch_help="send the map's queries through OpenAI's Batch API: half price, answers "
+                                     "within 24 h (usually minutes), one batch per stage; resumable (see 'half price')")
     add_model_file_options(s)
     saliency_many.add_many_options(s)
 
@@ -148,8 +162,7 @@ def run(args) -> int:
 
         atexit.register(gc.freeze)  # exit without a final sweep of every object (a second or more)
         if model.paid:
-            print(f"blackbox: interrupted after {budget.queries} paid requests; every answer received is "
-                  "cached: rerun the same command to resume (cached answers are not paid again)", file=sys.stderr)
+            print(interrupted_line(model, budget), file=sys.stderr)
         else:
             print("blackbox: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -166,7 +179,7 @@ def _explain(args, model, original, budget, started) -> int:
         return 0
     explainer = Saliency.from_options(**saliency_many.saliency_options(args, seed=False))
     done = explain_image(model, original, target=args.target, queries=args.queries, explainer=explainer,
-                         seed=args.seed, budget=budget, progress=not args.no_progress)
+                         seed=args.seed, budget=budget, progress=not args.no_progress, batch=args.batch)
     if args.dry_run:
         report = remote.dry_run_report(model, args, done.map_queries)
         print(json.dumps(report)) if args.json else remote.print_dry_run(report)

@@ -25,11 +25,13 @@ many images:
   blackbox saliency photos/ --out-dir out/ --executor pool --workers 2
   blackbox saliency photos/ --out-dir out/ --executor ray --address auto
   blackbox saliency photos/ --model gpt-vision --target cat --out-dir out/ --max-cost 2 --dry-run
+  blackbox saliency photos/ --model gpt-vision --target cat --out-dir out/ --batch
   Several IMAGEs (files or folders of images) or --out-dir explain them all, --queries map
   queries each, with one budget (--max-queries/--max-tokens/--max-cost/--deadline cap the whole
   run) and write OUT/NAME.json, NAME.npz (the map) and NAME.png per image plus OUT/summary.json.
   Rerun the same command to finish an interrupted run: images already done are skipped and a
-  remote model's answered queries come from the cache.
+  remote model's answered queries come from the cache. With --batch (serial executor) the
+  queries of every image go out together: one batch per stage for the whole folder.
 """
 
 
@@ -90,7 +92,8 @@ def run(args) -> int:
     batch = explain_many(args.image, model_spec(args.model, **model_options), queries=args.queries,
                          targets=args.target, budget=budget, out_dir=args.out_dir, executor=args.executor,
                          workers=args.workers, address=args.address, faithfulness=args.faithfulness,
-                         overlays=not args.no_overlays, progress=not args.no_progress, **saliency_options(args))
+                         overlays=not args.no_overlays, progress=not args.no_progress, batch=args.batch,
+                         **saliency_options(args))
     summary = batch.summary()
     if args.json:
         print(json.dumps(summary, default=str))
@@ -102,10 +105,9 @@ def run(args) -> int:
               f"{spent['queries']} queries in {batch.seconds:.1f} s (executor {batch.executor}, {batch.workers} "
               f"worker{'s' if batch.workers > 1 else ''})")
         if remote.is_remote(args.model):
-            paid = sum(r.details.get("paid", 0) for r in batch)
             cached = sum(r.details.get("cached", 0) for r in batch)
-            print(f"remote usage: {paid} requests paid, {cached} from cache, {spent['tokens']} tokens, "
-                  f"${spent['cost']:.4f}")
+            print(f"remote usage: {spent['queries']} requests paid{' (through the Batch API)' if args.batch else ''}, "
+                  f"{cached} from cache, {spent['tokens']} tokens, ${spent['cost']:.4f}")
         if batch.interrupted:
             print(f"stopped early: {batch.interrupted}; rerun the same command to finish")
         print(f"wrote {os.path.join(args.out_dir, 'summary.json')} and NAME.json/.npz"

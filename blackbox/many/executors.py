@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BlackboxError, BudgetExceeded, InputError
 from ..models import ImageModel, as_image_model
-from ..queries import Budget
+from ..queries import Budget, StagePending
 from .ledger import SharedBudget, SQLiteLedger
 
 EXECUTORS = ("serial", "pool", "ray")
@@ -123,6 +123,7 @@ class Job:
     share: int = 1
     threads: int | None = None
     cache: Any = None
+    batch: bool = False   # the model collects requests for its batch interface (serial runs only)
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     local_budget: Budget | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
@@ -230,6 +231,8 @@ def _worker(job: Job) -> Worker:
             worker = Worker.over(job.handle.build(budget=budget, cache=job.cache, share=job.share,
                                                   threads=job.threads), budget)
         _limit_threads(job.threads)  # after the build: torch may have been imported by it
+        if job.batch:
+            worker.model.collect(True)
         _WORKER[job.key] = worker
     return worker
 
@@ -249,6 +252,8 @@ def run_task(job: Job, task: Task):
         worker.budget.owner = task.owner
     try:
         return explain_image(worker, job, task)
+    except StagePending:  # its requests wait for the run's next batch: the driver sends it, then again
+        return ImageResult(task.name, task.source, task.digest, "waiting", task.target)
     except BudgetExceeded as exc:
         return failed("stopped", exc)
     except InputError as exc:
@@ -258,8 +263,9 @@ def run_task(job: Job, task: Task):
 
 
 def _usage(model) -> dict:
+    """Requests paid (one by one, or earlier in this batched run) and read from the cache."""
     u = model.usage() or {}
-    return {"paid": u.get("sent", 0), "cached": u.get("cache_hits", 0)} if u else {}
+    return {"paid": u.get("sent", 0) + u.get("batch_hits", 0), "cached": u.get("cache_hits", 0)} if u else {}
 
 
 def explain_image(worker: Worker, job: Job, task: Task):
@@ -315,8 +321,15 @@ class SerialExecutor:
             future.set_exception(exc)
         return future
 
+    def send_batch(self, progress: bool = True) -> int:
+        """Send what the images waiting have collected, as one batch (see :func:`run_task`)."""
+        worker = _WORKER.get(self.job.key)
+        return worker.model.send_batch(progress) if worker is not None else 0
+
     def close(self) -> None:
-        pass
+        worker = _WORKER.get(self.job.key) if getattr(self, "job", None) is not None else None
+        if worker is not None and self.job.batch:
+            worker.model.collect(False)
 
 
 class ProcessPool:

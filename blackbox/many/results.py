@@ -22,7 +22,8 @@ class ImageResult:
 
     ``status``: ``done``; ``stopped`` (the budget ran out: the map holds what was paid for, and
     a rerun redoes it); ``failed`` (the image could not be explained: ``error`` says why);
-    ``pending`` (never started: the budget ran out first, or the run was interrupted)."""
+    ``pending`` (never started: the budget ran out first, or the run was interrupted). Within a
+    batched run an image is ``waiting`` while its requests wait for the run's next batch."""
 
     name: str
     source: str | None

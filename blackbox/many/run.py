@@ -151,6 +151,7 @@ def explain_many(
     faithfulness: bool | int = False,
     overlays: bool = False,
     progress: bool = True,
+    batch: bool = False,
     **options,
 ) -> BatchResult:
     """Explain every image in ``images`` with ``queries`` queries each; one shared ``budget``.
@@ -165,7 +166,10 @@ def explain_many(
     images already done. ``executor``: ``serial`` (default), ``pool`` (local processes, one
     intra-op thread each) or ``ray`` (``address`` of a cluster; default: start a local one).
     ``faithfulness``: also measure deletion/insertion AUCs (True: 20 steps; an int: that many),
-    paid from the same budget. Other ``options`` go to :func:`blackbox.saliency` (``method``,
+    paid from the same budget. ``batch``: send the queries through the model's batch interface
+    (OpenAI's Batch API, half price): every image runs until its first stage that needs answers,
+    then what all of them collected goes out as one batch, and so on (serial executor only: the
+    provider runs the batch). Other ``options`` go to :func:`blackbox.saliency` (``method``,
     ``space``, ``grid``, ``seed``...): each image is explained as ``blackbox.explain`` would
     explain it alone, with the same seed, so the maps do not depend on the executor.
     """
@@ -177,20 +181,15 @@ def explain_many(
     steps = (20 if faithfulness is True else int(faithfulness)) if faithfulness else None
     items = collect_images(images, targets)
     handle = ModelHandle.of(model)
-    runner = make_executor(executor, workers=workers, address=address, handle=handle)
+    runner = make_executor(executor, workers=workers, address=address, handle=handle, batch=batch)
     settings = run_settings(handle.describe(), queries, options, steps)
     folder = ResultsFolder(out_dir) if out_dir is not None else None
     started = time.perf_counter()
-    results: dict[str, ImageResult] = {}
     interrupted = None
     try:
-        if folder is not None:
-            for item in items:
-                done = folder.finished(item, settings)
-                if done is not None:
-                    results[item.name] = done
+        results = _finished(folder, items, settings)
         job = Job.create(handle, budget, folder, queries=queries, options=options, faithfulness=steps,
-                         progress=progress and runner.name == "serial")
+                         progress=progress and runner.name == "serial", batch=batch)
         try:
             runner.start(job)
             todo = [item for item in items if item.name not in results]
@@ -204,19 +203,33 @@ def explain_many(
             for item in items:  # images never started (budget exhausted, or interrupted)
                 results.setdefault(item.name, ImageResult(item.name, item.source, item.digest, "pending",
                                                           item.target, error=interrupted))
-            batch = BatchResult([results[i.name] for i in items], spent, time.perf_counter() - started,
-                                runner.name, runner.slots, settings, str(folder.path) if folder else None,
-                                interrupted)
+            outcome = BatchResult([results[i.name] for i in items], spent, time.perf_counter() - started,
+                                  runner.name, runner.slots, settings, str(folder.path) if folder else None,
+                                  interrupted)
             if folder is not None:
-                folder.save_summary(batch.summary())
-        return batch
+                folder.save_summary(outcome.summary())
+        return outcome
     finally:
         if folder is not None:
             folder.close()
 
 
-def make_executor(executor, *, workers: int | None = None, address: str | None = None, handle: ModelHandle):
-    """An executor from its name (or the object itself)."""
+def _finished(folder, items: list[ImageItem], settings: dict) -> dict[str, ImageResult]:
+    """The images a results folder already holds with these settings (a resumed run skips them)."""
+    results: dict[str, ImageResult] = {}
+    for item in items if folder is not None else ():
+        done = folder.finished(item, settings)
+        if done is not None:
+            results[item.name] = done
+    return results
+
+
+def make_executor(executor, *, workers: int | None = None, address: str | None = None, handle: ModelHandle,
+                  batch: bool = False):
+    """An executor from its name (or the object itself); a batched run is serial."""
+    if batch and getattr(executor, "name", executor) != "serial":
+        raise InputError("--batch sends the whole run as batches from this process: use the serial executor "
+                         "(the provider runs the batch; local workers add nothing)")
     if not isinstance(executor, str):
         return executor
     if executor not in EXECUTORS:
@@ -240,74 +253,103 @@ def make_executor(executor, *, workers: int | None = None, address: str | None =
 
 
 def _drive(runner, job, todo: Sequence[ImageItem], results: dict, folder, settings, overlays, progress):
-    """Keep the workers busy, write each result as it arrives, retry images whose worker died.
+    """Keep the workers busy, write each result as it arrives, retry images whose worker died. In
+    a batched run, images that stop at a stage wait; once none is running, what they collected goes
+    out as one batch (:meth:`SerialExecutor.send_batch`) and they run again.
 
     Returns why the run stopped short (budget), or None."""
-    pending = deque(todo)
-    running: dict = {}
-    attempts: Counter = Counter()
-    stop_reason = None
-    fruitless_crashes = 0  # worker deaths since an image last finished
-    images_bar = _bar(progress, len(todo), "images", "img")
+    run = _Drive(deque(todo), results, folder, settings, overlays, _bar(progress, len(todo), "images", "img"))
     queries_bar = _bar(progress and runner.name != "serial", len(todo) * job.queries_per_image, "queries", "q")
     spent_at_start = job.ledger_queries()
     try:
-        while pending or running:
-            while pending and stop_reason is None and len(running) < runner.queue:
-                item = pending.popleft()
-                attempts[item.name] += 1
-                try:
-                    task = task_for(item, f"{item.name}#{attempts[item.name]}")
-                except InputError as exc:  # unreadable file: this image fails, the run goes on
-                    results[item.name] = ImageResult(item.name, item.source, item.digest, "failed",
-                                                     item.target, error=str(exc))
-                    _tick(images_bar)
-                    continue
-                running[runner.submit(task)] = (item, task)
-            if not running:
+        while run.pending or run.running or run.waiting:
+            if run.waiting and not run.pending and not run.running and run.stop_reason is None:
+                runner.send_batch(progress)
+                run.pending.extend(run.waiting)
+                run.waiting.clear()
+            run.submit(runner)
+            if not run.running:
                 break
-            done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            done, _ = wait(list(run.running), timeout=0.5, return_when=FIRST_COMPLETED)
             if queries_bar is not None:  # what the workers spent, read from the shared ledger
                 queries_bar.n = min(queries_bar.total, job.ledger_queries() - spent_at_start)
                 queries_bar.refresh()
             crashed = False
             for future in done:
-                item, task = running.pop(future)
-                try:
-                    result = future.result()
-                except runner.crash_errors:  # the worker died: what it held counts as spent
-                    job.reclaim(task.owner)
-                    crashed = True
-                    if attempts[item.name] < MAX_ATTEMPTS:
-                        pending.appendleft(item)
-                    else:
-                        results[item.name] = ImageResult(item.name, item.source, item.digest, "failed", item.target,
-                                                         error=f"the worker died {MAX_ATTEMPTS} times on this image")
-                        _tick(images_bar)
-                    continue
-                if result.status == "error":  # the model or endpoint cannot work: stop the run
-                    kind = {"InputError": InputError, "ModelError": ModelError}.get(result.details.get("kind"))
-                    raise (kind or BlackboxError)(result.error)
-                if result.status == "stopped":
-                    stop_reason = stop_reason or result.error
-                results[item.name] = result
-                fruitless_crashes = 0
-                if folder is not None:
-                    if result.status == "done":
-                        folder.save(result, settings)
-                    if overlays and result.map is not None:
-                        folder.save_overlay(result, task.pixels if item.source is None else None)
-                _tick(images_bar)
+                crashed |= run.take(future, runner, job)
             if crashed:
-                fruitless_crashes += 1
-                if fruitless_crashes >= MAX_ATTEMPTS:
+                run.fruitless_crashes += 1
+                if run.fruitless_crashes >= MAX_ATTEMPTS:
                     raise ModelError(f"the {runner.name} workers keep dying before they finish an image"
                                      f"{getattr(runner, 'crash_hint', '')}")
-        return stop_reason
+        return run.stop_reason
     finally:
-        for bar in (images_bar, queries_bar):
+        for bar in (run.images_bar, queries_bar):
             if bar is not None:
                 bar.close()
+
+
+@dataclass
+class _Drive:
+    """The state of :func:`_drive`: images to start, running, waiting for a batch; why it stops."""
+
+    pending: deque
+    results: dict
+    folder: Any
+    settings: dict
+    overlays: bool
+    images_bar: Any
+    running: dict = field(default_factory=dict)
+    waiting: list = field(default_factory=list)
+    attempts: Counter = field(default_factory=Counter)
+    stop_reason: str | None = None
+    fruitless_crashes: int = 0  # worker deaths since an image last finished
+
+    def submit(self, runner) -> None:
+        """Start images while the workers have room (an unreadable file fails its image only)."""
+        while self.pending and self.stop_reason is None and len(self.running) < runner.queue:
+            item = self.pending.popleft()
+            self.attempts[item.name] += 1
+            try:
+                task = task_for(item, f"{item.name}#{self.attempts[item.name]}")
+            except InputError as exc:
+                self.results[item.name] = ImageResult(item.name, item.source, item.digest, "failed",
+                                                      item.target, error=str(exc))
+                _tick(self.images_bar)
+                continue
+            self.running[runner.submit(task)] = (item, task)
+
+    def take(self, future, runner, job) -> bool:
+        """One finished task: its result written, its image retried or waiting; True if its worker died."""
+        item, task = self.running.pop(future)
+        try:
+            result = future.result()
+        except runner.crash_errors:  # the worker died: what it held counts as spent
+            job.reclaim(task.owner)
+            if self.attempts[item.name] < MAX_ATTEMPTS:
+                self.pending.appendleft(item)
+            else:
+                self.results[item.name] = ImageResult(item.name, item.source, item.digest, "failed", item.target,
+                                                      error=f"the worker died {MAX_ATTEMPTS} times on this image")
+                _tick(self.images_bar)
+            return True
+        if result.status == "error":  # the model or endpoint cannot work: stop the run
+            kind = {"InputError": InputError, "ModelError": ModelError}.get(result.details.get("kind"))
+            raise (kind or BlackboxError)(result.error)
+        if result.status == "waiting":
+            self.waiting.append(item)
+            return False
+        if result.status == "stopped":
+            self.stop_reason = self.stop_reason or result.error
+        self.results[item.name] = result
+        self.fruitless_crashes = 0
+        if self.folder is not None:
+            if result.status == "done":
+                self.folder.save(result, self.settings)
+            if self.overlays and result.map is not None:
+                self.folder.save_overlay(result, task.pixels if item.source is None else None)
+        _tick(self.images_bar)
+        return False
 
 
 def _bar(show: bool, total: int, what: str, unit: str):
