@@ -354,7 +354,7 @@ def test_one_counter_the_runner_adopts_the_engine_budget_and_every_billable_atte
 
 def test_the_server_describes_its_view_and_price_in_its_model_card(model, tmp_path):
     """`blackbox serve` is not special-cased: the client learns the embedded classifier's view
-    (centre crop at 224) and its zero price from the model card."""
+    (centre crop at 224) and its zero price (with the Batch API's share) from the model card."""
     from blackbox.adapters.remote.openai_vision import openai_vision_model
     from blackbox.adapters.remote.pricing import DEFAULT_PRICES
     from blackbox.adapters.remote.serve import ClassifierScorer
@@ -365,7 +365,7 @@ def test_the_server_describes_its_view_and_price_in_its_model_card(model, tmp_pa
         remote = openai_vision_model("openai:efficientnet-lite0", base_url=srv.url, cache=False,
                                      budget=Budget(max_cost=0.01))  # a money cap needs a price: the card's
         assert remote.view(400, 600) == model.view(400, 600)
-        assert remote.engine.prices.price("efficientnet-lite0") == {"input": 0.0, "output": 0.0}
+        assert remote.engine.prices.price("efficientnet-lite0") == {"input": 0.0, "output": 0.0, "batch": 0.5}
         assert remote.provenance()["view"]["kind"] == "center_crop" and remote.provenance()["model_card"]
         remote.close()
         wider = openai_vision_model("openai:efficientnet-lite0", base_url=srv.url, cache=False, resolution=320)
