@@ -27,17 +27,18 @@ __all__ = [
 
 
 def explain(image, model, target=None, *, queries: int = 1000, seed: int | None = 0, budget: Budget | None = None,
-            progress: bool = False, **options) -> SaliencyResult:
+            progress: bool = False, batch: bool = False, **options) -> SaliencyResult:
     """Notebook shortcut: a saliency map of ``image`` (a path or an array) on ``model``.
 
     ``model`` is any :class:`ImageModel` (for example ``blackbox.adapters.load_image_model()``,
     the embedded classifier); ``target`` is a label, a class index or None for the top class;
-    ``options`` name the parts as :func:`saliency` does. The map at the image's own resolution is
-    ``result.full_map`` (``result.display_map`` for drawing).
+    ``options`` name the parts as :func:`saliency` does. ``batch``: a paid endpoint with a batch
+    interface answers through it (OpenAI's Batch API: half price, answers later; the same map).
+    The map at the image's own resolution is ``result.full_map`` (``result.display_map`` for drawing).
     """
     from .images import as_float_image
     from .saliency.pipeline import explain_image
 
     original = as_float_image(image) if isinstance(image, np.ndarray) else load_image(image)
     return explain_image(model, original, target=target, queries=queries, seed=seed, budget=budget,
-                         progress=progress, explainer=Saliency.from_options(**options)).result
+                         progress=progress, explainer=Saliency.from_options(**options), batch=batch).result

@@ -86,6 +86,17 @@ def test_a_batched_map_is_the_synchronous_map_and_a_rerun_pays_nothing(servers, 
     assert usage["budget"]["queries"] == 0 and usage["cache_hits"] == 41
 
 
+def test_explain_takes_batch_and_a_local_model_refuses_it(servers, tmp_path, model):
+    import blackbox
+
+    srv = servers()
+    with model_on(srv, tmp_path / "c.sqlite") as remote:
+        result = blackbox.explain(photo() / 255.0, remote, "cat", queries=21, grid=3, batch=True)
+    assert result.queries == 20 and srv.batch_sizes() == [20]
+    with pytest.raises(InputError, match="no batch interface"):
+        blackbox.explain(photo() / 255.0, model, queries=21, grid=3, batch=True)
+
+
 @pytest.mark.parametrize("design,stages", [({"focus": 0.3}, 2), ({"refine": True}, 2),
                                            ({"space": "pixel", "allocator": "neyman", "blocks": 3, "rounds": 3}, 3)])
 def test_designs_in_stages_send_one_batch_per_stage(servers, tmp_path, design, stages):
