@@ -49,6 +49,7 @@ class Server:
 
 
 def blackbox(args, cache: str, **popen):
+    """The command with its own cache folder: ``(JSON report, stderr)``, or the process (``popen``)."""
     env = {**os.environ, "BLACKBOX_CACHE_DIR": cache, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("OPENAI_API_KEY", None)
     if popen:
@@ -60,12 +61,14 @@ def blackbox(args, cache: str, **popen):
 
 
 def dry_run(photo: Path, work: Path) -> dict:
+    """The two prices of 1000 gpt-vision queries at low detail (nothing is sent; no key needed)."""
     report, _ = blackbox(["saliency", photo, "--model", "gpt-vision", "--target", "espresso", "--queries", QUERIES,
                           "--detail", "low", "--dry-run", "--json", "--batch"], str(work / "dry"))
     return {k: report[k] for k in ("estimated_cost", "estimated_batch_cost", "batch_ratio", "would_send")}
 
 
 def same_map(photo: Path, work: Path) -> dict:
+    """One map sent one by one and batched (each against a server of its own), then batched again."""
     args = lambda url, name: ["saliency", photo, "--model", "openai:efficientnet-lite0", "--base-url", url,  # noqa: E731
                               "--target", "espresso", "--queries", QUERIES, "--json", "--save-map", work / name]
     alone, batched = Server(), Server()
@@ -91,6 +94,7 @@ def same_map(photo: Path, work: Path) -> dict:
 
 
 def killed_while_polling(photo: Path, work: Path) -> dict:
+    """A batched run SIGKILLed once 300 of its lines are answered, then the same command again."""
     server = Server(latency=0.005)
     args = ["saliency", photo, "--model", "openai:efficientnet-lite0", "--base-url", server.url, "--target",
             "espresso", "--queries", QUERIES, "--json", "--batch"]

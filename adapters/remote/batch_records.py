@@ -94,10 +94,12 @@ class BatchRecords:
         return Record(row, digest, None, None, set(keys))
 
     def uploaded(self, record: Record, file_id: str) -> None:
+        """The request file is at the provider (a rerun can look for a batch made from it)."""
         record.file_id = file_id
         self._write([("UPDATE batches SET file_id = ? WHERE id = ?", (file_id, record.row))])
 
     def created(self, record: Record, batch_id: str) -> None:
+        """The batch exists at the provider: a rerun polls it."""
         record.batch_id = batch_id
         self._write([("UPDATE batches SET batch_id = ? WHERE id = ?", (batch_id, record.row))])
 

@@ -80,6 +80,7 @@ class Spool:
         return key in self.lines
 
     def add(self, key: str, request: dict, sent: dict, validate) -> None:
+        """Append the line of ``sent`` (the request as it goes out) under ``key``."""
         if self._file is None:
             self._dir = tempfile.mkdtemp(prefix="blackbox-batch-")
             self._file = open(os.path.join(self._dir, "collected.jsonl"), "w+b")
@@ -100,6 +101,7 @@ class Spool:
         return path
 
     def clear(self) -> None:
+        """Forget every line and remove the temporary files."""
         if self._file is not None:
             self._file.close()
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -124,6 +124,7 @@ class BatchService:
 
     # -- files --------------------------------------------------------------------------------
     def upload(self, content_type: str, raw: bytes) -> tuple[int, dict]:
+        """``POST /v1/files``: keep a request file (purpose ``batch``) within the bounds."""
         fields = split_multipart(content_type, raw)
         purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace")
         if purpose != "batch":
@@ -159,6 +160,7 @@ class BatchService:
 
     # -- batches ------------------------------------------------------------------------------
     def create(self, raw: bytes) -> tuple[int, dict]:
+        """``POST /v1/batches``: a batch over an uploaded file, started in a thread of its own."""
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -183,6 +185,7 @@ class BatchService:
         return self._find(self.batches, batch_id, "Batch")
 
     def listing(self, query: str) -> tuple[int, dict]:
+        """``GET /v1/batches``: newest first, a page of ``limit`` after the batch ``after``."""
         params = parse_qs(query)
         limit = min(max(int((params.get("limit") or ["20"])[0] or 20), 1), 100)
         after = (params.get("after") or [None])[0]
@@ -196,6 +199,7 @@ class BatchService:
                      "last_id": page[-1]["id"] if page else None, "has_more": len(cards) > limit}
 
     def cancel(self, batch_id: str) -> tuple[int, dict]:
+        """``POST /v1/batches/{id}/cancel``: a running batch stops before its next line."""
         batch = self.batch(batch_id)
         with self.lock:
             if batch.status in ("validating", "in_progress", "finalizing"):
@@ -263,6 +267,7 @@ class BatchService:
         return reply.status, reply.payload
 
     def _finish(self, batch: Batch, out: list, errors: list, end: str) -> None:
+        """Write the output and error files, then move to the final status ``end``."""
         with self.lock:
             if end == "completed":
                 batch.move("finalizing")
