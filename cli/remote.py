@@ -73,7 +73,7 @@ def print_dry_run(report: dict) -> None:
             + (f", image detail {report['detail']}" if report.get("detail") else "") + ")"
             if report.get("tokens_per_request") else "")
     print(f"at most ~{report['estimated_tokens']} tokens{each} (worst-case reservations; actual usage is usually lower)")
-    print(_prices_line(report))
+    print(prices_line(report))
     cost = report["estimated_batch_cost"] if report.get("batch") else report["estimated_cost"]
     for cap, est, what in ((report["max_tokens"], report["estimated_tokens"], "tokens"),
                            (report["max_cost"], cost, "cost")):
@@ -81,8 +81,10 @@ def print_dry_run(report: dict) -> None:
             print(f"the {what} cap ({cap}) would stop the run before it finishes")
 
 
-def _prices_line(report: dict) -> str:
-    """The money, sent one by one and through the Batch API, side by side."""
+def prices_line(report: dict) -> str:
+    """The money, sent one by one and through the Batch API, side by side (``report``: a dry
+    run's ``estimated_cost``, ``estimated_batch_cost``, ``batch_ratio``, ``batch_discount``,
+    ``service_tier`` and ``batch``)."""
     tier = f" (service tier {report['service_tier']})" if report.get("service_tier") else ""
     ratio = f", {report['batch_ratio']:.2f}x" if report.get("batch_ratio") is not None else ""
     note = ("" if report.get("batch_discount") is not None

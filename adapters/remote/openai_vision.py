@@ -288,7 +288,7 @@ def openai_vision_model(name: str, *, base_url: str | None = None, api_key_env: 
     if described is not None and table.price(model) is None:
         table.table[model] = described
     try:
-        _check_tier(table, model, service_tier)
+        table.check_tier(model, service_tier)
     except InputError:
         transport.close()
         raise
@@ -306,13 +306,3 @@ def _card_price(pricing) -> dict | None:
     except InputError:
         return None
 
-
-def _check_tier(table: PriceTable, model: str, tier: str | None) -> None:
-    """A service tier the price table offers for the model (else one line saying where it is)."""
-    if tier is None:
-        return
-    if table.discount(model, tier) is None:
-        offered = sorted(name for name, entry in table.table.items() if tier in entry)
-        raise InputError(f"--service-tier {tier}: the price table offers no {tier} rate for {model} (it does for "
-                         f"{', '.join(offered) or 'no model'}; add \"{tier}\": 0.5 to its entry in prices.json if "
-                         "your endpoint has it)")

@@ -87,6 +87,14 @@ class PriceTable:
             return None
         return 1.0 if tier is None else p.get(tier)
 
+    def check_tier(self, model: str, tier: str | None) -> None:
+        """Refuse (one line) a service tier the table offers no rate for, for this model."""
+        if tier is not None and self.discount(model, tier) is None:
+            offered = sorted(name for name, entry in self.table.items() if tier in entry)
+            raise InputError(f"--service-tier {tier}: the price table offers no {tier} rate for {model} (it does for "
+                             f"{', '.join(offered) or 'no model'}; add \"{tier}\": 0.5 to its entry in prices.json "
+                             "if your endpoint has it)")
+
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int, tier: str | None = None) -> float | None:
         """What the tokens cost sent one by one (``tier`` None) or through ``tier``; a tier the
         model has no discount for is priced in full (a reservation must not fall short)."""
