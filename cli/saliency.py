@@ -21,28 +21,34 @@ examples:
   blackbox sample-image coffee coffee.png
   blackbox saliency coffee.png --queries 1000 --out coffee-saliency.png
   blackbox saliency coffee.png --target "tea cup" --method ig --estimator lr --json
-  blackbox saliency photo.jpg --refine --out photo-saliency.png --save-map map.npy
+  blackbox saliency photo.jpg --out photo-saliency.png --save-map map.npy
+  blackbox saliency photo.jpg --method banzhaf --refine      # random halves, coarse to fine
   blackbox saliency photo.jpg --space pixel --method vanilla --grid 16 --blocks 4
   blackbox saliency coffee.png --method ig-steps   # the map white-box IG would draw
-  blackbox saliency coffee.png --focus 0.3        # half the queries re-rank the top 30% of patches
+  blackbox saliency coffee.png --method banzhaf --focus 0.3   # the second half re-ranks the top 30%
   blackbox saliency coffee.png --model gpt-vision --target espresso --batch   # half price, answers later
 
 how it works:
   The model is only queried (forward passes). Each query perturbs the image on a GRID x GRID
   patch grid and asks for the target's log-probability. In mask space (default) a patch is
   mixed with a blurred copy, so the map says how much removing each patch lowers the target
-  score: red supports the target, blue speaks against it. The default method (banzhaf) removes
-  random halves of the patches, each mask followed by its complement; ig walks the path from
-  the blurred copy to the image instead, and ig-steps walks it without randomness, one patch
-  nudged at a time at fixed points (the same map from any seed, close to white-box IG, but
-  less faithful to removal than banzhaf: pick it to compare with gradient methods). The default estimator fits all answers at once by
-  least squares with a prior that neighbouring patches are alike (ridge); lr is the plain
-  likelihood-ratio mean over the same queries (unbiased, noisier; the default for ig-steps,
-  whose steps the prior would only blur). --focus F spends the second half of the queries on
-  the share F of patches the first half ranks highest: they are removed in halves among
-  themselves while every other patch stays (or, one pair in three, stays removed), so the
-  others' effects cancel and the top patches are ordered precisely. The map deletes faster,
-  but two seeds agree a little less and insertion is about the same or lower.
+  score: red supports the target, blue speaks against it. The default method (quarters) asks
+  for the photo once, then removes a random quarter of the patches per query (the patches split
+  into four random groups, each removed in turn): the images stay near the photo, where a
+  deletion curve looks, so when classes compete the map ranks the patches by what removing them
+  from the photo does. banzhaf removes random halves, each mask followed by its complement (far
+  from the photo: a patch can keep the target alive among halves yet hand it to a rival near the
+  photo); it is the method --blocks, the allocators, --refine and --focus work with. ig walks the
+  path from the blurred copy to the image, and ig-steps walks it without randomness, one patch
+  nudged at a time at fixed points (the same map from any seed, close to white-box IG, but less
+  faithful to removal: pick it to compare with gradient methods). The default estimator fits all
+  answers at once by least squares with a prior that neighbouring patches are alike (ridge); lr
+  is the plain mean over the same queries (for quarters, each patch's difference of mean scores
+  kept versus removed; unbiased for banzhaf and ig, noisier; the default for ig-steps, whose
+  steps the prior would only blur). --focus F (banzhaf) spends the second half of the queries
+  on the share F of patches the first half ranks highest, removed in halves among themselves
+  while every other patch stays fixed: the top patches are ordered precisely, at some cost in
+  stability from seed to seed.
 
 half price (--batch, remote OpenAI models):
   The map's queries are drawn before any is answered, so they can go to OpenAI's Batch API as
@@ -79,7 +85,8 @@ def add_parser(sub) -> None:
     s.add_argument("--queries", type=positive_int, default=1000, metavar="N", help="query budget (default: 1000)")
     default = defaults()
     s.add_argument("--method", choices=METHODS,
-                   help=f"banzhaf = remove random halves of the patches (mask space), ig = Integrated Gradients, "
+                   help=f"quarters = remove a random quarter of the patches per query (mask space), banzhaf = "
+                        f"remove random halves, ig = Integrated Gradients, "
                         f"ig-steps = Integrated Gradients from one-patch steps (mask space, no randomness), "
                         f"vanilla, smoothgrad, gradxinput (default: {SPACES['mask'].default_method} in mask space, "
                         f"{SPACES['pixel'].default_method} in pixel space)")
@@ -104,7 +111,7 @@ def add_parser(sub) -> None:
     s.add_argument("--blocks", type=positive_int, default=1, metavar="K",
                    help="perturb K spatial blocks of patches one at a time (default: 1 = all at once)")
     s.add_argument("--sigma", type=positive_float,
-                   help="noise scale (default: 0.5 for banzhaf, the step 0.05 for ig-steps, else 0.3 in mask space "
+                   help="noise scale (not used by quarters; default: 0.5 for banzhaf, the step 0.05 for ig-steps, else 0.3 in mask space "
                         "and 0.1 in pixel space)")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default: 0)")
     s.add_argument("--out", metavar="PNG",

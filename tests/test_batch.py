@@ -65,7 +65,8 @@ def saliency_map(srv, cache: Path, batch: bool, queries=41, seed=0, image=None, 
     """``(map, usage)`` of one photo, sent one by one or batched (``cap``: the budget's queries)."""
     with model_on(srv, cache, Budget(max_queries=cap or queries)) as model:
         done = explain_image(model, photo() if image is None else image, target="cat", queries=queries, seed=seed,
-                             explainer=Saliency.from_options(grid=3, **options), batch=batch)
+                             explainer=Saliency.from_options(**{"grid": 3, "method": "banzhaf", **options}),
+                             batch=batch)
         return done.result.map, model.usage()
 
 
@@ -91,14 +92,15 @@ def test_explain_takes_batch_and_a_local_model_refuses_it(servers, tmp_path, mod
 
     srv = servers()
     with model_on(srv, tmp_path / "c.sqlite") as remote:
-        result = blackbox.explain(photo() / 255.0, remote, "cat", queries=21, grid=3, batch=True)
+        result = blackbox.explain(photo() / 255.0, remote, "cat", queries=21, grid=3, method="banzhaf", batch=True)
     assert result.queries == 20 and srv.batch_sizes() == [20]
     with pytest.raises(InputError, match="no batch interface"):
         blackbox.explain(photo() / 255.0, model, queries=21, grid=3, batch=True)
 
 
 @pytest.mark.parametrize("design,stages", [({"focus": 0.3}, 2), ({"refine": True}, 2),
-                                           ({"space": "pixel", "allocator": "neyman", "blocks": 3, "rounds": 3}, 3)])
+                                           ({"space": "pixel", "method": "ig", "allocator": "neyman", "blocks": 3,
+                                             "rounds": 3}, 3)])
 def test_designs_in_stages_send_one_batch_per_stage(servers, tmp_path, design, stages):
     """Later queries depend on earlier answers: each stage is a batch of its own, and the map is
     the synchronous one (the later stages were drawn from the real answers, not placeholders)."""
@@ -117,7 +119,7 @@ def test_many_images_send_one_batch_per_stage_for_the_whole_folder(servers, tmp_
 
     srv, one_by_one = servers(), servers()
     images = {f"p{i}": photo(i) for i in range(3)}
-    options = dict(queries=41, targets="cat", grid=3, focus=0.3, progress=False)
+    options = dict(queries=41, targets="cat", grid=3, method="banzhaf", focus=0.3, progress=False)
     with model_on(one_by_one, tmp_path / "alone.sqlite") as model:
         alone = explain_many(images, model, **options)
     paid_alone = one_by_one.counters.answered
@@ -164,7 +166,7 @@ def test_a_cap_that_cannot_hold_the_batch_refuses_before_upload(servers, tmp_pat
     srv = servers()
     Image.fromarray(photo()).save(tmp_path / "p.png")
     code = main(["saliency", str(tmp_path / "p.png"), "--model", f"openai:{MODEL}", "--base-url", srv.url,
-                 "--target", "cat", "--queries", "41", "--grid", "3", "--resolution", "16", "--batch",
+                 "--target", "cat", "--queries", "41", "--grid", "3", "--method", "banzhaf", "--resolution", "16", "--batch",
                  "--max-tokens", "3000", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "nothing was uploaded" in err and len(err.strip().splitlines()) == 1, err
@@ -198,7 +200,8 @@ def test_a_run_stopped_while_its_batch_runs_collects_it_when_run_again(servers, 
     srv = servers(latency=0.05)
     Image.fromarray(photo()).save(tmp_path / "p.png")
     args = [BLACKBOX, "saliency", tmp_path / "p.png", "--model", f"openai:{MODEL}", "--base-url", srv.url,
-            "--target", "cat", "--queries", "61", "--grid", "3", "--resolution", "16", "--batch", "--json"]
+            "--target", "cat", "--queries", "61", "--grid", "3", "--method", "banzhaf", "--resolution", "16",
+            "--batch", "--json"]
     proc = subprocess.Popen(interruptible(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert _wait_for(lambda: srv.counters.answered >= 15), "the batch never got going"
     proc.send_signal(sig)

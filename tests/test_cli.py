@@ -36,7 +36,7 @@ def test_saliency_end_to_end(tmp_path, coffee_png, capsys):
 
 
 def test_focus_spends_the_second_half_on_the_top_patches(coffee_png, capsys):
-    code = main(["saliency", str(coffee_png), "--queries", "200", "--grid", "7", "--focus", "0.3", "--json",
+    code = main(["saliency", str(coffee_png), "--queries", "200", "--grid", "7", "--method", "banzhaf", "--focus", "0.3", "--json",
                  "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

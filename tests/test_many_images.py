@@ -236,6 +236,8 @@ def test_a_results_folder_is_resumed_and_guarded(model, photos, tmp_path):
 
     assert "prior_fades_above" not in run_settings({}, 1000, {}, None)
     assert run_settings({}, 4000, {}, None)["prior_fades_above"] == 1000
+    assert run_settings({}, 1000, {}, None)["method"] == "quarters"  # the default, named: another default is not reused
+    assert run_settings({}, 1000, {"method": "banzhaf"}, None)["method"] == "banzhaf"
 
 
 def test_bad_inputs_are_one_clear_error(model, photos, tmp_path):

@@ -155,7 +155,7 @@ def test_refinement_refuses_what_it_cannot_do():
     with pytest.raises(InputError, match="mask space"):
         saliency(linear_model, IMAGE, queries=300, grid=8, space="pixel", refine=True)
     with pytest.raises(InputError, match="too few"):
-        saliency(linear_model, IMAGE, queries=20, grid=8, refine=True)
+        saliency(linear_model, IMAGE, queries=20, grid=8, refine=True, method="banzhaf")
     with pytest.raises(InputError, match="mask space"):
         saliency(linear_model, IMAGE, queries=100, grid=8, space="pixel", method="banzhaf")
 
@@ -331,7 +331,7 @@ def interacting_model(images):
 
 
 def test_focus_orders_the_top_cells_exactly_where_one_pass_cannot():
-    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE))
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), method="banzhaf")
     focused, one_pass = [], []
     for seed in range(4):
         result = saliency(interacting_model, FOCUS_IMAGE, queries=400, seed=seed, focus=0.3, **options)
@@ -352,7 +352,7 @@ def test_focus_orders_the_top_cells_exactly_where_one_pass_cannot():
 def test_focus_keeps_what_a_budget_paid_for_and_refuses_what_it_cannot_do():
     from blackbox import Budget, QueryRunner
 
-    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE))
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), method="banzhaf")
     # stopped inside stage 1: the stage-1 map of what was answered, no second stage
     options.update(focus=0.3)
     early = saliency(QueryRunner(interacting_model, budget=Budget(max_queries=150)), FOCUS_IMAGE, queries=400, **options)
@@ -363,7 +363,9 @@ def test_focus_keeps_what_a_budget_paid_for_and_refuses_what_it_cannot_do():
     assert len(late.estimate.extras["focus_cells"]) == 19 and np.all(np.isfinite(late.cells))
     assert saliency(interacting_model, FOCUS_IMAGE, queries=400, grid=8).focus == 0  # off unless asked
     with pytest.raises(InputError, match="banzhaf"):
-        saliency(interacting_model, FOCUS_IMAGE, queries=400, method="ig", **options)
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, **dict(options, method="ig"))
+    with pytest.raises(InputError, match="focus do not apply"):  # the default draws its own queries
+        saliency(interacting_model, FOCUS_IMAGE, queries=400, **dict(options, method=None))
     with pytest.raises(InputError, match="does not combine"):
         saliency(interacting_model, FOCUS_IMAGE, queries=400, blocks=4, **options)
     with pytest.raises(InputError, match="does not combine"):
@@ -394,7 +396,7 @@ def test_the_smoothness_prior_fades_above_1000_queries_so_the_map_converges_to_t
 
     assert prior_weight(0.1, 500) == prior_weight(0.1, PRIOR_QUERIES) == 0.1
     assert prior_weight(0.1, 4000) == pytest.approx(0.025) and prior_weight(None, 4000) is None
-    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0)
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0, method="banzhaf")
     error = lambda cells: np.linalg.norm(cells.ravel() - BANZHAF_VALUES) / np.linalg.norm(BANZHAF_VALUES)
     faded, held = {}, {}
     for n in (1000, 2000, 8000):
@@ -408,7 +410,7 @@ def test_the_smoothness_prior_fades_above_1000_queries_so_the_map_converges_to_t
 
 
 def test_focus_fits_stage_1_with_the_prior_of_its_own_queries():
-    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0)
+    options = dict(grid=8, baseline=np.zeros_like(FOCUS_IMAGE), seed=0, method="banzhaf")
     result = saliency(banzhaf_model, FOCUS_IMAGE, queries=4000, focus=0.3, **options)
     first = saliency(banzhaf_model, FOCUS_IMAGE, queries=2000, **options)  # stage 1 alone: 2000 queries
     assert result.estimate.extras["focus_queries"] == 2000

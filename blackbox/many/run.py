@@ -24,7 +24,7 @@ from ..errors import BlackboxError, InputError, ModelError
 from .executors import EXECUTORS, Job, ModelHandle, ProcessPool, SerialExecutor, task_for
 from ..images import load_image
 from ..queries import Budget
-from ..saliency import PRIOR_QUERIES
+from ..saliency import PRIOR_QUERIES, Saliency
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_ATTEMPTS = 3  # tries per image when workers die under it
@@ -127,11 +127,15 @@ def _assign_targets(items: list[ImageItem], targets) -> None:
 
 # -- the whole run ---------------------------------------------------------------------------------
 def run_settings(model_description: dict, queries: int, options: dict, faithfulness: int | None) -> dict:
-    """What must match for a stored result to be reused. Above ``PRIOR_QUERIES`` the smoothness
-    prior fades (:func:`blackbox.saliency.prior_weight`), so such runs say so: a folder of maps made
-    before it faded is not mixed with new ones."""
+    """What must match for a stored result to be reused: the options as given, with the method
+    they resolve to named (a folder made with another default method is not reused). Above
+    ``PRIOR_QUERIES`` the smoothness prior fades (:func:`blackbox.saliency.prior_weight`), so such
+    runs say so: a folder of maps made before it faded is not mixed with new ones."""
     settings = {"model": model_description, "queries": int(queries), "faithfulness": faithfulness,
                 **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in sorted(options.items())}}
+    if settings.get("method") is None:
+        parts = {k: v for k, v in options.items() if k != "seed"}
+        settings["method"] = Saliency.from_options(**parts).method.name
     if queries > PRIOR_QUERIES:
         settings["prior_fades_above"] = PRIOR_QUERIES
     return settings

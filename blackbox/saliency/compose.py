@@ -26,7 +26,7 @@ from ..images import ImageView, as_float_image
 from ..queries import Budget, QueryRunner
 from .methods import METHODS, Method
 from .result import SaliencyResult
-from .samplers import CoarseToFine, Focus, Job, OnePass, PathSteps, Rationed, Sampler
+from .samplers import CoarseToFine, Focus, Job, OnePass, Rationed, Sampler
 from .spaces import SPACES, Mask
 
 class Saliency:
@@ -93,6 +93,9 @@ class Saliency:
         """The parts named by plain options (see :func:`blackbox.saliency.saliency`)."""
         space_part = _space(space, grid, baseline, per_channel)
         method_def = _choose(METHODS, method or space_part.default_method, "method")
+        if noise is not None and method_def.sampler is not None:
+            raise InputError(f"method {method_def.name} draws its own queries ({method_def.sampler.name}): "
+                             "noise does not apply")
         changes = {k: v for k, v in (("sigma", sigma), ("smooth", smooth), ("noise", noise)) if v is not None}
         method_def = method_def if not changes else _replace(method_def, changes)
         sampler = _sampler(method_def, blocks=blocks, allocation=allocation, control=control, allocator=allocator,
@@ -136,10 +139,10 @@ def _sampler(method: Method, *, focus, refine: bool, allocator, rounds, target_e
     given = {"blocks": blocks != 1, "allocation": allocation is not None, "allocator": allocator is not None,
              "rounds": rounds is not None, "target error": target_error is not None, "refinement": bool(refine),
              "control": control != "antithetic", "focus": bool(focus)}
-    if method.sampler is PathSteps:
-        _refuse(given, (), "Integrated Gradients in steps nudges every patch at every path point: {} do not apply",
-                control="Integrated Gradients in steps uses its own control (the path image); leave control alone")
-        return PathSteps()
+    if method.sampler is not None:
+        _refuse(given, (), f"method {method.name} draws its own queries ({method.sampler.name}): {{}} do not apply "
+                "(they go with the methods that take random directions, e.g. banzhaf)")
+        return method.sampler()
     if focus:
         sampler = Focus(focus)
         _refuse(given, ("focus",), "focus runs its own two stages: it does not combine with {}")

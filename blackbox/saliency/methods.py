@@ -16,6 +16,11 @@ method only says where the noise is centred and what the map multiplies the grad
   (``noise="hadamard"``): every two patches are removed together exactly as often as apart, so
   the estimate of one patch carries no share of another's effect (``noise="rademacher"``: fully
   random halves).
+* ``quarters`` (mask space; the default): each query removes one of four random groups of the
+  patches, a quarter of the image, so the masked images stay near the photo, where a deletion
+  curve looks; least squares with a free intercept reads each patch's effect of removal there
+  (see :mod:`blackbox.saliency.partitions`). Defined by its sampler,
+  :class:`~blackbox.saliency.partitions.Partitions`.
 * ``ig-steps`` (mask space): Integrated Gradients without random directions: at fixed midpoints
   of the path each patch is nudged alone (``noise="coordinate"``: finite differences; see
   :mod:`blackbox.saliency.path_steps`). The same map from any seed, and the one that agrees with
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .partitions import Partitions
 from .path_steps import STEP
 from .samplers import PathSteps
 
@@ -69,4 +75,6 @@ METHODS = {m.name: m for m in (
            center="half", noise="hadamard", sigma=0.5),
     Method("ig-steps", "Integrated Gradients from one-patch steps at fixed points on the path",
            path=True, times_input=True, noise="coordinate", sigma=STEP, sampler=PathSteps),
+    Method("quarters", "the effect of removing each patch near the photo, a random quarter of the patches at a time",
+           noise="partition", sigma=1.0, sampler=Partitions),
 )}

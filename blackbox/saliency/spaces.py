@@ -295,7 +295,7 @@ class MaskSpace:
     Every method gives a signed attribution: the effect on the score of removing each patch."""
 
     name = "mask"
-    default_method = "banzhaf"
+    default_method = "quarters"
     default_sigma = 0.3
     default_smooth = 0.5
 
