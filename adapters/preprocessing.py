@@ -18,6 +18,16 @@ RESIZES = ("crop", "stretch")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as Pillow's convert("L")
 
 
+def _numbers(value, name: str) -> tuple[float, ...]:
+    """One number or a sequence of numbers (per channel) as a tuple of floats."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),)
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number or one number per channel, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """From ``(n, H, W, 3)`` [0, 1] working images to the model's input tensor.
@@ -47,7 +57,7 @@ class Preprocessing:
             raise InputError(f"crop fraction must be in (0, 1], got {self.crop_fraction}")
         n = self.n_channels
         for name in ("mean", "std"):
-            values = tuple(float(v) for v in getattr(self, name))
+            values = _numbers(getattr(self, name), name)
             if len(values) == 1:
                 values *= n
             if len(values) != n:
@@ -120,3 +130,4 @@ class PreprocessedClassifier(Classifier):
 
     def view(self, height: int, width: int) -> ImageView:
         return self.preprocessing.view(height, width)
+

@@ -173,6 +173,9 @@ def test_preprocessing_views_and_tensors():
     assert Preprocessing((2, 2)).to_input(x).shape == (1, 3, 2, 2)
     with pytest.raises(InputError, match="mean needs 1 or 3 values"):
         Preprocessing(mean=(0.5, 0.5))
+    assert Preprocessing(mean=127, std=128).mean == (127.0,) * 3  # one number, as the CLI's --mean 127
+    with pytest.raises(InputError, match="std must be a number"):
+        Preprocessing(std="wide")
     with pytest.raises(InputError, match="std must not be 0"):
         Preprocessing(std=(0,))
 
