@@ -263,7 +263,7 @@ def test_detail_is_sent_and_a_money_cap_holds_at_the_billed_image_price(photo_51
     per_query = ((8500 + QUESTION_TOKENS) * 0.15 + 0.60) / 1e6  # gpt-4o-mini, detail high, 512 x 128
     cap = round(150.5 * per_query, 6)  # room for the probe and two batches of 64 requests
     code = main(["saliency", str(photo_512), "--model", "gpt-vision", "--target", "espresso", "--queries", "200",
-                 "--grid", "4", "--detail", "high", "--max-cost", str(cap), "--json", "--no-progress",
+                 "--grid", "4", "--method", "banzhaf", "--detail", "high", "--max-cost", str(cap), "--json", "--no-progress",
                  "--concurrency", "4", "--base-url", billing_server.url])
     assert code == 0
     report = json.loads(capsys.readouterr().out)

@@ -74,8 +74,11 @@ def random_png(path, size, seed):
 
 
 def remote_args(image, url, *extra):
+    """The remote CLI run; banzhaf (distinct masks on small grids) unless a method is given, so the
+    counts below are the requests of the map and the probe."""
+    method = [] if "--method" in extra else ["--method", "banzhaf"]
     return ["saliency", image, "--model", "openai:efficientnet-lite0", "--base-url", url, "--target", "espresso",
-            "--no-progress", *extra]
+            "--no-progress", *method, *extra]
 
 
 @pytest.mark.slow
@@ -88,10 +91,12 @@ def test_remote_map_through_the_served_model_matches_the_local_map(coffee_png, e
 
     srv = servers(scorer=ClassifierScorer(model))
     code, out, err = cli(capsys, *remote_args(coffee_png, srv.url, "--queries", 129, "--grid", 7, "--json",
-                                              "--scoring", "logprob", "--save-map", tmp_path / "remote.npy"))
+                                              "--method", "quarters", "--scoring", "logprob",
+                                              "--save-map", tmp_path / "remote.npy"))
     assert code == 0, err
     report = json.loads(out)
-    assert report["queries_used"] == 128 and report["usage"]["budget"]["queries"] == 129  # + the probe
+    # the probe asks for the photo, the map's first query: answered once, so 128 requests are paid
+    assert report["queries_used"] == 128 and report["usage"]["budget"]["queries"] == 128
     assert report["provenance"]["scoring"] == "logprob" and report["provenance"]["view"]["kind"] == "center_crop"
     assert report["provenance"]["system_fingerprint"] == ["blackbox-serve-0.1.0"]
     remote = np.load(tmp_path / "remote.npy")
@@ -153,7 +158,8 @@ def test_wrong_key_is_a_clear_error_and_keys_never_leak(tmp_path, env, servers, 
     srv = servers(api_key=right)
     image = random_png(tmp_path / "img.png", 40, seed=0)
     args = ["saliency", image, "--model", "openai:efficientnet-lite0", "--base-url", srv.url, "--target", "cat",
-            "--queries", 64, "--grid", 4, "--resolution", 32, "--no-progress", "--api-key-env", "MY_KEY"]
+            "--queries", 64, "--grid", 4, "--method", "banzhaf", "--resolution", 32, "--no-progress",
+            "--api-key-env", "MY_KEY"]
     monkeypatch.setenv("MY_KEY", right)
     ok = cli(capsys, *args)
     assert ok[0] == 0, ok[2]
@@ -183,7 +189,7 @@ def test_budget_cap_dry_run_and_http_endpoint(tmp_path, env, servers, capsys):
     srv = servers()
     image = random_png(tmp_path / "img.png", 48, seed=1)
     base = ["saliency", image, "--model", "openai:efficientnet-lite0", "--base-url", srv.url, "--target", "cat",
-            "--queries", 200, "--grid", 4, "--resolution", 32, "--no-progress"]
+            "--queries", 200, "--grid", 4, "--method", "banzhaf", "--resolution", 32, "--no-progress"]
     code, out, err = cli(capsys, *base, "--dry-run", "--json")
     assert code == 0, err
     plan = json.loads(out)

@@ -392,7 +392,7 @@ def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkey
     image = images(1, seed=11, size=32)[0]
     first = vision(srv)
     a = saliency(QueryRunner(first.score_fn(first.resolve_target("cat")), batch_size=16), image,
-                 queries=96, grid=4, seed=0)
+                 queries=96, grid=4, seed=0, method="banzhaf")
     first.close()
     paid = srv.counters.answered
     assert paid == 96 and srv.counters.duplicate_paid == 0  # the probe asked about the first image
@@ -402,7 +402,7 @@ def test_a_cached_rerun_renders_no_image_and_pays_nothing(server_factory, monkey
     again = vision(srv)
     again.scoring = "logodds"
     b = saliency(QueryRunner(again.score_fn(again.resolve_target("cat")), batch_size=16), image,
-                 queries=96, grid=4, seed=0)
+                 queries=96, grid=4, seed=0, method="banzhaf")
     assert renders == [] and srv.counters.answered == paid and again.engine.budget.queries == 0
     np.testing.assert_array_equal(a.cells, b.cells)
     again.close()

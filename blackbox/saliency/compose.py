@@ -35,7 +35,7 @@ class Saliency:
     def __init__(self, space=None, method: Method | None = None, estimator: Estimator | None = None,
                  sampler: Sampler | None = None):
         self.space = space if space is not None else Mask()
-        self.method = method if method is not None else METHODS[self.space.default_method]
+        self.method = method if method is not None else _default_method(self.space, sampler)
         self.sampler = sampler if sampler is not None else (self.method.sampler or OnePass)()
         if self.method.sampler is not None and not isinstance(self.sampler, self.method.sampler):
             raise InputError(f"method {self.method.name} is computed by its own sampler "
@@ -101,6 +101,15 @@ class Saliency:
         sampler = _sampler(method_def, blocks=blocks, allocation=allocation, control=control, allocator=allocator,
                            rounds=rounds, target_error=target_error, refine=refine, focus=focus)
         return cls(space_part, method_def, _estimator(estimator, smoothness, sampler), sampler)
+
+
+def _default_method(space, sampler: Sampler | None) -> Method:
+    """The space's default method; with a sampler of one's own, the space's default among the
+    methods that any sampler can draw (the default may be defined by a sampler of its own)."""
+    method = METHODS[space.default_method]
+    if sampler is not None and method.sampler is not None and not isinstance(sampler, method.sampler):
+        method = METHODS[space.open_method]
+    return method
 
 
 def _choose(options: dict, name: str, what: str):

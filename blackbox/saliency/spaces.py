@@ -439,6 +439,7 @@ class Mask:
     baseline: str | np.ndarray = "blur"
     name = MaskSpace.name
     default_method = MaskSpace.default_method
+    open_method = "banzhaf"  # the default among the methods any sampler can draw
 
     def bind(self, image: np.ndarray) -> MaskSpace:
         return MaskSpace(image, patch_grid(image, self.grid), baseline=_baseline(image, self.baseline))
@@ -454,6 +455,7 @@ class Pixel:
     per_channel: bool = False
     name = PixelSpace.name
     default_method = PixelSpace.default_method
+    open_method = PixelSpace.default_method
 
     def bind(self, image: np.ndarray) -> PixelSpace:
         return PixelSpace(image, patch_grid(image, self.grid), per_channel=self.per_channel,
