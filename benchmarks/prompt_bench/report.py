@@ -86,7 +86,8 @@ def heldout_timing(cells: list[dict]) -> str:
 
 def report_lines(cells: list[dict], info: dict) -> list[str]:
     s = info["settings"]
-    lines = ["# Prompt tuning at equal metric calls (issue #33)", "",
+    smoke = " - SMOKE RUN: tiny budgets and sets, a check of the pipeline, not a measurement" if s.get("smoke") else ""
+    lines = [f"# Prompt tuning at equal metric calls (issue #33){smoke}", "",
              f"Model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp server, 2 threads) over /v1/chat/completions. "
              f"Budgets {s['budgets']} metric calls (checkpoints of one run per task, method and seed), seeds "
              f"{s['seeds']}, {s['train']} training + {s['val']} validation rows per seed, the first {s['heldout']} "
