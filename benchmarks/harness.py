@@ -128,3 +128,11 @@ def run_seeds(args, one_seed, report, stem: str) -> list[str]:
         (RESULTS / f"{stem}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
         (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return lines
+
+
+def rows_ci(a, b, level: float = 0.95) -> tuple[float, float]:
+    """``(mean, half-width)`` of the paired difference ``a - b`` over the rows of one fixed held-out
+    set (per-row scores, e.g. 0/1 correctness averaged over seeds): the Student-t interval over
+    rows. It measures the held-out set's own sampling noise, which an interval over a few seeds
+    scored on the same rows does not see."""
+    return mean_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), level)

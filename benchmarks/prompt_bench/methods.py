@@ -1,0 +1,155 @@
+"""The benchmark's own methods, one interface for all:
+``method(task, budget, seed, endpoint, train, val) -> MethodRun``.
+
+``budget`` is in metric calls (one (program, row) score, see :mod:`.programs`); a method never
+asks for more. ``train`` and ``val`` are the seed's rows (the same for every method). A run keeps
+its candidates in order, so the programs at smaller budgets are read off the same run.
+
+* :func:`zero_shot`: the neutral instruction listing the labels; no metric calls.
+* :func:`random_demos`: best of N random demonstration sets (DSPy's random search without the
+  bootstrapping: labelled training rows as demonstrations), each scored on ``val``.
+* :func:`instruction_search`: random search over instructions the model itself proposes from a few
+  training rows (the proposals are LM calls, not metric calls), each scored on ``val``.
+* :func:`word_slots`: the shipped discrete prompt tuner (:mod:`blackbox.discrete_prompt`: a
+  categorical policy over words in 3 slots, label log-probabilities as reward) in front of the text.
+* :data:`NEW_POLICY`: the slot for the new policy (see its docstring).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from blackbox.adapters.api_prompting import ChatLabelScorer
+
+from .programs import PromptProgram, neutral_instruction, score_program
+from .runs import MethodRun, OutOfCalls, Tally
+from .tasks import Task
+
+MAX_DEMOS = 8           # demonstrations per random set: 1..8, drawn uniformly
+PROPOSAL_EXAMPLES = 5   # training rows shown to the model per proposed instruction
+PROPOSAL_TOKENS = 80
+
+
+class Meter:
+    """Scores programs on rows for a method, counting metric calls against its budget."""
+
+    def __init__(self, tally: Tally, model: str, labels: Sequence[str], budget: int):
+        self.tally, self.model, self.labels, self.budget = tally, model, tuple(labels), int(budget)
+        self.calls = 0
+
+    def accuracy(self, program, rows) -> float:
+        """Validation accuracy of ``program``; OutOfCalls (nothing asked) when ``rows`` do not fit."""
+        if self.calls + len(rows) > self.budget:
+            raise OutOfCalls()
+        score = score_program(self.tally, self.model, program, rows, self.labels)
+        self.calls += len(rows)
+        return score.accuracy
+
+
+def zero_shot(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+    run = MethodRun()
+    run.add(0, None, PromptProgram(neutral_instruction(task.description, task.labels)))
+    return run
+
+
+def _search(task: Task, budget: int, endpoint, val, propose: Callable[[int], PromptProgram],
+            tally: Tally | None = None) -> MethodRun:
+    """Score the zero-shot program, then ``propose(i)`` for i = 1, 2, ..., each on ``val``, while
+    the budget has room for a whole validation pass; keep every candidate with its score."""
+    tally = tally or Tally(endpoint.engine)
+    meter = Meter(tally, endpoint.model, task.labels, budget)
+    run, i = MethodRun(), 0
+    while meter.calls + len(val) <= budget:
+        program = propose(i) if i else PromptProgram(neutral_instruction(task.description, task.labels))
+        run.add(meter.calls + len(val), meter.accuracy(program, val), program)
+        i += 1
+    return tally.settle(run, meter.calls)
+
+
+def random_demos(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+    """Best of N random demonstration sets (1..MAX_DEMOS labelled training rows, random order)."""
+    rng = np.random.default_rng([seed, 101])
+    instruction = neutral_instruction(task.description, task.labels)
+
+    def propose(i: int) -> PromptProgram:
+        k = int(rng.integers(1, MAX_DEMOS + 1))
+        return PromptProgram(instruction, tuple(train[j] for j in rng.choice(len(train), k, replace=False)))
+
+    return _search(task, budget, endpoint, val, propose)
+
+
+def proposal_request(model: str, rows: Sequence[tuple[str, str]], labels: Sequence[str], seed: int) -> dict:
+    """Ask the model for an instruction, shown labelled training rows (sampled at temperature 1
+    with a seed, so proposals differ and each is cached)."""
+    shown = "\n\n".join(f"Text: {text}\nLabel: {label}" for text, label in rows)
+    ask = (f"Here are texts with their labels:\n\n{shown}\n\nWrite a one-sentence instruction that tells an "
+           f"assistant how to label such a text as one of: {', '.join(labels)}. Reply with the instruction only.")
+    return {"model": model, "messages": [{"role": "user", "content": ask}], "temperature": 1.0,
+            "max_tokens": PROPOSAL_TOKENS, "seed": int(seed)}
+
+
+def instruction_search(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+    """Random search over model-proposed instructions (each followed by the neutral label list)."""
+    rng = np.random.default_rng([seed, 202])
+    answer_with = f"Answer with one word: {', '.join(task.labels)}."
+    tally, proposals = Tally(endpoint.engine), []
+
+    def propose(i: int) -> PromptProgram:
+        rows = [train[j] for j in rng.choice(len(train), PROPOSAL_EXAMPLES, replace=False)]
+        body = tally.map([proposal_request(endpoint.model, rows, task.labels, seed * 10_000 + i)])[0].body
+        proposals.append(" ".join(((body["choices"][0].get("message") or {}).get("content") or "").split()))
+        return PromptProgram(f"{proposals[-1]} {answer_with}".strip())
+
+    run = _search(task, budget, endpoint, val, propose, tally)
+    run.notes["proposals"] = len(proposals)
+    return run
+
+
+class InstructedChatScorer(ChatLabelScorer):
+    """Label log-probabilities over chat with the zero-shot instruction as the system message, so
+    the word-slot prompt sits in the user message before the text, as in :class:`PromptProgram`."""
+
+    def __init__(self, engine, model: str, labels: Sequence[str], instruction: str):
+        super().__init__(engine, model, labels)
+        self.instruction = instruction
+
+    def body(self, prompt: str) -> dict:
+        body = super().body(prompt)
+        body["messages"].insert(0, {"role": "system", "content": self.instruction})
+        return body
+
+
+def word_slots(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+    """The shipped word-slot tuner as a user gets it (3 slots over its default candidate words,
+    the CLI's API settings: 8 rows x 32 queries a step, lr 1.0), trained on ``train`` + ``val``
+    (it selects nothing, so it learns from both); its prompt after each step is a checkpoint."""
+    from blackbox.discrete_prompt import PolicyGradient
+    from blackbox.forward_learning import train as train_loop
+    from blackbox.prompt_tuning import TextClassificationTask
+    from blackbox.tasks import DEFAULT_CANDIDATES
+
+    instruction, labels, rows = neutral_instruction(task.description, task.labels), list(task.labels), train + val
+    tally = Tally(endpoint.engine)
+    scorer = InstructedChatScorer(tally, endpoint.model, labels, instruction)
+    items = TextClassificationTask([t for t, _ in rows], [labels.index(y) for _, y in rows], [], [], labels,
+                                   name=task.name, template="{text}")
+    source = PolicyGradient(scorer, items, DEFAULT_CANDIDATES, n_slots=3)
+    result = train_loop(source, np.zeros(3 * len(DEFAULT_CANDIDATES)), steps=None, total_queries=budget,
+                        batch_size=8, queries_per_step=32, lr=1.0, seed=seed, eval_fn=None, eval_every=None)
+    run = MethodRun(pick="last")
+    run.add(0, None, PromptProgram(instruction))
+    for row in result.history:
+        run.add(row["queries"], None, PromptProgram(instruction, prefix=row["prompt"]))
+    return tally.settle(run, result.queries)
+
+
+def new_policy(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+    """SLOT for the new policy of issue #33 (branch ``h-prompt``: instruction + k demonstrations +
+    word slots under one categorical policy, rewarded by label log-probabilities or sampled answers
+    and the metric). To plug it in: build its scorer over ``Tally(endpoint.engine)`` as
+    :func:`word_slots` does, run it with ``total_queries=budget`` on ``train`` (+ ``val`` if it
+    selects nothing), and return ``MethodRun(pick="last")`` (or ``"best"`` with validation scores)
+    with one candidate per step: ``calls`` = metric calls so far, ``program`` =
+    ``PromptProgram(instruction, demos, prefix)``; finish with ``tally.settle(run, calls)``."""
+    raise NotImplementedError("the new policy is not plugged in yet (it comes with branch h-prompt)")
