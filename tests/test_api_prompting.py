@@ -39,6 +39,15 @@ def test_label_logprobs_are_read_from_top_logprobs_with_case_and_space_variants(
     assert request["logprobs"] is True and request["top_logprobs"] == 20 and request["max_tokens"] == 1
 
 
+def test_a_multi_token_label_is_scored_by_a_first_token_that_starts_no_other_label():
+    scorer = CompletionLabelScorer(engine=None, model="m", label_words=["entertainment", "politics", "sport", "sports"])
+    top = {" entert": -1.0, "Ent": -2.0, "pol": -1.5, " sport": -0.7, "s": -3.0, "e": -3.5, "the": -4.0}
+    lp, listed = scorer.read_listed({"choices": [{"logprobs": {"top_logprobs": [top]}}]})
+    assert lp[0] == pytest.approx(np.logaddexp(-1.0, -2.0)) and lp[1] == -1.5   # 'entert' + 'Ent'; 'pol'
+    assert lp[2] == -0.7 and lp[3] == pytest.approx(-4.0 - np.log(2))          # 'sport' is a label itself
+    assert listed == [True, True, True, False]   # one-letter tokens and shared prefixes count for nothing
+
+
 def test_end_of_text_answers_are_resent_with_min_tokens_and_a_refusal_is_a_clear_error():
     """llama.cpp lists no logprobs when the first token is the end of text: re-send with min_tokens=1."""
     from blackbox.errors import ModelError
@@ -113,17 +122,30 @@ def test_serve_answers_completions_and_chat_with_the_models_own_logprobs(served,
     assert first["token"] == first["top_logprobs"][0]["token"] and first["logprob"] <= 0
     models = {m["id"] for m in __import__("httpx2").get(f"{served.url}/models").json()["data"]}
     assert {lm.name, "efficientnet-lite0"} <= models
-    for bad in ({"model": lm.name, "prompt": prompt, "n": 2}, {"model": lm.name, "prompt": ""},
+    r = _post(f"{served.url}/completions", {"model": lm.name, "prompt": prompt, "max_tokens": 4, "temperature": 1.0,
+                                            "seed": 7, "n": 3})
+    choices = r.json()["choices"]
+    alone = [_post(f"{served.url}/completions", {"model": lm.name, "prompt": prompt, "max_tokens": 4,
+                                                 "temperature": 1.0, "seed": 7 + j}).json() for j in range(3)]
+    assert [c["text"] for c in choices] == [a["choices"][0]["text"] for a in alone]  # answer j: seed + j
+    assert [c["index"] for c in choices] == [0, 1, 2] and len({c["text"] for c in choices}) > 1
+    assert r.json()["usage"]["prompt_tokens"] == len(lm.tokenize(prompt))            # the prompt billed once
+    assert r.json()["usage"]["completion_tokens"] == sum(a["usage"]["completion_tokens"] for a in alone)
+    for bad in ({"model": lm.name, "prompt": prompt, "n": 17}, {"model": lm.name, "prompt": ""},
                 {"model": lm.name, "prompt": prompt, "logprobs": 99}):
         assert _post(f"{served.url}/completions", bad).status_code == 400
     assert _post(f"{served.url}/completions", {"model": "gpt-x", "prompt": prompt}).status_code == 404
 
 
-def _reviews(tmp_path):
-    rows = [("I loved this film, it was wonderful", "positive"), ("A dull, boring and stupid story", "negative"),
+def _review_rows():
+    return [("I loved this film, it was wonderful", "positive"), ("A dull, boring and stupid story", "negative"),
             ("Brilliant acting and a happy end", "positive"), ("Terrible acting and a bad end", "negative"),
             ("What a delightful and moving movie", "positive"), ("What a tedious and painful movie", "negative"),
             ("Superb music and a lovely cast", "positive"), ("Awful music and a weak cast", "negative")]
+
+
+def _reviews(tmp_path):
+    rows = _review_rows()
     lines = [json.dumps({"text": t, "label": y}) + "\n" for t, y in rows]
     (tmp_path / "train.jsonl").write_text("".join(lines[:6]))
     (tmp_path / "test.jsonl").write_text("".join(lines[6:]))
@@ -131,33 +153,49 @@ def _reviews(tmp_path):
             "--template", "Review: {text}\nIs the review positive or negative? Answer:"]
 
 
-def test_cli_discrete_prompt_on_user_data_over_chat_then_a_free_rerun(served, lm, tmp_path, capsys, monkeypatch):
-    """A JSONL data set the test writes, tuned end to end from the CLI over /v1/chat/completions."""
+def test_cli_search_over_chat_saves_a_prompt_file_a_plain_openai_client_sends(served, lm, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Sampled answers over /v1/chat/completions, end to end from the CLI on a JSONL data set the
+    test writes: the prompt file, sent by a plain openai client, scores what the run says; the
+    file evaluated again (--steps 0) pays nothing; a rerun pays nothing."""
+    import openai
+
     from blackbox.cli.main import main
+    from blackbox.prompts import normalise_answer
 
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
-    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "chat",
-           *_reviews(tmp_path), "--steps", "2", "--batch-size", "2", "--queries-per-step", "6",
-           "--candidates", "Please,rate,the,review,kindly,now", "--slots", "2", "--save", str(tmp_path / "p.txt"),
-           "--json", "--no-progress"]
+    data = _reviews(tmp_path)
+    saved = tmp_path / "prompt.json"
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "chat", *data,
+           "--reward", "sampled", "--samples", "2", "--shots", "1", "--propose", "1", "--steps", "2",
+           "--batch-size", "2", "--queries-per-step", "8", "--save", str(saved), "--json", "--no-progress"]
     assert main(cmd) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["api"] == "chat" and report["task"]["classes"] == ["negative", "positive"]
-    assert report["train_queries"] == 12 and report["eval_queries"] == 4 and report["steps"] == 2
-    assert report["accuracy_before"] in (0.0, 0.5, 1.0) and report["accuracy_after"] in (0.0, 0.5, 1.0)
-    assert report["label_nll_before"] > 0 and report["tokens"] > 0 and report["usage"]["requests_paid"] > 0
-    assert (tmp_path / "p.txt").read_text().strip() == report["prompt"] and len(report["prompt"].split()) <= 2
-    assert main(cmd) == 0
-    again = json.loads(capsys.readouterr().out)
-    assert again["usage"]["requests_paid"] == 0 and again["prompt"] == report["prompt"]   # all from the cache
-    # auto picks /v1/completions when the endpoint serves it; the saved prompt is re-evaluated
-    auto = [c for c in cmd if c not in ("--api", "chat")]
-    auto[auto.index("--steps") + 1] = "0"
-    auto[auto.index("--save")] = "--prompt"
-    assert main(auto) == 0
+    s = report["search"]
+    assert report["api"] == "chat" and s["reward"] == "sampled" and s["samples_per_prompt"] == 2
+    assert report["train_queries"] == 16 and report["eval_queries"] == 4 and len(s["proposed"]) <= 1
+    # n=2 answers come in one request (blackbox serve honours n): fewer requests than answers
+    assert report["usage"]["requests_paid"] < 6 + 1 + 16 + 4
+    file = json.loads(saved.read_text())
+    assert file["labels"] == ["negative", "positive"] and file["messages"][-1]["role"] == "user"
+    client = openai.OpenAI(base_url=served.url, api_key="none", max_retries=0)
+    texts, labels = _review_rows()[6:], ["positive", "negative"]
+    right = 0
+    for (text, label) in texts:
+        messages = file["messages"][:-1] + [{"role": "user",
+                                             "content": file["messages"][-1]["content"].replace("{text}", text)}]
+        answer = client.chat.completions.create(model=file["model"], messages=messages, max_tokens=file["max_tokens"],
+                                                temperature=0).choices[0].message.content
+        right += normalise_answer(answer.strip().splitlines()[0] if answer.strip() else "") == label
+    assert right / len(texts) == report["accuracy_after"] and labels
+    again = [c for c in cmd if c not in ("--save", str(saved))]
+    again[again.index("--steps") + 1] = "0"
+    assert main(again + ["--prompt", str(saved)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["api"] == "completions" and evaluated["prompt"] == report["prompt"]
-    assert evaluated["train_queries"] == 0 and evaluated["accuracy_before"] == evaluated["accuracy_after"]
+    assert evaluated["accuracy_before"] == evaluated["accuracy_after"] == report["accuracy_after"]
+    assert evaluated["usage"]["requests_paid"] == 0 and evaluated["train_queries"] == 0
+    assert main(cmd) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["requests_paid"] == 0   # all from the cache
 
 
 def test_cli_discrete_prompt_against_a_closed_port_fails_in_one_line(tmp_path, capsys, monkeypatch):
