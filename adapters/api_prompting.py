@@ -18,9 +18,10 @@ twice), retries and the Batch API. Two request kinds:
   least two characters that starts no other label (so a multi-token label such as
   "entertainment" is scored by its first token "entert"; variants of case and leading space are
   merged by log-sum-exp). A label with nothing listed gets the smallest listed log-probability
-  minus ``log 2`` (less likely than anything listed): the *floor*. Both APIs list only the first
-  token's alternatives, so a label is scored by its first token; beyond that neither API says more
-  without generating it (chat has no way to continue a given answer prefix).
+  minus ``log 2`` (less likely than anything listed): the *floor*. By default a label is scored
+  by its first token. ``label_tokens="all"`` (completions only) scores it by all its tokens: the
+  prompt is sent again ending with the label's first part, and so on (:class:`LabelPaths`; up to
+  one more request per label token). Chat cannot: it has no way to continue a given answer.
 * **sampled answers** (:class:`AnswerSampler`): ``max_tokens`` (default 8) tokens at the given
   temperature, with a ``seed`` per answer. ``s`` answers to one prompt are one request with
   ``n=s`` where the endpoint honours ``n`` (OpenAI bills the prompt once), found out on first use;
@@ -45,8 +46,12 @@ import numpy as np
 from blackbox.errors import EndpointRefused, InputError, ModelError
 
 APIS = ("auto", "completions", "chat")
+LABEL_TOKENS = ("first", "all")
 ANSWER_TOKENS = 8
+MAX_LABEL_TOKENS = 8  # continuation rounds of --label-tokens all
 _NOTHING_LISTED = "the endpoint listed no log-probabilities even with min_tokens=1"
+_FIRST_TOKEN_ONLY = ("--label-tokens all needs /v1/completions (a prompt can end inside the answer there); "
+                     "chat scores a label by its first token only")
 
 
 def _norm(token: str) -> str:
@@ -80,12 +85,20 @@ class LabelScorer:
 
     kind = ""
 
-    def __init__(self, engine, model: str, label_words: Sequence[str], top_k: int = 20, min_tokens: bool = False):
+    all_tokens = False  # whether this API can score a label beyond its first token
+
+    def __init__(self, engine, model: str, label_words: Sequence[str], top_k: int = 20, min_tokens: bool = False,
+                 label_tokens: str = "first"):
+        if label_tokens not in LABEL_TOKENS:
+            raise InputError(f"label_tokens must be one of {', '.join(LABEL_TOKENS)}, got {label_tokens!r}")
+        if label_tokens == "all" and not self.all_tokens:
+            raise InputError(_FIRST_TOKEN_ONLY)
         self.engine = engine
         self.model = model
         self.labels = [_norm(w) for w in label_words]
         self.match = label_matcher(self.labels)
         self.top_k = int(top_k)
+        self.label_tokens = label_tokens
         self.min_tokens = bool(min_tokens)  # switched on by the first end-of-text answer
 
     @property
@@ -136,14 +149,17 @@ class LabelScorer:
         rows: list = []
         for body in bodies:
             try:
-                rows.append(self.read_listed(body))
+                rows.append(self._read(body))
             except _EndOfText:
                 rows.append(None)
         empty = [i for i, row in enumerate(rows) if row is None]
         if empty:
             for i, row in zip(empty, self._again([prompts[i] for i in empty], batch)):
                 rows[i] = row
-        return np.array([r[0] for r in rows], dtype=np.float64), np.array([r[1] for r in rows], dtype=bool)
+        lp, listed = np.array([r[0] for r in rows], dtype=np.float64), np.array([r[1] for r in rows], dtype=bool)
+        if self.label_tokens == "all":
+            lp = LabelPaths(self, prompts, [r[2] for r in rows]).run(lp, batch)
+        return lp, listed
 
     def _again(self, prompts: list, batch: bool) -> list:
         """Prompts whose answer was the end of text, sent again with ``min_tokens=1`` (and every
@@ -157,15 +173,18 @@ class LabelScorer:
             raise ModelError("the endpoint generated nothing (end of text) and so listed no log-probabilities, "
                              f"and it refused the min_tokens=1 retry: {exc}") from None
         try:
-            return [self.read_listed(resp.body) for resp in again]
+            return [self._read(resp.body) for resp in again]
         except _EndOfText:
             raise ModelError(_NOTHING_LISTED) from None
 
     def read(self, body: dict | None) -> list[float]:
-        return self.read_listed(body)[0]
+        return self._read(body)[0]
 
     def read_listed(self, body: dict | None) -> tuple[list[float], list[bool]]:
         """The labels' log-probabilities in one answer, and which were listed (the rest: the floor)."""
+        return self._read(body)[:2]
+
+    def _read(self, body: dict | None) -> tuple[list[float], list[bool], dict]:
         top = self.alternatives(body)
         if not top:
             raise ModelError(f"the endpoint returned empty {self.where}")
@@ -179,7 +198,7 @@ class LabelScorer:
         floor = min(top.values()) - math.log(2)
         lps = [float(np.logaddexp.reduce(list(found[i].values()))) if i in found else floor
                for i in range(len(self.labels))]
-        return lps, [i in found for i in range(len(self.labels))]
+        return lps, [i in found for i in range(len(self.labels))], top
 
 
 def _as_dict(top) -> dict[str, float]:
@@ -188,10 +207,72 @@ def _as_dict(top) -> dict[str, float]:
     return {k: float(v) for k, v in (top or {}).items()}
 
 
-class CompletionLabelScorer(LabelScorer):
-    """Over ``/v1/completions``: the first token's ``logprobs.top_logprobs[0]``."""
+class LabelPaths:
+    """``--label-tokens all`` over ``/v1/completions``: each label's log-probability summed over
+    all its tokens. The first token is read from the prompt's own answer (``tops``); for a label
+    it does not cover, the prompt is sent again ending with the part covered so far, and the
+    next token is read there, until the label is spelled out (at most MAX_LABEL_TOKENS rounds).
+    A label whose next part is not listed gets that position's floor and stops. Each round is one
+    engine call (cached, budgeted): up to C x (tokens per label - 1) more requests per example."""
 
-    kind, where = "completions", "top_logprobs"
+    def __init__(self, scorer: LabelScorer, prompts: list[str], tops: list[dict]):
+        self.scorer, self.prompts, self.tops = scorer, prompts, tops
+
+    @staticmethod
+    def _best(top: dict, rest: str, first: bool):
+        """``(logprob, token)``: the longest listed token that spells the start of ``rest`` (the
+        tokenizer's own spelling of a word is its longest pieces; a short piece such as " a" may
+        be likely for another reason, as an article). A first token may carry a leading space and
+        any case and is two characters at least; a later one continues the word (no leading space)."""
+        def spells(t: str) -> bool:
+            if first:  # as for the first-token score: two characters at least, or the whole label
+                return len(_norm(t)) >= min(2, len(rest)) and rest.startswith(_norm(t))
+            return bool(t) and not t[:1].isspace() and rest.startswith(t.lower())
+        fits = [(len(_norm(t)), lp, t) for t, lp in top.items() if spells(t)]
+        return max(fits)[1:] if fits else None
+
+    def run(self, lp: np.ndarray, batch: bool) -> np.ndarray:
+        paths = {}  # (row, label) -> [text covered so far, its log-probability, what is left of the label]
+        for r, top in enumerate(self.tops):
+            for c, label in enumerate(self.scorer.labels):
+                best = self._best(top, label, first=True)
+                if best is not None and len(_norm(best[1])) < len(label):
+                    paths[(r, c)] = [best[1], best[0], label[len(_norm(best[1])):]]
+        for _ in range(MAX_LABEL_TOKENS):
+            if not paths:
+                break
+            keys = list(paths)
+            asked = [self.scorer.request(self.prompts[k[0]] + paths[k][0]) for k in keys]
+            for key, resp in zip(keys, self.scorer.engine.map(asked, batch=batch)):
+                lp[key] = self._extend(paths, key, resp.body)
+        for key, (_, value, _) in paths.items():  # still unfinished after the last round
+            lp[key] = value
+        return lp
+
+    def _extend(self, paths: dict, key, body) -> float:
+        """One more token of a label's path; the label's log-probability so far (final when done)."""
+        covered, value, rest = paths[key]
+        try:
+            top = self.scorer.alternatives(body)
+        except _EndOfText:
+            top = {}
+        best = self._best(top, rest, first=False) if top else None
+        if best is None:  # the rest is not listed: less likely than anything that is
+            del paths[key]
+            return value + (min(top.values()) - math.log(2) if top else min(self.tops[key[0]].values()) - math.log(2))
+        value, rest = value + best[0], rest[len(best[1]):]
+        if rest:
+            paths[key] = [covered + best[1], value, rest]
+        else:
+            del paths[key]
+        return value
+
+
+class CompletionLabelScorer(LabelScorer):
+    """Over ``/v1/completions``: the first token's ``logprobs.top_logprobs[0]`` (and with
+    ``label_tokens="all"``, the following tokens: :class:`LabelPaths`)."""
+
+    kind, where, all_tokens = "completions", "top_logprobs", True
 
     def body(self, prompt: str) -> dict:
         return {"prompt": prompt, "logprobs": self.top_k}
@@ -289,11 +370,11 @@ class PromptEndpoint:
     answers. ``batch_evaluations``: held-out passes go through the Batch API as one batch each."""
 
     def __init__(self, engine, model: str, kind: str, label_words: Sequence[str], *, top_k: int = 20,
-                 answer_tokens: int = ANSWER_TOKENS, batch_evaluations: bool = False):
+                 answer_tokens: int = ANSWER_TOKENS, batch_evaluations: bool = False, label_tokens: str = "first"):
         if kind not in SCORERS:
             raise InputError(f"api must be one of {', '.join(SCORERS)}, got {kind!r}")
         self.engine, self.model, self.kind = engine, model, kind
-        self.scorer = SCORERS[kind](engine, model, label_words, top_k=top_k)
+        self.scorer = SCORERS[kind](engine, model, label_words, top_k=top_k, label_tokens=label_tokens)
         self.sampler = AnswerSampler(engine, model, kind, answer_tokens)
         self.batch_evaluations = bool(batch_evaluations)
 
@@ -369,10 +450,12 @@ def openai_prompt_endpoint(model: str, label_words: Sequence[str], *, api: str =
                            concurrency: int = 4, rpm: float | None = None, tpm: float | None = None,
                            timeout: float = 60.0, max_attempts: int = 6, prices=None, top_k: int = 20,
                            service_tier: str | None = None, batch_evaluations: bool = False,
-                           dry_run: bool = False, answer_tokens: int = ANSWER_TOKENS) -> PromptEndpoint:
+                           dry_run: bool = False, answer_tokens: int = ANSWER_TOKENS,
+                           label_tokens: str = "first") -> PromptEndpoint:
     """A :class:`PromptEndpoint` with its own engine (the budget's tokens and money, cache,
     retries) over ``<base_url>/completions`` or ``<base_url>/chat/completions`` (``api``).
-    ``service_tier`` ("flex"; "default" is none) is checked against the price table first.
+    ``service_tier`` ("flex"; "default" is none) is checked against the price table first;
+    ``label_tokens="all"`` scores labels by all their tokens (completions only: :class:`LabelPaths`).
     Close it with ``endpoint.close()``."""
     from .remote.pricing import PriceTable
 
@@ -384,9 +467,17 @@ def openai_prompt_endpoint(model: str, label_words: Sequence[str], *, api: str =
         return _engine(kind, model, base_url, api_key_env, tier, concurrency, budget=budget, cache=cache, rpm=rpm,
                        tpm=tpm, timeout=timeout, max_attempts=max_attempts, prices=table, dry_run=dry_run)
 
-    kind, engine = _pick_api("chat" if dry_run and api == "auto" else api, make)
-    return PromptEndpoint(engine, model, kind, label_words, top_k=top_k, answer_tokens=answer_tokens,
-                          batch_evaluations=batch_evaluations)
+    if label_tokens == "all" and api == "chat":
+        raise InputError(_FIRST_TOKEN_ONLY)
+    if dry_run and api == "auto":  # a dry run sends nothing, so it cannot ask which API answers
+        api = "completions" if label_tokens == "all" else "chat"
+    kind, engine = _pick_api(api, make)
+    try:
+        return PromptEndpoint(engine, model, kind, label_words, top_k=top_k, answer_tokens=answer_tokens,
+                              batch_evaluations=batch_evaluations, label_tokens=label_tokens)
+    except InputError:
+        engine.close()
+        raise
 
 
 def openai_label_scorer(model: str, label_words: Sequence[str], *, api: str = "auto", base_url: str | None = None,

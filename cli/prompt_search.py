@@ -18,7 +18,8 @@ from blackbox.errors import InputError
 from .options import add_remote_options, nonneg_int, positive_float, positive_int
 
 SEARCH_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k", "api",
-               "instructions", "propose", "shots", "reward", "samples", "temperature", "probe", "service_tier")
+               "instructions", "propose", "shots", "reward", "samples", "temperature", "probe", "service_tier",
+               "label_tokens")
 SEARCH_FLAGS = ("batch", "dry_run")  # store_true options (False when not given)
 BATCH_HELP = ("send each held-out evaluation pass (before and after training) through OpenAI's Batch API: half "
               "price, answers within 24 h (usually minutes); the probe and the training steps stay one by one")
@@ -48,6 +49,11 @@ def add_search_options(parser) -> None:
     d.add_argument("--temperature", type=positive_float, help="temperature of sampled answers (default: 1.0)")
     d.add_argument("--probe", type=nonneg_int, metavar="N",
                    help="training examples probed for signal before anything else is paid (default: 8; 0 = no probe)")
+    d.add_argument("--label-tokens", choices=("first", "all"),
+                   help="how a label's log-probability is read: 'first' (default) from its first token, so "
+                        "'arthropod' counts as ' arthrop'; 'all' adds its later tokens ('od'), which matters when "
+                        "labels share a first token or one label is rarely spelled out: needs /v1/completions and "
+                        "pays one more request per further token of each label")
     d.add_argument("--top-k", type=positive_int, help="logprobs asked per answer (default: 20; OpenAI allows 5 "
                                                       "on completions, 20 on chat)")
     d.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would pay")
@@ -182,7 +188,8 @@ def run_search(args, task, budget):
         args.model[len("openai:"):].strip(), task.label_words, api=args.api or "auto", base_url=args.base_url,
         api_key_env=args.api_key_env, budget=budget, cache=not args.no_cache, concurrency=args.concurrency,
         rpm=args.rpm, tpm=args.tpm, timeout=args.timeout, max_attempts=args.max_attempts, prices=args.prices,
-        top_k=args.top_k or 20, service_tier=args.service_tier, batch_evaluations=args.batch, dry_run=args.dry_run)
+        top_k=args.top_k or 20, service_tier=args.service_tier, batch_evaluations=args.batch, dry_run=args.dry_run,
+        label_tokens=args.label_tokens or "first")
     try:
         if args.dry_run:
             return None, dry_run_report(args, endpoint, task, space, theta0)
@@ -274,7 +281,8 @@ def dry_run_report(args, endpoint, task, space, theta0) -> dict:
             "estimated_batch_cost": round(u.estimated_batch_cost, 6),
             "batch_ratio": round(u.estimated_batch_cost / u.estimated_cost, 4) if u.estimated_cost else None,
             "batch_discount": engine.prices.discount(engine.model, "batch"), "service_tier": engine.spending.tier,
-            "batch": bool(args.batch), "max_tokens": args.max_tokens, "max_cost": args.max_cost}
+            "batch": bool(args.batch), "max_tokens": args.max_tokens, "max_cost": args.max_cost,
+            "label_tokens": args.label_tokens or "first"}
 
 
 def _longest(space):
@@ -301,6 +309,9 @@ def print_dry_run(report: dict) -> None:
           f"{report['would_send']} requests would be sent")
     print(f"at most ~{report['estimated_tokens']} tokens (worst-case reservations; actual usage is usually lower)")
     print(prices_line(report) + " -- --batch sends the evaluation passes only")
+    if report["label_tokens"] == "all":
+        print("not counted above: --label-tokens all's further requests (one per later token of each label not "
+              "yet spelled out, per scored answer)")
     for cap, est, what in ((report["max_tokens"], report["estimated_tokens"], "tokens"),
                            (report["max_cost"], report["estimated_batch_cost"] if report["batch"]
                             else report["estimated_cost"], "cost")):

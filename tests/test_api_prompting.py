@@ -59,7 +59,7 @@ def test_end_of_text_answers_are_resent_with_min_tokens_and_a_refusal_is_a_clear
         def __init__(self, refuse=False):
             self.seen, self.refuse = [], refuse
 
-        def map(self, requests):
+        def map(self, requests, batch=False):
             self.seen.append(requests)
             if self.refuse and any("min_tokens" in r for r in requests):
                 raise ModelError("the endpoint refused the request (400): unknown field min_tokens")
@@ -135,6 +135,42 @@ def test_serve_answers_completions_and_chat_with_the_models_own_logprobs(served,
                 {"model": lm.name, "prompt": prompt, "logprobs": 99}):
         assert _post(f"{served.url}/completions", bad).status_code == 400
     assert _post(f"{served.url}/completions", {"model": "gpt-x", "prompt": prompt}).status_code == 404
+
+
+def test_multi_token_labels_are_scored_by_all_their_tokens_over_completions(served, lm, tmp_path, monkeypatch):
+    """--label-tokens all: a label's log-probability summed over its tokens, one continuation
+    request per further token, equals what the model itself says of the whole label."""
+    from blackbox.adapters.api_prompting import openai_prompt_endpoint
+    from blackbox.errors import InputError
+    from blackbox.prompts import Prompt
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path))
+    labels = ["arthropod", "aquatic", "avian"]
+    assert len(lm.tokenize(" arthropod")) == 2 and len(lm.tokenize(" aquatic")) == 1  # ' arthrop' + 'od'
+    prompt = Prompt("Answer with one word: arthropod, aquatic or avian.",
+                    [("A spider with eight legs.", "arthropod"), ("A trout in a river.", "aquatic"),
+                     ("An eagle in the sky.", "avian")], template="{text}\nAnswer:")
+    pairs = [(prompt, "A beetle under a stone."), (prompt, "A shark in the sea.")]
+    endpoint = openai_prompt_endpoint(lm.name, labels, api="completions", base_url=served.url, label_tokens="all")
+    first = openai_prompt_endpoint(lm.name, labels, api="completions", base_url=served.url)
+    try:
+        lp, lp1 = endpoint.label_scores(pairs).lp, first.label_scores(pairs).lp
+        sent, sent_first = endpoint.engine.stats.sent, first.engine.stats.sent
+    finally:
+        endpoint.close()
+        first.close()
+
+    def own(targets):
+        return np.array([-lm.nll(np.zeros((1, 0, lm.embed_dim)), [prompt.fill_completion(t)], [targets])[0]
+                         for _, t in pairs])
+    canonical = np.isclose(lp1[:, 0], own(" arthrop"), atol=2e-3)   # its first token ' arthrop' was listed
+    assert canonical[0] and np.allclose(lp[canonical, 0], own(" arthropod")[canonical], atol=2e-3)  # the whole label
+    assert np.all(lp1[canonical, 0] > lp[canonical, 0])      # its first token alone says more
+    assert np.allclose(lp[:, 1:], lp1[:, 1:])                 # one-token labels: the same either way
+    assert sent == len(pairs) + canonical.sum()                # one continuation request per example that needs it
+    assert sent_first == 0                                     # the first-token requests are the same ones: cached
+    with pytest.raises(InputError, match="needs /v1/completions"):
+        openai_prompt_endpoint(lm.name, labels, api="chat", base_url=served.url, label_tokens="all")
 
 
 def _review_rows():
