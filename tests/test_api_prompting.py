@@ -193,11 +193,9 @@ def test_cli_search_over_chat_saves_a_prompt_file_a_plain_openai_client_sends(se
                                                                                 monkeypatch):
     """Sampled answers over /v1/chat/completions, end to end from the CLI on a JSONL data set the
     test writes: the prompt file, sent by a plain openai client, scores what the run says; the
-    file evaluated again (--steps 0) pays nothing; a rerun pays nothing."""
-    import openai
-
+    file evaluated again (--steps 0) pays nothing, edited by hand it is evaluated as written; a
+    rerun pays nothing."""
     from blackbox.cli.main import main
-    from blackbox.prompts import normalise_answer
 
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
     data = _reviews(tmp_path)
@@ -214,24 +212,143 @@ def test_cli_search_over_chat_saves_a_prompt_file_a_plain_openai_client_sends(se
     assert report["usage"]["requests_paid"] < 6 + 1 + 16 + 4
     file = json.loads(saved.read_text())
     assert file["labels"] == ["negative", "positive"] and file["messages"][-1]["role"] == "user"
-    client = openai.OpenAI(base_url=served.url, api_key="none", max_retries=0)
-    texts, labels = _review_rows()[6:], ["positive", "negative"]
-    right = 0
-    for (text, label) in texts:
-        messages = file["messages"][:-1] + [{"role": "user",
-                                             "content": file["messages"][-1]["content"].replace("{text}", text)}]
-        answer = client.chat.completions.create(model=file["model"], messages=messages, max_tokens=file["max_tokens"],
-                                                temperature=0).choices[0].message.content
-        right += normalise_answer(answer.strip().splitlines()[0] if answer.strip() else "") == label
-    assert right / len(texts) == report["accuracy_after"] and labels
+    assert _sent_by_openai(served.url, file) == report["accuracy_after"]
     again = [c for c in cmd if c not in ("--save", str(saved))]
     again[again.index("--steps") + 1] = "0"
     assert main(again + ["--prompt", str(saved)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy_before"] == evaluated["accuracy_after"] == report["accuracy_after"]
     assert evaluated["usage"]["requests_paid"] == 0 and evaluated["train_queries"] == 0
+    # a hand-edited file is evaluated as written: new requests, the accuracy the plain client measures
+    edited = tmp_path / "edited.json"
+    file["messages"] = [{"role": "system", "content": "Answer with one word: negative."}, file["messages"][-1]]
+    edited.write_text(json.dumps(file))
+    assert main(again + ["--prompt", str(edited)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["usage"]["requests_paid"] == 2 and evaluated["task"]["test"] == 2
+    assert evaluated["accuracy_after"] == _sent_by_openai(served.url, file)
     assert main(cmd) == 0
     assert json.loads(capsys.readouterr().out)["usage"]["requests_paid"] == 0   # all from the cache
+
+
+def _sent_by_openai(url, file):
+    """Held-out accuracy of a prompt file sent by a plain openai client as the README shows."""
+    import openai
+
+    from blackbox.prompts import normalise_answer
+
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    right = 0
+    for text, label in _review_rows()[6:]:
+        messages = file["messages"][:-1] + [{"role": "user",
+                                             "content": file["messages"][-1]["content"].replace("{text}", text)}]
+        answer = client.chat.completions.create(model=file["model"], messages=messages, max_tokens=file["max_tokens"],
+                                                temperature=file["temperature"]).choices[0].message.content
+        right += normalise_answer(answer.strip().splitlines()[0] if answer.strip() else "") == label
+    return right / 2
+
+
+@pytest.fixture(scope="module")
+def five_way(tmp_path_factory):
+    """A user's 5-way table: 34 training and 32 held-out ImageNet class descriptions (giveaway
+    words masked) with labels the project never uses, written as JSONL."""
+    from blackbox.tasks import imagenet_description_task
+
+    task = imagenet_description_task(per_class=14, max_words=14, sentences=1, seed=3)
+    names = ["avian", "canine", "aquatic", "reptile", "arthropod"]
+    folder = tmp_path_factory.mktemp("five-way")
+    for split, texts, labels, n in (("train", task.train_texts, task.train_labels, 34),
+                                    ("test", task.test_texts, task.test_labels, 32)):
+        rows = [json.dumps({"text": t, "label": names[y]}) + "\n" for t, y in zip(texts, labels)][:n]
+        (folder / f"{split}.jsonl").write_text("".join(rows))
+    return ["--train", str(folder / "train.jsonl"), "--test", str(folder / "test.jsonl")]
+
+
+@pytest.fixture
+def counting(lm):
+    """blackbox serve's SmolLM2 behind the fault server, which counts every request it receives."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from fault_server import BrightnessScorer, FaultServer
+
+    srv = FaultServer(port=0, scorer=BrightnessScorer()).start()
+    yield srv
+    srv.stop()
+
+
+def test_a_chat_run_whose_answers_carry_no_signal_pays_only_its_probe(counting, lm, five_way, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The issue's setting (word slots, no instruction naming the labels, no demonstrations) over
+    chat: no label is ever listed and no sampled answer is a label. The run stops before its
+    held-out evaluation and its training, in one line, having paid its probe: <= 40 requests
+    counted at the server on a 32-row test set. A rerun pays nothing and stops the same way."""
+    from blackbox.cli.main import main
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "none.txt").write_text("")
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", counting.url, "--api", "chat", *five_way,
+           "--steps", "20", "--shots", "0", "--instructions", str(tmp_path / "none.txt"), "--slots", "3",
+           "--no-progress"]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("blackbox: error: no signal")
+    assert "0 of 8 probed examples" in err and "paid 16 requests" in err and "--api completions" in err
+    assert counting.counters.requests == 16 <= 40
+    assert main(cmd) == 2 and counting.counters.requests == 16   # the probe's answers are cached
+    assert "paid 0 requests" in capsys.readouterr().err
+
+
+def test_batch_sends_each_evaluation_pass_as_one_batch_with_the_synchronous_accuracy(counting, lm, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """--batch: the held-out passes (before and after) go through serve's Batch API, one batch
+    each, every query paid once (counted at the server); the training stays synchronous; the
+    accuracy is the one the synchronous run measures; a rerun pays nothing and sends no batch."""
+    from blackbox.cli.main import main
+
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", counting.url, "--api", "completions",
+           *_reviews(tmp_path), "--steps", "2", "--batch-size", "2", "--queries-per-step", "4", "--shots", "1",
+           "--probe", "4", "--json", "--no-progress"]
+    runs = {}
+    for batch in (True, False):
+        monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / f"cache-{batch}"))
+        assert main(cmd + ["--batch"] * batch) == 0
+        runs[batch] = json.loads(capsys.readouterr().out)
+        if batch:
+            paid_batched = counting.counters.answered
+            assert counting.counters.duplicate_paid == 0 and paid_batched == runs[True]["usage"]["requests_paid"]
+    plain, batched = runs[False], runs[True]
+    passes = 1 + (batched["prompt"] != "")  # the after pass is cached when nothing was learned
+    assert counting.batch_sizes() == [2] * passes and batched["usage"]["batches"] == passes
+    assert batched["usage"]["batched"] == 2 * passes and len(batched["usage"]["batch_ids"]) == passes
+    for key in ("accuracy_before", "accuracy_after", "label_nll_before", "label_nll_after", "prompt", "train_queries"):
+        assert batched[key] == plain[key], key
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache-True"))
+    answered = counting.counters.answered
+    assert main(cmd + ["--batch"]) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["requests_paid"] == 0
+    assert counting.counters.answered == answered and len(counting.batch_sizes()) == passes
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint_and_pays_only_new_steps(served, lm, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from blackbox.cli.main import main
+
+    base = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "completions",
+            *_reviews(tmp_path), "--batch-size", "2", "--queries-per-step", "4", "--shots", "2", "--probe", "4",
+            "--json", "--no-progress"]
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "straight"))
+    assert main(base + ["--steps", "3"]) == 0
+    straight = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "resumed"))
+    ckpt = str(tmp_path / "run.npz")
+    assert main(base + ["--steps", "1", "--checkpoint", ckpt]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(base + ["--steps", "3", "--checkpoint", ckpt]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["prompt_file"] == straight["prompt_file"] and resumed["train_queries"] == 12
+    assert resumed["accuracy_after"] == straight["accuracy_after"]
+    # the resumed run paid at most its two new steps and the final evaluation, not the probe or the first step again
+    assert resumed["usage"]["requests_paid"] <= 2 * 4 + 2
+    assert first["steps"] == 1 and resumed["steps"] == 3
 
 
 def test_cli_discrete_prompt_against_a_closed_port_fails_in_one_line(tmp_path, capsys, monkeypatch):
@@ -326,9 +443,10 @@ def test_cli_discrete_prompt_through_llama_cpp_with_a_token_cap(llama_server, tm
     from blackbox.cli.main import main
 
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path))
+    (tmp_path / "none.txt").write_text("")
     cmd = ["tune-prompt", "--model", "openai:smollm2", "--base-url", llama_server, "--per-class", "2",
            "--sentences", "1", "--steps", "2", "--batch-size", "2", "--queries-per-step", "6", "--allocator", "flops",
-           "--json", "--no-progress"]
+           "--slots", "3", "--shots", "0", "--instructions", str(tmp_path / "none.txt"), "--json", "--no-progress"]
     assert main(cmd) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["train_queries"] == 12 and report["task"]["test"] == 5 and report["api"] == "completions"
