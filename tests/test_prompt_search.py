@@ -163,6 +163,30 @@ def test_the_search_finds_the_instruction_and_the_demonstration_that_work(mode):
     assert train_pairs and all(t not in [d for d, _ in p.demonstrations] for p, t in train_pairs)
 
 
+def test_label_logprobs_never_reward_a_prompt_for_hiding_the_labels():
+    """A weak model (chat, SmolLM2-like): under GOOD it names a label, right on half the examples
+    and confidently wrong on the others; under any other prompt it names no label (every label at
+    the floor, accuracy 0: a tie is no answer). Renormalised among the labels, hiding them scores
+    ln 2, better than answering (about 2.5), and the search would learn to hide; the true label's
+    own log-probability makes it answer."""
+    task = toy_task()
+
+    class Weak(ToyEndpoint):
+        def label_scores(self, pairs, *, evaluation=False):
+            lp, listed = np.full((len(pairs), 2), -5.0), np.zeros((len(pairs), 2), bool)
+            for r, (prompt, text) in enumerate(pairs):
+                if prompt.instruction == GOOD:
+                    lp[r, self.truth(text) ^ (int(text[1:]) % 4 >= 2)] = -0.1
+                    listed[r] = True
+            return LabelScores(lp, listed)
+
+    res = tune_prompt(space_for(task), LabelLogprobs(Weak(), task.label_words), task, steps=30, batch_size=2,
+                      queries_per_step=8, lr=0.3, seed=0)
+    right = np.mean([int(t[1:]) % 4 < 2 for t in task.test_texts])
+    assert res.learned.instruction == GOOD and res.before["accuracy"] == 0.0 and res.after["accuracy"] == right > 0
+    assert abs(res.before["label_nll"] - np.log(2)) < 1e-12 and res.after["label_nll"] > 1  # hiding is "better" there
+
+
 def test_a_metric_of_ones_own_is_the_reward():
     task = toy_task()
 

@@ -4,10 +4,12 @@ Both rewards reach the model through an *endpoint* (an object with the methods o
 :class:`PromptEndpoint`; :mod:`blackbox.adapters.api_prompting` makes one for any
 OpenAI-compatible server) and give the training loop a **loss** per query (lower is better):
 
-* :class:`LabelLogprobs` -- the cross-entropy of the true label among the label words, read from
-  the answer's first-token ``top_logprobs`` (one request per query, ``max_tokens=1``). Needs the
-  labels to be *reachable*: a label that is never listed gets a floor, and when every label is
-  floored every prompt scores alike.
+* :class:`LabelLogprobs` -- minus the true label's log-probability as the answer, read from the
+  answer's first-token ``top_logprobs`` (one request per query, ``max_tokens=1``). Needs the
+  labels to be *reachable*: a label that is never listed gets a floor (below everything listed),
+  and when every label is floored every prompt scores alike. The loss is not renormalised among
+  the labels: among them, a prompt that lists no label at all (every label at the floor) would
+  score ln C, better than a weak model's honest answers, and the search would learn to hide them.
 * :class:`SampledAnswers` -- the answer is sampled (temperature > 0) and scored by
   ``metric(answer, example) -> float`` (:func:`exact_match` after normalisation by default: the
   reward DSPy's optimisers use); the loss is ``1 - metric``. Needs no logprobs. One query is one
@@ -29,7 +31,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from blackbox.errors import InputError
-from blackbox.prompt_tuning import label_cross_entropy, label_metrics
+from blackbox.prompt_tuning import label_metrics
 
 from .prompt import Prompt
 
@@ -92,7 +94,8 @@ def _pairs(prompts: Sequence[Prompt], texts: Sequence[str]) -> list[Pair]:
 
 
 class LabelLogprobs:
-    """The label cross-entropy from first-token log-probabilities (see the module docstring)."""
+    """Minus the true label's first-token log-probability (see the module docstring); held-out
+    accuracy and label NLL are among the labels."""
 
     mode = "logprobs"
 
@@ -106,7 +109,7 @@ class LabelLogprobs:
         if any(s != 1 for s in sizes):
             raise InputError("label log-probabilities take one query per prompt (samples=1)")
         scores = self.endpoint.label_scores(_pairs(prompts, texts))
-        return list(label_cross_entropy(scores.lp, np.asarray(labels))[:, None])
+        return list(-scores.lp[np.arange(len(texts)), np.asarray(labels)][:, None])
 
     def evaluate(self, prompt: Prompt, texts: Sequence[str], labels: np.ndarray) -> dict:
         scores = self.endpoint.label_scores(_pairs([prompt] * len(texts), texts), evaluation=True)
