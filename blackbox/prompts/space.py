@@ -9,7 +9,7 @@ loop's parameters), laid out ``[instructions K | shots k+1 | demonstrations N | 
   top-k, which has the law of the sequential softmax draw), of which the first ``shots`` are
   used. When the example being scored is itself a training row it is masked out of its own
   demonstrations (it would give its answer away);
-* **words**: ``S`` slots, each one of ``V`` candidate words (:class:`~blackbox.discrete_prompt.PromptPolicy`).
+* **words**: ``S`` slots, each one of ``V`` candidate words (:class:`~blackbox.prompts.words.PromptPolicy`).
 
 :meth:`PromptSpace.score` is ``grad_theta log p(choice)`` of a drawn prompt, with the demonstrations'
 term that of the ordered draw (``sum_t onehot(d_t) - softmax over the rows still available``), so
@@ -25,6 +25,7 @@ import numpy as np
 from blackbox.errors import InputError
 
 from .prompt import Prompt
+from .words import PromptPolicy
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -38,8 +39,6 @@ class PromptSpace:
 
     def __init__(self, instructions: Sequence[str] = ("",), pool: Sequence[tuple[str, str]] = (), k: int = 0,
                  words: Sequence[str] = (), n_slots: int = 0, template: str = "{text}"):
-        from blackbox.discrete_prompt import PromptPolicy
-
         self.instructions = list(dict.fromkeys(["", *[str(i).strip() for i in instructions]]))
         self.pool = [(str(t), str(y).strip()) for t, y in pool]
         if k < 0 or n_slots < 0:
