@@ -13,6 +13,11 @@ class ModelError(BlackboxError):
     """An unknown model, or a model/endpoint that failed or answered nonsense."""
 
 
+class NoSignal(ModelError):
+    """A probe found that the model's answers carry no signal for what is being learned (every
+    score alike): raised before the budget is spent, with what the probe cost and what to do."""
+
+
 class BudgetExceeded(BlackboxError):
     """Raised *before* a query that would spend more than the budget (or its deadline) allows."""
 

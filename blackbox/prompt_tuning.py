@@ -80,12 +80,16 @@ def label_cross_entropy(lp: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def label_metrics(lp: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy (argmax over the label words), mean label NLL and the queries (one per row)."""
+    """Accuracy (the true label strictly above every other label word: a tie, e.g. every label at
+    an API's floor, is no correct answer), mean label NLL and the queries (one per row)."""
     lp = np.asarray(lp, dtype=np.float64)
     labels = np.asarray(labels)
     if lp.shape[0] != len(labels):
         raise InputError(f"{lp.shape[0]} rows of label log-probabilities for {len(labels)} labels")
-    return {"accuracy": float(np.mean(lp.argmax(1) == labels)),
+    rows = np.arange(len(labels))
+    others = np.where(np.arange(lp.shape[1])[None, :] == labels[:, None], -np.inf, lp).max(1) if lp.shape[1] > 1 \
+        else np.full(len(labels), -np.inf)
+    return {"accuracy": float(np.mean(lp[rows, labels] > others)),
             "label_nll": float(np.mean(label_cross_entropy(lp, labels))), "queries": len(labels)}
 
 

@@ -14,8 +14,8 @@ import os
 from blackbox.errors import InputError
 
 from .files import check_writable, save_npy, save_text
-from .options import (add_output_options, add_remote_options, add_training_options, nonneg_int, positive_float,
-                      positive_int)
+from .options import add_output_options, add_training_options, nonneg_int, positive_float, positive_int
+from .prompt_search import SEARCH_FLAGS, SEARCH_ONLY, add_search_options
 
 EPILOG = """\
 examples:
@@ -25,16 +25,23 @@ examples:
                        --template "Review: {text}\\nSentiment:"
   blackbox tune-prompt --test test.jsonl --train train.jsonl --prompt prompt.npy --steps 0   # re-evaluate
   blackbox tune-prompt --allocator neyman --steps 60 --checkpoint run.npz --plot curve.png --eval-every 5
+
+  # a hosted chat model: instruction + demonstrations, scored by logprobs or by sampled answers
+  blackbox tune-prompt --model openai:gpt-4o-mini --train train.jsonl --test test.jsonl --dry-run
+  blackbox tune-prompt --model openai:gpt-4o-mini --train train.jsonl --test test.jsonl \\
+                       --instructions mine.txt --propose 4 --shots 3 --max-cost 0.50 --save prompt.json
+  blackbox tune-prompt --model openai:gpt-4o-mini --train train.jsonl --test test.jsonl \\
+                       --prompt prompt.json --steps 0 --batch        # evaluate the file, half price
   blackbox serve &                                      # the embedded SmolLM2 on /v1/chat/completions too
-  blackbox tune-prompt --model openai:smollm2-135m-instruct --base-url http://127.0.0.1:8000/v1 --api chat
-  blackbox tune-prompt --model openai:gpt-4o-mini --top-k 5 --max-cost 0.50 --save prompt.txt
+  blackbox tune-prompt --model openai:smollm2-135m-instruct --base-url http://127.0.0.1:8000/v1 --api chat \\
+                       --reward sampled --samples 2 --checkpoint run.npz
 
 your data:
   --train and --test are tables (.jsonl, .json, .csv or .tsv) with a text column and a label
   column (--text-column, --label-column; default 'text' and 'label'). The classes are the labels of
-  the training split; each must be one answer word (e.g. positive / negative), because the model
-  is scored on its first answer token. --template puts each text before the answer ({text} marks
-  the place; default "{text}\\nAnswer:" for soft prompts, "{text}\\nThis is about a" for discrete).
+  the training split, one word each (e.g. positive / negative). --template puts each text before
+  the answer ({text} marks the place; default "{text}\\nAnswer:" for soft prompts,
+  "{text}\\nThis is about a" for an API).
 
 how it works:
   Without --train the task is the built-in one: which animal group (bird, dog, fish, snake,
@@ -47,24 +54,34 @@ how it works:
   gradients from forward queries of the embedded SmolLM2-135M; the allocator rations each step's
   queries across the batch's examples. A checkpoint resumes a run without repeating its queries.
 
-  --model openai:<name>: a prompt of --slots words is put on a line before each templated text;
-  each slot has a categorical distribution over --candidates. Each step samples prompts, reads the
-  label words' log-probabilities from the endpoint's top logprobs (one request each, max_tokens=1;
-  --api chat sends the prompt as the user's message) and moves the distributions along the
-  score-function gradient with a leave-one-out baseline. Every answer is cached, so an interrupted
-  or repeated run pays nothing twice; --max-tokens and --max-cost are hard caps (the run stops
-  cleanly at them and keeps the prompt learned so far).
+  --model openai:<name>: a prompt is an instruction (one of --instructions, or three that name the
+  labels, or none), up to --shots demonstrations drawn from the training rows (an example never
+  shows itself), and --slots words; one categorical policy over all of them is sampled, each
+  sampled prompt is scored on a training example, and the policy moves along the score-function
+  gradient with a leave-one-out baseline. The score (--reward) is the true label's log-probability
+  among the labels, read from the first answer token's top logprobs (a token counts for a label
+  when it is the label or a prefix of it that starts no other label), or a sampled answer
+  (temperature 1, first line) scored 1 when it is the label after normalisation. One query is one
+  answer: --queries-per-step and --total-queries count answers (--samples S answers per sampled
+  prompt, in one request with n=S where the endpoint honours n).
 
-  The results (held-out accuracy and label NLL before and after, training and evaluation queries,
-  tokens and money) are printed, or written as JSON with --json / --report. --save writes the
-  learned prompt: an .npy of K x 576 soft tokens, or the prompt's text; --prompt starts from a
-  saved one (with --steps 0: evaluates it).
+  Before anything else is paid, --probe examples are scored under prompts drawn from the starting
+  policy: if no label is listed and no sampled answer scores differently from the others, the run
+  stops with one line that says why, what the probe cost and what to do (exit 2). Every answer is
+  cached, so an interrupted or repeated run pays nothing twice (--checkpoint resumes the policy);
+  --max-tokens and --max-cost are hard caps (the run stops cleanly and keeps the prompt so far).
+
+  The results (held-out accuracy before and after, label NLL or the share of answers that are
+  labels, queries, tokens and money) are printed, or written as JSON with --json / --report.
+  --save writes the learned prompt: an .npy of K x 576 soft tokens, or a JSON prompt file that a
+  plain openai client sends as it is ("model", "messages" with {text} in the last one,
+  "max_tokens", "temperature"; "prompt" is the same for /v1/completions). --prompt starts from a
+  saved prompt; with --steps 0 it is evaluated as it is.
 """
 
 SOFT_DEFAULTS = {"steps": 40, "queries_per_step": 256, "batch_size": 32, "lr": 0.3}
-API_DEFAULTS = {"steps": 40, "queries_per_step": 32, "batch_size": 8, "lr": 1.0}
+API_DEFAULTS = {"steps": 40, "queries_per_step": 32, "batch_size": 8, "lr": 0.3}
 SOFT_ONLY = ("soft_tokens", "rank", "sigma", "init")
-API_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k", "api")
 BUILTIN_ONLY = ("per_class", "sentences")
 USER_DATA_ONLY = ("text_column", "label_column")
 
@@ -95,9 +112,11 @@ def add_parser(sub):
     g.add_argument("--queries-per-step", type=positive_int, metavar="Q",
                    help="default: 256 embedded (even: antithetic pairs), 32 API")
     g.add_argument("--batch-size", type=positive_int, help="examples per step (default: 32 embedded, 8 API)")
-    add_training_options(g, lr=None, lr_help="Adam step size (default: 0.3 embedded, 1.0 API)")
-    g.add_argument("--prompt", metavar="FILE", help="start from a saved prompt (.npy soft / text file discrete)")
-    g.add_argument("--save", metavar="FILE", help="write the learned prompt (.npy of K x 576 soft tokens, or text)")
+    add_training_options(g, lr=None, lr_help="Adam step size (default: 0.3)")
+    g.add_argument("--prompt", metavar="FILE", help="start from a saved prompt (.npy soft tokens / a prompt file "
+                                                    "or a text file of words); with --steps 0: evaluate it as it is")
+    g.add_argument("--save", metavar="FILE", help="write the learned prompt (.npy of K x 576 soft tokens, or the "
+                                                  "JSON prompt file a plain openai client sends)")
     g.add_argument("--report", metavar="JSON", help="write the results as JSON")
     add_output_options(t)
     s = t.add_argument_group("soft prompt (--model embedded)")
@@ -106,16 +125,7 @@ def add_parser(sub):
     s.add_argument("--sigma", type=positive_float, help="perturbation scale (default: 0.5)")
     s.add_argument("--init", metavar="TEXT",
                    help="phrase whose embeddings start the soft tokens (default: an uninformative one)")
-    d = t.add_argument_group("discrete prompt (--model openai:<model>)")
-    d.add_argument("--api", choices=("auto", "completions", "chat"),
-                   help="endpoint: /v1/completions or /v1/chat/completions (default: auto = probe completions, "
-                        "else chat)")
-    d.add_argument("--slots", type=positive_int, help="words in the prompt (default: 3)")
-    d.add_argument("--candidates", metavar="W1,W2,...", help="candidate words per slot (default: 20 mixed words)")
-    d.add_argument("--top-k", type=positive_int, help="logprobs asked per answer (default: 20; OpenAI allows 5 "
-                                                      "on completions, 20 on chat)")
-    add_remote_options(t, images=False, concurrency=4,
-                       title="endpoint (--model openai:<model>; the API key is read from the environment)")
+    add_search_options(t)
 
 
 def _given(args, names) -> list[str]:
@@ -135,7 +145,10 @@ def run(args) -> int:
     if not soft and not (args.model.startswith("openai:") and args.model[len("openai:"):].strip()):
         raise InputError(f"unknown model {args.model!r}: use embedded or openai:<model>")
     if soft:
-        _refuse(args, API_ONLY, "apply to --model openai:<model>, not the embedded model")
+        _refuse(args, SEARCH_ONLY, "apply to --model openai:<model>, not the embedded model")
+        on = [f"--{n.replace('_', '-')}" for n in SEARCH_FLAGS if getattr(args, n)]
+        if on:
+            raise InputError(f"{', '.join(on)} apply to --model openai:<model>, not the embedded model")
     else:
         _refuse(args, SOFT_ONLY, f"apply to the embedded model's soft prompt, not {args.model}")
     if (args.train is None) != (args.test is None):
@@ -160,22 +173,42 @@ def run(args) -> int:
             check_writable(path, what)
     task = _task(args, soft)
     result, extra = (_soft if soft else _discrete)(args, task)
-    report = {"model": args.model, "task": task.summary(), **extra, **result.summary(), "saved": args.save}
-    if args.save:
-        save_npy(args.save, result.learned) if soft else save_text(args.save, result.learned + "\n")
-    if args.report:
-        save_text(args.report, json.dumps(report, indent=1) + "\n")
-    if args.plot:
-        from blackbox.plots import learning_curves, save_figure
+    if result is None:  # a dry run
+        if args.json:
+            print(json.dumps(extra))
+        else:
+            from .prompt_search import print_dry_run
 
-        save_figure(learning_curves({args.model: result}, loss_label="label cross-entropy",
-                                    chance=1 / len(task.label_words),
-                                    title=f"prompt tuning from queries ({args.allocator} allocation)"), args.plot)
+            print_dry_run(extra)
+        return 0
+    report = {"model": args.model, "task": task.summary(), **extra, **result.summary(), "saved": args.save}
+    _write(args, task, result, report, soft)
     if args.json:
         print(json.dumps(report))
     else:
         _print(report, args)
     return 0
+
+
+def _write(args, task, result, report: dict, soft: bool) -> None:
+    """The learned prompt (.npy soft tokens, or the prompt file), the report and the plot."""
+    if not soft:
+        from .prompt_search import prompt_file
+
+        report["prompt_file"] = prompt_file(args, task, result, report)
+    if args.save:
+        if soft:
+            save_npy(args.save, result.learned)
+        else:
+            save_text(args.save, json.dumps(report["prompt_file"], indent=1, ensure_ascii=False) + "\n")
+    if args.report:
+        save_text(args.report, json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        from blackbox.plots import learning_curves, save_figure
+
+        save_figure(learning_curves({args.model: result}, loss_label="label cross-entropy" if soft else "loss",
+                                    chance=1 / len(task.label_words),
+                                    title=f"prompt tuning from queries ({args.allocator} allocation)"), args.plot)
 
 
 def _task(args, soft: bool):
@@ -219,62 +252,53 @@ def _soft(args, task):
 
 
 def _discrete(args, task):
-    from blackbox.adapters.api_prompting import openai_label_scorer
-    from blackbox.discrete_prompt import tune_discrete_prompt, warm_start
     from blackbox.queries import Budget
-    from blackbox.tasks import DEFAULT_CANDIDATES
 
-    candidates = list(DEFAULT_CANDIDATES)
-    if args.candidates is not None:
-        candidates = [w.strip() for w in args.candidates.split(",") if w.strip()]
-        if len(candidates) < 2:
-            raise InputError("--candidates needs at least two comma-separated words")
-    slots, theta0 = args.slots or 3, None
-    if args.prompt:
-        try:
-            with open(args.prompt, encoding="utf-8") as f:
-                words = f.read().split()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read the prompt {args.prompt}: {exc}") from None
-        if args.slots is not None and args.slots != len(words):
-            raise InputError(f"--slots {args.slots} but the prompt in {args.prompt} has {len(words)} words")
-        candidates, slots, theta0 = warm_start(words, candidates)
+    from .prompt_search import run_search
+
     budget = Budget(max_tokens=args.max_tokens, max_cost=args.max_cost)
-    scorer = openai_label_scorer(args.model[len("openai:"):].strip(), task.label_words, api=args.api or "auto",
-                                 base_url=args.base_url, api_key_env=args.api_key_env, budget=budget,
-                                 cache=not args.no_cache, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
-                                 timeout=args.timeout, max_attempts=args.max_attempts, prices=args.prices,
-                                 top_k=args.top_k or 20)
-    try:
-        result = tune_discrete_prompt(scorer, task, candidates, n_slots=slots, steps=args.steps,
-                                      total_queries=args.total_queries, batch_size=args.batch_size,
-                                      queries_per_step=args.queries_per_step, lr=args.lr, allocator=args.allocator,
-                                      seed=args.seed, budget=budget, checkpoint=args.checkpoint,
-                                      eval_every=args.eval_every, theta0=theta0, progress=not args.no_progress)
-    finally:
-        scorer.engine.close()
-    u = scorer.engine.stats
-    usage = {"requests_paid": u.sent, "from_cache": u.cache_hits, "retries": u.retries}
-    return result, {"kind": "discrete", "api": scorer.kind, "prompt": result.learned,
-                    "tokens": u.prompt_tokens + u.completion_tokens,
-                    "cost": round(u.cost, 6) if u.cost_known else None, "usage": usage}
+    result, extra = run_search(args, task, budget)
+    if result is not None:
+        extra["prompt"] = result.learned.describe()
+    return result, extra
 
 
 def _print(report: dict, args) -> None:
     if report["prompt"] is not None:
-        print(f"prompt: {report['prompt']!r}")
+        print(f"prompt: {report['prompt']!r}" if report["kind"] == "soft" or report["prompt"] else "prompt: (the bare "
+              "template: no instruction, demonstration or word was learned)")
     nan = float("nan")
+    second = (f"label NLL {report.get('label_nll_before', nan):.3f} -> {report.get('label_nll_after', nan):.3f}"
+              if "label_nll_after" in report or report["kind"] == "soft" else
+              f"answers that are labels {report.get('answers_are_labels_before', nan):.2f} -> "
+              f"{report.get('answers_are_labels_after', nan):.2f}")
     print(f"held-out accuracy {report.get('accuracy_before', nan):.3f} -> {report.get('accuracy_after', nan):.3f} "
-          f"(label NLL {report.get('label_nll_before', nan):.3f} -> {report.get('label_nll_after', nan):.3f})")
+          f"({second})")
     spent = f"{report['train_queries']} training queries + {report['eval_queries']} evaluation queries"
     if report["kind"] == "discrete":
+        _print_search(report)
         u = report["usage"]
         cost = "unknown cost (no price)" if report["cost"] is None else f"${report['cost']:.4f}"
-        spent += (f" over {report['api']}; {u['requests_paid']} requests paid, {u['from_cache']} from cache, "
+        batched = (f" ({u['batched']} through the Batch API in {u['batches']} batch{'es' if u['batches'] != 1 else ''}: "
+                   f"{', '.join(u['batch_ids'])})" if u["batch_ids"] else "")
+        spent += (f" over {report['api']}; {u['requests_paid']} requests paid{batched}, {u['from_cache']} from cache, "
                   f"{report['tokens']} tokens, {cost}")
     print(f"{spent}; {report['seconds']:.0f} s ({args.allocator} allocation)")
     if report["stopped"]:
         print(f"stopped: {report['stopped']}")
-    for path, what in ((args.save, "prompt"), (args.report, "report"), (args.plot, "plot")):
+    for path, what in ((args.save, "prompt file"), (args.report, "report"), (args.plot, "plot")):
         if path:
             print(f"wrote {what}: {path}")
+
+
+def _print_search(report: dict) -> None:
+    """How the search scored prompts (and why), and what the probe cost."""
+    s = report["search"]
+    how = ("label log-probabilities (one answer token per query)" if s["reward"] == "logprobs" else
+           f"sampled answers scored by exact match ({s['samples_per_prompt']} answer(s) per sampled prompt, "
+           "each a query)")
+    found = "; ".join(f"{f['mode']}: {f['why']}" for f in s["probe"])
+    probe = f"; probe: {found}, paid {s['probe_paid']}" if s["probe"] else ""
+    print(f"reward: {how}{probe}")
+    if s["proposed"]:
+        print(f"proposed instructions: {len(s['proposed'])} (in the report)")

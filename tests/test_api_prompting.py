@@ -39,6 +39,15 @@ def test_label_logprobs_are_read_from_top_logprobs_with_case_and_space_variants(
     assert request["logprobs"] is True and request["top_logprobs"] == 20 and request["max_tokens"] == 1
 
 
+def test_a_multi_token_label_is_scored_by_a_first_token_that_starts_no_other_label():
+    scorer = CompletionLabelScorer(engine=None, model="m", label_words=["entertainment", "politics", "sport", "sports"])
+    top = {" entert": -1.0, "Ent": -2.0, "pol": -1.5, " sport": -0.7, "s": -3.0, "e": -3.5, "the": -4.0}
+    lp, listed = scorer.read_listed({"choices": [{"logprobs": {"top_logprobs": [top]}}]})
+    assert lp[0] == pytest.approx(np.logaddexp(-1.0, -2.0)) and lp[1] == -1.5   # 'entert' + 'Ent'; 'pol'
+    assert lp[2] == -0.7 and lp[3] == pytest.approx(-4.0 - np.log(2))          # 'sport' is a label itself
+    assert listed == [True, True, True, False]   # one-letter tokens and shared prefixes count for nothing
+
+
 def test_end_of_text_answers_are_resent_with_min_tokens_and_a_refusal_is_a_clear_error():
     """llama.cpp lists no logprobs when the first token is the end of text: re-send with min_tokens=1."""
     from blackbox.errors import ModelError
@@ -50,7 +59,7 @@ def test_end_of_text_answers_are_resent_with_min_tokens_and_a_refusal_is_a_clear
         def __init__(self, refuse=False):
             self.seen, self.refuse = [], refuse
 
-        def map(self, requests):
+        def map(self, requests, batch=False):
             self.seen.append(requests)
             if self.refuse and any("min_tokens" in r for r in requests):
                 raise ModelError("the endpoint refused the request (400): unknown field min_tokens")
@@ -113,17 +122,66 @@ def test_serve_answers_completions_and_chat_with_the_models_own_logprobs(served,
     assert first["token"] == first["top_logprobs"][0]["token"] and first["logprob"] <= 0
     models = {m["id"] for m in __import__("httpx2").get(f"{served.url}/models").json()["data"]}
     assert {lm.name, "efficientnet-lite0"} <= models
-    for bad in ({"model": lm.name, "prompt": prompt, "n": 2}, {"model": lm.name, "prompt": ""},
+    r = _post(f"{served.url}/completions", {"model": lm.name, "prompt": prompt, "max_tokens": 4, "temperature": 1.0,
+                                            "seed": 7, "n": 3})
+    choices = r.json()["choices"]
+    alone = [_post(f"{served.url}/completions", {"model": lm.name, "prompt": prompt, "max_tokens": 4,
+                                                 "temperature": 1.0, "seed": 7 + j}).json() for j in range(3)]
+    assert [c["text"] for c in choices] == [a["choices"][0]["text"] for a in alone]  # answer j: seed + j
+    assert [c["index"] for c in choices] == [0, 1, 2] and len({c["text"] for c in choices}) > 1
+    assert r.json()["usage"]["prompt_tokens"] == len(lm.tokenize(prompt))            # the prompt billed once
+    assert r.json()["usage"]["completion_tokens"] == sum(a["usage"]["completion_tokens"] for a in alone)
+    for bad in ({"model": lm.name, "prompt": prompt, "n": 17}, {"model": lm.name, "prompt": ""},
                 {"model": lm.name, "prompt": prompt, "logprobs": 99}):
         assert _post(f"{served.url}/completions", bad).status_code == 400
     assert _post(f"{served.url}/completions", {"model": "gpt-x", "prompt": prompt}).status_code == 404
 
 
-def _reviews(tmp_path):
-    rows = [("I loved this film, it was wonderful", "positive"), ("A dull, boring and stupid story", "negative"),
+def test_multi_token_labels_are_scored_by_all_their_tokens_over_completions(served, lm, tmp_path, monkeypatch):
+    """--label-tokens all: a label's log-probability summed over its tokens, one continuation
+    request per further token, equals what the model itself says of the whole label."""
+    from blackbox.adapters.api_prompting import openai_prompt_endpoint
+    from blackbox.errors import InputError
+    from blackbox.prompts import Prompt
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path))
+    labels = ["arthropod", "aquatic", "avian"]
+    assert len(lm.tokenize(" arthropod")) == 2 and len(lm.tokenize(" aquatic")) == 1  # ' arthrop' + 'od'
+    prompt = Prompt("Answer with one word: arthropod, aquatic or avian.",
+                    [("A spider with eight legs.", "arthropod"), ("A trout in a river.", "aquatic"),
+                     ("An eagle in the sky.", "avian")], template="{text}\nAnswer:")
+    pairs = [(prompt, "A beetle under a stone."), (prompt, "A shark in the sea.")]
+    endpoint = openai_prompt_endpoint(lm.name, labels, api="completions", base_url=served.url, label_tokens="all")
+    first = openai_prompt_endpoint(lm.name, labels, api="completions", base_url=served.url)
+    try:
+        lp, lp1 = endpoint.label_scores(pairs).lp, first.label_scores(pairs).lp
+        sent, sent_first = endpoint.engine.stats.sent, first.engine.stats.sent
+    finally:
+        endpoint.close()
+        first.close()
+
+    def own(targets):
+        return np.array([-lm.nll(np.zeros((1, 0, lm.embed_dim)), [prompt.fill_completion(t)], [targets])[0]
+                         for _, t in pairs])
+    canonical = np.isclose(lp1[:, 0], own(" arthrop"), atol=2e-3)   # its first token ' arthrop' was listed
+    assert canonical[0] and np.allclose(lp[canonical, 0], own(" arthropod")[canonical], atol=2e-3)  # the whole label
+    assert np.all(lp1[canonical, 0] > lp[canonical, 0])      # its first token alone says more
+    assert np.allclose(lp[:, 1:], lp1[:, 1:])                 # one-token labels: the same either way
+    assert sent == len(pairs) + canonical.sum()                # one continuation request per example that needs it
+    assert sent_first == 0                                     # the first-token requests are the same ones: cached
+    with pytest.raises(InputError, match="needs /v1/completions"):
+        openai_prompt_endpoint(lm.name, labels, api="chat", base_url=served.url, label_tokens="all")
+
+
+def _review_rows():
+    return [("I loved this film, it was wonderful", "positive"), ("A dull, boring and stupid story", "negative"),
             ("Brilliant acting and a happy end", "positive"), ("Terrible acting and a bad end", "negative"),
             ("What a delightful and moving movie", "positive"), ("What a tedious and painful movie", "negative"),
             ("Superb music and a lovely cast", "positive"), ("Awful music and a weak cast", "negative")]
+
+
+def _reviews(tmp_path):
+    rows = _review_rows()
     lines = [json.dumps({"text": t, "label": y}) + "\n" for t, y in rows]
     (tmp_path / "train.jsonl").write_text("".join(lines[:6]))
     (tmp_path / "test.jsonl").write_text("".join(lines[6:]))
@@ -131,33 +189,166 @@ def _reviews(tmp_path):
             "--template", "Review: {text}\nIs the review positive or negative? Answer:"]
 
 
-def test_cli_discrete_prompt_on_user_data_over_chat_then_a_free_rerun(served, lm, tmp_path, capsys, monkeypatch):
-    """A JSONL data set the test writes, tuned end to end from the CLI over /v1/chat/completions."""
+def test_cli_search_over_chat_saves_a_prompt_file_a_plain_openai_client_sends(served, lm, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Sampled answers over /v1/chat/completions, end to end from the CLI on a JSONL data set the
+    test writes: the prompt file, sent by a plain openai client, scores what the run says; the
+    file evaluated again (--steps 0) pays nothing, edited by hand it is evaluated as written; a
+    rerun pays nothing."""
     from blackbox.cli.main import main
 
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
-    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "chat",
-           *_reviews(tmp_path), "--steps", "2", "--batch-size", "2", "--queries-per-step", "6",
-           "--candidates", "Please,rate,the,review,kindly,now", "--slots", "2", "--save", str(tmp_path / "p.txt"),
-           "--json", "--no-progress"]
+    data = _reviews(tmp_path)
+    saved = tmp_path / "prompt.json"
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "chat", *data,
+           "--reward", "sampled", "--samples", "2", "--shots", "1", "--propose", "1", "--steps", "2",
+           "--batch-size", "2", "--queries-per-step", "8", "--save", str(saved), "--json", "--no-progress"]
     assert main(cmd) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["api"] == "chat" and report["task"]["classes"] == ["negative", "positive"]
-    assert report["train_queries"] == 12 and report["eval_queries"] == 4 and report["steps"] == 2
-    assert report["accuracy_before"] in (0.0, 0.5, 1.0) and report["accuracy_after"] in (0.0, 0.5, 1.0)
-    assert report["label_nll_before"] > 0 and report["tokens"] > 0 and report["usage"]["requests_paid"] > 0
-    assert (tmp_path / "p.txt").read_text().strip() == report["prompt"] and len(report["prompt"].split()) <= 2
-    assert main(cmd) == 0
-    again = json.loads(capsys.readouterr().out)
-    assert again["usage"]["requests_paid"] == 0 and again["prompt"] == report["prompt"]   # all from the cache
-    # auto picks /v1/completions when the endpoint serves it; the saved prompt is re-evaluated
-    auto = [c for c in cmd if c not in ("--api", "chat")]
-    auto[auto.index("--steps") + 1] = "0"
-    auto[auto.index("--save")] = "--prompt"
-    assert main(auto) == 0
+    s = report["search"]
+    assert report["api"] == "chat" and s["reward"] == "sampled" and s["samples_per_prompt"] == 2
+    assert report["train_queries"] == 16 and report["eval_queries"] == 4 and len(s["proposed"]) <= 1
+    # n=2 answers come in one request (blackbox serve honours n): fewer requests than answers
+    assert report["usage"]["requests_paid"] < 6 + 1 + 16 + 4
+    file = json.loads(saved.read_text())
+    assert file["labels"] == ["negative", "positive"] and file["messages"][-1]["role"] == "user"
+    assert _sent_by_openai(served.url, file) == report["accuracy_after"]
+    again = [c for c in cmd if c not in ("--save", str(saved))]
+    again[again.index("--steps") + 1] = "0"
+    assert main(again + ["--prompt", str(saved)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["api"] == "completions" and evaluated["prompt"] == report["prompt"]
-    assert evaluated["train_queries"] == 0 and evaluated["accuracy_before"] == evaluated["accuracy_after"]
+    assert evaluated["accuracy_before"] == evaluated["accuracy_after"] == report["accuracy_after"]
+    assert evaluated["usage"]["requests_paid"] == 0 and evaluated["train_queries"] == 0
+    # a hand-edited file is evaluated as written: new requests, the accuracy the plain client measures
+    edited = tmp_path / "edited.json"
+    file["messages"] = [{"role": "system", "content": "Answer with one word: negative."}, file["messages"][-1]]
+    edited.write_text(json.dumps(file))
+    assert main(again + ["--prompt", str(edited)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["usage"]["requests_paid"] == 2 and evaluated["task"]["test"] == 2
+    assert evaluated["accuracy_after"] == _sent_by_openai(served.url, file)
+    assert main(cmd) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["requests_paid"] == 0   # all from the cache
+
+
+def _sent_by_openai(url, file):
+    """Held-out accuracy of a prompt file sent by a plain openai client as the README shows."""
+    import openai
+
+    from blackbox.prompts import normalise_answer
+
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    right = 0
+    for text, label in _review_rows()[6:]:
+        messages = file["messages"][:-1] + [{"role": "user",
+                                             "content": file["messages"][-1]["content"].replace("{text}", text)}]
+        answer = client.chat.completions.create(model=file["model"], messages=messages, max_tokens=file["max_tokens"],
+                                                temperature=file["temperature"]).choices[0].message.content
+        right += normalise_answer(answer.strip().splitlines()[0] if answer.strip() else "") == label
+    return right / 2
+
+
+@pytest.fixture(scope="module")
+def five_way(tmp_path_factory):
+    """A user's 5-way table: 34 training and 32 held-out ImageNet class descriptions (giveaway
+    words masked) with labels the project never uses, written as JSONL."""
+    from blackbox.tasks import imagenet_description_task
+
+    task = imagenet_description_task(per_class=14, max_words=14, sentences=1, seed=3)
+    names = ["avian", "canine", "aquatic", "reptile", "arthropod"]
+    folder = tmp_path_factory.mktemp("five-way")
+    for split, texts, labels, n in (("train", task.train_texts, task.train_labels, 34),
+                                    ("test", task.test_texts, task.test_labels, 32)):
+        rows = [json.dumps({"text": t, "label": names[y]}) + "\n" for t, y in zip(texts, labels)][:n]
+        (folder / f"{split}.jsonl").write_text("".join(rows))
+    return ["--train", str(folder / "train.jsonl"), "--test", str(folder / "test.jsonl")]
+
+
+@pytest.fixture
+def counting(lm):
+    """blackbox serve's SmolLM2 behind the fault server, which counts every request it receives."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from fault_server import BrightnessScorer, FaultServer
+
+    srv = FaultServer(port=0, scorer=BrightnessScorer()).start()
+    yield srv
+    srv.stop()
+
+
+def test_a_chat_run_whose_answers_carry_no_signal_pays_only_its_probe(counting, lm, five_way, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The issue's setting (word slots, no instruction naming the labels, no demonstrations) over
+    chat: no label is ever listed and no sampled answer is a label. The run stops before its
+    held-out evaluation and its training, in one line, having paid its probe: <= 40 requests
+    counted at the server on a 32-row test set. A rerun pays nothing and stops the same way."""
+    from blackbox.cli.main import main
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "none.txt").write_text("")
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", counting.url, "--api", "chat", *five_way,
+           "--steps", "20", "--shots", "0", "--instructions", str(tmp_path / "none.txt"), "--slots", "3",
+           "--no-progress"]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("blackbox: error: no signal")
+    assert "0 of 8 probed examples" in err and "paid 16 requests" in err and "--api completions" in err
+    assert counting.counters.requests == 16 <= 40
+    assert main(cmd) == 2 and counting.counters.requests == 16   # the probe's answers are cached
+    assert "paid 0 requests" in capsys.readouterr().err
+
+
+def test_batch_sends_each_evaluation_pass_as_one_batch_with_the_synchronous_accuracy(counting, lm, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """--batch: the held-out passes (before and after) go through serve's Batch API, one batch
+    each, every query paid once (counted at the server); the training stays synchronous; the
+    accuracy is the one the synchronous run measures; a rerun pays nothing and sends no batch."""
+    from blackbox.cli.main import main
+
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", counting.url, "--api", "completions",
+           *_reviews(tmp_path), "--steps", "2", "--batch-size", "2", "--queries-per-step", "4", "--shots", "1",
+           "--probe", "4", "--json", "--no-progress"]
+    runs = {}
+    for batch in (True, False):
+        monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / f"cache-{batch}"))
+        assert main(cmd + ["--batch"] * batch) == 0
+        runs[batch] = json.loads(capsys.readouterr().out)
+        if batch:
+            paid_batched = counting.counters.answered
+            assert counting.counters.duplicate_paid == 0 and paid_batched == runs[True]["usage"]["requests_paid"]
+    plain, batched = runs[False], runs[True]
+    passes = 1 + (batched["prompt"] != "")  # the after pass is cached when nothing was learned
+    assert counting.batch_sizes() == [2] * passes and batched["usage"]["batches"] == passes
+    assert batched["usage"]["batched"] == 2 * passes and len(batched["usage"]["batch_ids"]) == passes
+    for key in ("accuracy_before", "accuracy_after", "label_nll_before", "label_nll_after", "prompt", "train_queries"):
+        assert batched[key] == plain[key], key
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache-True"))
+    answered = counting.counters.answered
+    assert main(cmd + ["--batch"]) == 0
+    assert json.loads(capsys.readouterr().out)["usage"]["requests_paid"] == 0
+    assert counting.counters.answered == answered and len(counting.batch_sizes()) == passes
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint_and_pays_only_new_steps(served, lm, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from blackbox.cli.main import main
+
+    base = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", served.url, "--api", "completions",
+            *_reviews(tmp_path), "--batch-size", "2", "--queries-per-step", "4", "--shots", "2", "--probe", "4",
+            "--json", "--no-progress"]
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "straight"))
+    assert main(base + ["--steps", "3"]) == 0
+    straight = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "resumed"))
+    ckpt = str(tmp_path / "run.npz")
+    assert main(base + ["--steps", "1", "--checkpoint", ckpt]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(base + ["--steps", "3", "--checkpoint", ckpt]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["prompt_file"] == straight["prompt_file"] and resumed["train_queries"] == 12
+    assert resumed["accuracy_after"] == straight["accuracy_after"]
+    # the resumed run paid at most its two new steps and the final evaluation, not the probe or the first step again
+    assert resumed["usage"]["requests_paid"] <= 2 * 4 + 2
+    assert first["steps"] == 1 and resumed["steps"] == 3
 
 
 def test_cli_discrete_prompt_against_a_closed_port_fails_in_one_line(tmp_path, capsys, monkeypatch):
@@ -252,9 +443,10 @@ def test_cli_discrete_prompt_through_llama_cpp_with_a_token_cap(llama_server, tm
     from blackbox.cli.main import main
 
     monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path))
+    (tmp_path / "none.txt").write_text("")
     cmd = ["tune-prompt", "--model", "openai:smollm2", "--base-url", llama_server, "--per-class", "2",
            "--sentences", "1", "--steps", "2", "--batch-size", "2", "--queries-per-step", "6", "--allocator", "flops",
-           "--json", "--no-progress"]
+           "--slots", "3", "--shots", "0", "--instructions", str(tmp_path / "none.txt"), "--json", "--no-progress"]
     assert main(cmd) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["train_queries"] == 12 and report["task"]["test"] == 5 and report["api"] == "completions"

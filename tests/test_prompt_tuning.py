@@ -93,7 +93,8 @@ def test_policy_gradient_learns_the_rewarded_word():
     res = tune_discrete_prompt(label_logprobs, task, ["no", "yes", "maybe"], n_slots=2, steps=30,
                                batch_size=2, queries_per_step=8, lr=0.3, allocator="neyman", seed=0)
     assert res.learned.split()[0] == "yes" and res.history[-1]["prompt"] == res.learned
-    assert res.after["accuracy"] == 1.0 and res.before["accuracy"] == 0.5   # before: no prompt at all
+    # before: no prompt at all, every label tied at -3 (a tie is no correct answer)
+    assert res.after["accuracy"] == 1.0 and res.before["accuracy"] == 0.0
     assert res.queries == 30 * 8 and all(min(h["allocation"]) >= 2 for h in res.history)
     assert res.eval_queries == 4
     # a saved prompt is where a new run starts: with no steps it is only evaluated
@@ -188,6 +189,8 @@ def test_cli_tune_prompt_runs_the_built_in_task(capsys, tmp_path, lm):
 
 
 def test_cli_tune_prompt_bad_input_is_one_line(capsys, tmp_path, review_files):
+    import json
+
     from blackbox.cli.main import main
 
     train, test = review_files
@@ -197,6 +200,11 @@ def test_cli_tune_prompt_bad_input_is_one_line(capsys, tmp_path, review_files):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "b"}\n{oops\n')
+    not_a_prompt = tmp_path / "p.json"
+    not_a_prompt.write_text('{"model": "m"}')
+    other_labels = tmp_path / "q.json"
+    other_labels.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "{text}"}],
+                                        "labels": ["cat", "dog"]}))
     cols = ["--text-column", "review", "--label-column", "sentiment"]
     cases = [(["--train", str(train)], "both --train and --test"),
              (["--train", str(train), "--test", str(test)], "no column 'text'"),
@@ -217,7 +225,19 @@ def test_cli_tune_prompt_bad_input_is_one_line(capsys, tmp_path, review_files):
              (["--api", "chat"], "apply to --model openai"),
              (["--model", "openai:m", "--sigma", "1"], "apply to the embedded model"),
              (["--model", "openai:m", "--candidates", "one"], "two comma-separated"),
-             (["--steps", "-1"], "must be >= 0")]
+             (["--steps", "-1"], "must be >= 0"),
+             (["--batch"], "apply to --model openai"), (["--shots", "2"], "apply to --model openai"),
+             (["--model", "openai:m", "--instructions", str(tmp_path / "none.txt")], "file not found"),
+             (["--model", "openai:m", "--shots", "500"], "use at most"),
+             (["--model", "openai:m", "--batch", "--no-cache"], "drop --no-cache"),
+             (["--model", "openai:m", "--service-tier", "flex"], "no flex rate"),
+             (["--model", "openai:m", "--prompt", str(not_a_prompt)], "not a prompt file"),
+             (["--model", "openai:m", "--prompt", str(other_labels), "--train", str(train), "--test", str(test), *cols],
+              "was tuned for the labels"),
+             (["--model", "openai:m", "--temperature", "0"], "must be > 0"),
+             (["--label-tokens", "all"], "apply to --model openai"),
+             (["--model", "openai:m", "--api", "chat", "--label-tokens", "all"], "needs /v1/completions"),
+             (["--model", "openai:m", "--label-tokens", "some"], "invalid choice")]
     for bad, why in cases:
         try:
             code = main(["tune-prompt", *bad, "--no-progress"])
@@ -226,3 +246,21 @@ def test_cli_tune_prompt_bad_input_is_one_line(capsys, tmp_path, review_files):
         assert code == 2, bad
         err = capsys.readouterr().err
         assert why in err and len(err.strip().splitlines()) == 1, (bad, err)
+
+
+def test_cli_search_dry_run_prices_both_ways_and_names_what_label_tokens_all_adds(capsys, tmp_path, review_files):
+    """The dry run sends nothing (the port is closed), prices the run one by one and batched, and
+    with --label-tokens all runs over completions and says its further requests are not counted."""
+    from blackbox.cli.main import main
+
+    train, test = review_files
+    base = ["tune-prompt", "--model", "openai:gpt-4o-mini", "--base-url", "http://127.0.0.1:9", "--train", str(train),
+            "--test", str(test), "--text-column", "review", "--label-column", "sentiment", "--steps", "2",
+            "--dry-run", "--no-progress"]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    assert plain.startswith("dry run over chat") and "sent one by one" in plain and "through the Batch API" in plain
+    assert "--label-tokens" not in plain
+    assert main(base + ["--label-tokens", "all"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dry run over completions") and "not counted above: --label-tokens all" in out

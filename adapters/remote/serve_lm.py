@@ -3,8 +3,9 @@ and ``/v1/chat/completions``, with ``logprobs`` / ``top_logprobs`` as OpenAI's A
 
 Offline, real and fast enough to test text clients against (discrete prompt tuning over either
 endpoint). ``temperature`` 0 answers greedily, above 0 samples (seeded by ``seed`` or the request);
-``max_tokens`` (default 16, at most 256), ``min_tokens`` and up to 20 ``top_logprobs`` are
-honoured; ``n`` must be 1. The end-of-text token ends an answer and is listed in the
+``max_tokens`` (default 16, at most 256), ``min_tokens``, up to 20 ``top_logprobs`` and ``n``
+(up to 16 answers to one prompt, answer ``j`` sampled with seed ``seed + j``; the prompt's tokens
+are billed once) are honoured. The end-of-text token ends an answer and is listed in the
 log-probabilities (never silently dropped), so a client always sees the first position's
 distribution. Usage reports the real token counts. The model loads on the first text request.
 """
@@ -19,6 +20,7 @@ COMPLETIONS = ("/v1/completions", "/completions")
 CHAT = ("/v1/chat/completions", "/chat/completions")
 MAX_TOKENS = 256
 MAX_TOP = 20
+MAX_N = 16
 
 
 class BadRequest(ValueError):
@@ -74,24 +76,19 @@ class ServedLM:
                 return 404, _error(f"The model '{body.get('model')}' does not exist", "model_not_found")
             chat = route in CHAT
             text = self._chat_text(body) if chat else _prompt(body)
-            options = _options(body, chat)
-            out = self.lm.generate(text, **options)
+            options, n = _options(body, chat)
+            outs = [self.lm.generate(text, **{**options, "seed": options["seed"] + j}) for j in range(n)]
         except (BadRequest, InputError) as exc:
             return 400, _error(f"bad request: {exc}")
         except (ValueError, TypeError) as exc:
             return 400, _error(f"bad request: {exc}")
-        usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": len(out.tokens),
-                 "total_tokens": out.prompt_tokens + len(out.tokens)}
+        completion = sum(len(out.tokens) for out in outs)
+        usage = {"prompt_tokens": outs[0].prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": outs[0].prompt_tokens + completion}
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{hashlib.sha1(raw).hexdigest()[:16]}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": self.name, "system_fingerprint": self.fingerprint, "usage": usage}
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": out.text},
-                      "finish_reason": out.finish_reason, "logprobs": _chat_logprobs(out) if body.get("logprobs") else None}
-        else:
-            choice = {"index": 0, "text": out.text, "finish_reason": out.finish_reason,
-                      "logprobs": _completion_logprobs(out) if body.get("logprobs") is not None else None}
-        return 200, {**head, "choices": [choice]}
+        return 200, {**head, "choices": [_choice(j, out, body, chat) for j, out in enumerate(outs)]}
 
     def _chat_text(self, body: dict) -> str:
         messages = body.get("messages")
@@ -107,6 +104,15 @@ class ServedLM:
                 raise BadRequest("each message needs a role (system, user, assistant) and text content")
             plain.append({"role": m["role"], "content": content})
         return self.lm.chat_text(plain)
+
+
+def _choice(index: int, out, body: dict, chat: bool) -> dict:
+    """One answer as an OpenAI choice (chat message or completion text, with its logprobs if asked)."""
+    if chat:
+        return {"index": index, "message": {"role": "assistant", "content": out.text},
+                "finish_reason": out.finish_reason, "logprobs": _chat_logprobs(out) if body.get("logprobs") else None}
+    return {"index": index, "text": out.text, "finish_reason": out.finish_reason,
+            "logprobs": _completion_logprobs(out) if body.get("logprobs") is not None else None}
 
 
 def _error(message: str, kind: str = "invalid_request_error") -> dict:
@@ -133,9 +139,12 @@ def _count(body: dict, key: str, default: int, top: int) -> int:
     return value
 
 
-def _options(body: dict, chat: bool) -> dict:
-    if int(body.get("n") or 1) != 1:
-        raise BadRequest("n > 1 is not supported")
+def _options(body: dict, chat: bool) -> tuple[dict, int]:
+    """The generation options of a request, and ``n`` (answers asked for)."""
+    n = body.get("n")
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise BadRequest(f"'n' must be a whole number from 1 to {MAX_N}")
     limit = body.get("max_completion_tokens") if chat and body.get("max_completion_tokens") is not None \
         else body.get("max_tokens")
     max_tokens = _count({"max_tokens": limit}, "max_tokens", 16, MAX_TOKENS)
@@ -150,7 +159,7 @@ def _options(body: dict, chat: bool) -> dict:
     if not isinstance(seed, int):
         seed = int(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:15], 16)
     return {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k,
-            "min_tokens": _count(body, "min_tokens", 0, MAX_TOKENS), "seed": seed}
+            "min_tokens": _count(body, "min_tokens", 0, MAX_TOKENS), "seed": seed}, n
 
 
 def _chat_logprobs(out) -> dict:
