@@ -75,16 +75,16 @@ def reach_ratios(curves: list, targets: list[float], total: int) -> list[float |
     return [None if (q := queries_to_reach(c, t)) is None else q / total for c, t in zip(curves, targets)]
 
 
-def reach_claim(name: str, ratios: list, reference: str) -> str:
-    """A sentence saying whether ``name`` reaches ``reference``'s final accuracy with fewer queries,
+def reach_claim(name: str, ratios: list, reference: str, what: str = "accuracy") -> str:
+    """A sentence saying whether ``name`` reaches ``reference``'s final ``what`` with fewer queries,
     judged on the mean ratio and its interval (and only if every seed got there)."""
     reached = [r for r in ratios if r is not None]
     if len(reached) < len(ratios):
-        return (f"{name} reached {reference}'s final accuracy in {len(reached)} of {len(ratios)} seeds: "
+        return (f"{name} reached {reference}'s final {what} in {len(reached)} of {len(ratios)} seeds: "
                 "no claim of fewer queries")
     m, h = mean_ci(reached)
     verdict = "fewer queries (the interval lies below 1)" if m + h < 1 else "no fewer queries within the noise"
-    return f"{name} reached {reference}'s final accuracy with {m:.2f}x ± {h:.2f} of the queries: {verdict}"
+    return f"{name} reached {reference}'s final {what} with {m:.2f}x ± {h:.2f} of the queries: {verdict}"
 
 
 def paired_claim(name: str, diffs: list, reference: str, what: str = "accuracy") -> str:
