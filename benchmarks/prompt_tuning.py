@@ -9,7 +9,7 @@ groups, Rotten Tomatoes sentiment; one fixed held-out set per task shared by eve
 Methods share one interface, ``method(task, budget, seed, endpoint, train, val) -> MethodRun``
 (``budget`` in metric calls; ``train``/``val`` are the seed's rows, the same for every method):
 ours in :mod:`benchmarks.prompt_bench.methods` (zero-shot, random demonstration sets, instruction
-search, the shipped word slots, the slot for the new policy), DSPy's in
+search, the shipped word slots, the library's prompt search), DSPy's in
 :mod:`benchmarks.prompt_bench.dspy_methods`. One run per (task, method, seed) goes to the largest
 budget; the programs at the smaller budgets are read off it. Every program is then scored on the
 held-out rows the same way (greedy chat answers through the project's query engine; see
@@ -49,12 +49,12 @@ METHODS = {
     "random-demos": methods.random_demos,
     "instruction-search": methods.instruction_search,
     "word-slots": methods.word_slots,
-    "new-policy": methods.new_policy,          # the slot: plugged in when branch h-prompt lands
+    "new-policy": methods.new_policy,          # blackbox.prompts, as tune-prompt runs it
     "dspy-bfsrs": dspy_methods.bfsrs,
     "dspy-mipro-light": dspy_methods.mipro_light,
     "dspy-gepa": dspy_methods.gepa,
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "new-policy"]
+DEFAULT_METHODS = list(METHODS)
 SMOKE = {"budgets": [20, 40], "seeds": [0], "train": 20, "val": 10, "heldout": 30, "tasks": ["tweets"]}
 PART_DIR = PARTS / "prompt_tuning"
 

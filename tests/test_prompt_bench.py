@@ -124,3 +124,76 @@ def test_dspy_program_is_written_as_dspy_writes_it():
     expected = dspy.ChatAdapter().format(sig, [dspy.Example(**demos[0])], {"text": "awful"})
     assert program.messages("awful") == expected
     assert program_from_dict(program.to_dict()).messages("awful") == expected
+
+
+class _Classifier:
+    """A stand-in chat engine (no server) for the new policy: the text names its label; the
+    model gets it right only when shown demonstrations, and otherwise answers ``wrong``. Label
+    requests (``logprobs``) list first-token alternatives, others get the answer as text. It
+    keeps every request it was asked."""
+
+    def __init__(self, labels, wrong: str = "business"):
+        from blackbox.adapters.remote.engine import EngineStats
+
+        self.labels, self.wrong, self.stats, self.budget, self.requests = labels, wrong, EngineStats(), None, []
+
+    def answer(self, messages) -> str:
+        if len(messages) < 3:  # no demonstration turns
+            return self.wrong
+        return next(y for y in self.labels if y in messages[-1]["content"].split())
+
+    def map(self, requests, *args, **kwargs):
+        from blackbox.adapters.remote.engine import Response
+
+        self.requests += requests
+        out = []
+        for req in requests:
+            word = self.answer(req["messages"])
+            listed = [{"token": word, "logprob": -0.1}, {"token": "The", "logprob": -3.0}]
+            choice = {"message": {"content": word}, "finish_reason": "length"}
+            if req.get("logprobs"):
+                choice["logprobs"] = {"content": [{"token": word, "logprob": -0.1, "top_logprobs": listed}]}
+            out.append(Response({"choices": [choice]}, False, 10, 1))
+        return out
+
+
+def _rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = __import__("numpy").random.default_rng(seed)
+    return [(f"row {seed}-{i} about {y}", y) for i, y in enumerate(rng.choice(LABELS, n))]
+
+
+def test_new_policy_is_the_library_search_within_its_budget():
+    """The slot runs blackbox.prompts' search: a label-logprob probe finds signal, the policy
+    learns that demonstrations help, every request is a metric call within the budget, and each
+    step's candidate is sent in held-out scoring as the library sent it in training."""
+    from benchmarks.prompt_bench.methods import PROBE_ROWS, new_policy
+    from blackbox.prompts import Prompt
+
+    engine = _Classifier(LABELS)
+    task = Task("t", "news topic", LABELS, (), (), "test")
+    run = new_policy(task, 300, 0, _Endpoint(engine), _rows(24, 1), _rows(8, 2))
+    assert run.pick == "last" and run.notes["reward"] == "logprobs"
+    assert run.metric_calls == run.lm_calls == len(engine.requests) == PROBE_ROWS + 9 * 32 <= 300
+    calls = [c.calls for c in run.candidates]
+    assert calls == [0] + [PROBE_ROWS + 32 * s for s in range(1, 10)]
+    assert run.candidates[0].program == PromptProgram(neutral_instruction("news topic", LABELS))
+    learned = run.at(300)
+    assert len(learned.demos) >= 1 and all(d in _rows(24, 1) + _rows(8, 2) for d in learned.demos)
+    assert all(r["max_tokens"] == 1 and r["logprobs"] for r in engine.requests)
+    for program in (learned, PromptProgram("", learned.demos)):  # held-out scoring sends what training sent
+        assert program.messages("x") == Prompt(program.instruction, list(program.demos)).fill_messages("x")
+
+
+def test_new_policy_without_signal_pays_only_its_probe():
+    from benchmarks.prompt_bench.methods import PROBE_ROWS, new_policy
+
+    class Silent(_Classifier):
+        def answer(self, messages):
+            return "Sorry"
+
+    engine = Silent(LABELS)
+    task = Task("t", "news topic", LABELS, (), (), "test")
+    run = new_policy(task, 300, 0, _Endpoint(engine), _rows(24, 1), _rows(8, 2))
+    assert len(engine.requests) == run.metric_calls == 2 * PROBE_ROWS  # label logprobs, then sampled answers
+    assert "no signal" in run.notes["stopped"] and len(run.candidates) == 1
+    assert run.at(300) == PromptProgram(neutral_instruction("news topic", LABELS))

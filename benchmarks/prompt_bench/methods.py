@@ -12,7 +12,7 @@ its candidates in order, so the programs at smaller budgets are read off the sam
   training rows (the proposals are LM calls, not metric calls), each scored on ``val``.
 * :func:`word_slots`: the shipped discrete prompt tuner (:mod:`blackbox.discrete_prompt`: a
   categorical policy over words in 3 slots, label log-probabilities as reward) in front of the text.
-* :data:`NEW_POLICY`: the slot for the new policy (see its docstring).
+* :func:`new_policy`: the library's prompt search (:mod:`blackbox.prompts`), as `tune-prompt` runs it.
 """
 from __future__ import annotations
 
@@ -144,12 +144,63 @@ def word_slots(task: Task, budget: int, seed: int, endpoint, train, val) -> Meth
     return tally.settle(run, result.queries)
 
 
+NEW_POLICY_STEP = {"batch_size": 8, "queries_per_step": 32, "lr": 0.3}  # tune-prompt's API defaults
+PROBE_ROWS = 8          # the library's default probe (blackbox.prompts.signal.PROBE_ROWS)
+
+
+def policy_space(task: Task, rows: Sequence[tuple[str, str]]):
+    """The new policy's space as ``tune-prompt`` builds it by default (its three label-naming
+    instructions, the empty one, up to min(labels, 4) demonstrations from ``rows``, no word
+    slots), with the zero-shot instruction added as a candidate; ``(space, theta0)``, theta0
+    leaning towards the zero-shot prompt (as ``--prompt zero-shot.json`` would start it)."""
+    from blackbox.prompts import Prompt, PromptSpace, default_instructions
+
+    instruction = neutral_instruction(task.description, task.labels)
+    space = PromptSpace([*default_instructions(task.labels), instruction], rows, min(len(task.labels), 4))
+    return space, space.start(Prompt(instruction))
+
+
+def as_program(prompt) -> PromptProgram:
+    """A library :class:`~blackbox.prompts.Prompt` as the benchmark's program (the same messages)."""
+    return PromptProgram(prompt.instruction, tuple(prompt.demonstrations), prompt.words)
+
+
 def new_policy(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
-    """SLOT for the new policy of issue #33 (branch ``h-prompt``: instruction + k demonstrations +
-    word slots under one categorical policy, rewarded by label log-probabilities or sampled answers
-    and the metric). To plug it in: build its scorer over ``Tally(endpoint.engine)`` as
-    :func:`word_slots` does, run it with ``total_queries=budget`` on ``train`` (+ ``val`` if it
-    selects nothing), and return ``MethodRun(pick="last")`` (or ``"best"`` with validation scores)
-    with one candidate per step: ``calls`` = metric calls so far, ``program`` =
-    ``PromptProgram(instruction, demos, prefix)``; finish with ``tally.settle(run, calls)``."""
-    raise NotImplementedError("the new policy is not plugged in yet (it comes with branch h-prompt)")
+    """The library's prompt search (:mod:`blackbox.prompts`: one categorical policy over
+    instruction, number of demonstrations and the demonstrations, learned by LR with a
+    leave-one-out baseline through the one training loop) over the chat endpoint, as
+    ``tune-prompt --reward auto`` runs it: a signal probe of PROBE_ROWS rows picks label
+    log-probabilities when labels are listed, else sampled answers scored by exact match; it
+    stops there (keeping the zero-shot program) when neither carries signal. Trained on
+    ``train`` + ``val`` (it selects nothing; they are also the demonstration pool). Every request
+    scores a prompt on a row, so every request (probe included) is a metric call. One candidate
+    per step: the policy's likeliest prompt, at the metric calls spent so far."""
+    from blackbox.adapters.api_prompting import PromptEndpoint
+    from blackbox.errors import NoSignal
+    from blackbox.forward_learning import train as train_loop
+    from blackbox.prompt_tuning import TextClassificationTask
+    from blackbox.prompts import LabelLogprobs, PromptSearch, SampledAnswers, probe_signal
+
+    labels, rows, tally = list(task.labels), train + val, Tally(endpoint.engine)
+    chat = PromptEndpoint(tally, endpoint.model, "chat", labels)
+    items = TextClassificationTask([t for t, _ in rows], [labels.index(y) for _, y in rows], [], [], labels,
+                                   name=task.name, template="{text}")
+    space, theta0 = policy_space(task, rows)
+    run = MethodRun(pick="last")
+    run.add(0, None, as_program(space.prompt(space.best(theta0))))
+    try:
+        reward, findings = probe_signal([LabelLogprobs(chat, labels), SampledAnswers(chat, labels, seed=seed)],
+                                        items, space, theta0, rows=PROBE_ROWS, seed=seed)
+    except NoSignal as exc:
+        run.notes["stopped"] = str(exc)
+        return tally.settle(run, tally.requests)
+    run.notes.update(reward=reward.mode, probe="; ".join(f.why for f in findings))
+    source = PromptSearch(space, reward, items)
+    left = budget - tally.requests
+    if left >= NEW_POLICY_STEP["queries_per_step"]:
+        result = train_loop(source, theta0, total_queries=left, seed=seed, eval_fn=None, eval_every=None,
+                            callback=lambda step, theta, row: run.add(tally.requests, None,
+                                                                      as_program(source.prompt(theta))),
+                            **NEW_POLICY_STEP)
+        run.notes.update(steps=result.steps, stopped=result.stopped)
+    return tally.settle(run, tally.requests)

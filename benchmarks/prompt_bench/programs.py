@@ -63,7 +63,8 @@ class Program(Protocol):
 
 @dataclass(frozen=True)
 class PromptProgram:
-    """System instruction + demonstration turns + (optional) words before the text."""
+    """System instruction (none when empty) + demonstration turns + (optional) words before the
+    text: the messages :class:`blackbox.prompts.Prompt` sends for the same parts."""
 
     instruction: str
     demos: tuple[tuple[str, str], ...] = ()
@@ -71,7 +72,7 @@ class PromptProgram:
     max_tokens: int = ANSWER_TOKENS
 
     def messages(self, text: str) -> list[dict]:
-        turns = [{"role": "system", "content": self.instruction}]
+        turns = [{"role": "system", "content": self.instruction}] if self.instruction else []
         for demo_text, label in self.demos:
             turns += [{"role": "user", "content": demo_text}, {"role": "assistant", "content": label}]
         user = f"{self.prefix}\n{text}" if self.prefix else text
