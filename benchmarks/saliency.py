@@ -387,6 +387,12 @@ def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Pat
                     f"{f['blur-lib'][1]:.4f} avg4 {removal.average(f, 0):.4f}/{removal.average(f, 1):.4f} ({wall:.0f}s)")
 
 
+def only_matches(only: str, name: str, specs: list[dict]) -> bool:
+    """``--only``: a row named exactly ``only`` (case aside), or, when no row is, every row whose name contains it."""
+    exact = [s["name"] for s in specs if s["name"].lower() == only.lower()]
+    return name in exact if exact else only.lower() in name.lower()
+
+
 def stem_of(which: str) -> str:
     return "saliency" if which == "table" else f"saliency.{which}"
 
@@ -478,7 +484,8 @@ def main(argv=None):
                    help="budgets to compute (stored rows of these budgets are re-scored; 4000 only re-scores)")
     p.add_argument("--rows", choices=("all", "core"), default="all",
                    help="core: only the rows the targets are judged on (" + ", ".join(CORE) + ")")
-    p.add_argument("--only", nargs="+", help="only methods whose name contains one of these")
+    p.add_argument("--only", nargs="+",
+                   help="only the methods named one of these (or, for a word no name equals, containing it)")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every seed a row asks for)")
     p.add_argument("--combine", action="store_true", help="merge the part files into the tables")
     p.add_argument("--timing", action="store_true", help="timing part (run alone on an idle machine)")
@@ -500,7 +507,7 @@ def main(argv=None):
     if args.rows == "core":
         specs = [s for s in specs if s["name"] in CORE]
     if args.only:
-        specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
+        specs = [s for s in specs if any(only_matches(o, s["name"], every) for o in args.only)]
     names = args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS)
     if args.check:
         return check(args.set, names, model, specs, args.budgets, log)
