@@ -60,7 +60,20 @@ class Board:
         return top[0][1] - top[1][1]
 
     def runs(self, method: str, budget: int, photos, seed: int = 0) -> dict[str, dict]:
-        return {p: self.maps[(method, budget, seed, p)] for p in photos if (method, budget, seed, p) in self.maps}
+        """The maps of ``method`` on ``photos``; none unless it was measured on every one of them
+        (means over different photos would not compare)."""
+        found = {p: self.maps[(method, budget, seed, p)] for p in photos if (method, budget, seed, p) in self.maps}
+        return found if len(found) == len(photos) else {}
+
+    def partial(self) -> list[str]:
+        """``method budget (n of N photos)`` for the rows measured on only some of the photos."""
+        out = []
+        for method in self.methods:
+            for budget in self.budgets:
+                n = sum((method, budget, 0, p) in self.maps for p in self.photos)
+                if 0 < n < len(self.photos):
+                    out.append(f"{method} at {budget} ({n} of {len(self.photos)})")
+        return out
 
     def slower(self, row: dict) -> list[str]:
         """The fills under which this map deletes slower than the photo's random orders (the rule
@@ -252,6 +265,12 @@ def per_photo(board: Board, budget: int) -> str:
     return "\n".join(lines)
 
 
+def partial_note(board: Board) -> str:
+    partial = board.partial()
+    return ("Rows measured on only some photos are left out of the tables (their rows are in the .json): "
+            + "; ".join(partial) + ".\n") if partial else ""
+
+
 def rescore_note(board: Board) -> str:
     checked = [r["own_check"] for r in board.maps.values() if "own_check" in r]
     if not checked:
@@ -336,7 +355,7 @@ def header(which: str, boards: dict) -> list[str]:
 def model_section(board: Board) -> list[str]:
     out = [f"## {board.model}\n", f"Photos ({len(board.photos)}): " + ", ".join(
         f"{p} ({board.gap(p):.3f})" for p in board.photos) + " (top-1 minus top-2 probability); competing: "
-        + (", ".join(board.competing) or "none") + ".\n", rescore_note(board) + "\n",
+        + (", ".join(board.competing) or "none") + ".\n", rescore_note(board) + "\n", partial_note(board),
         "### Targets (the default against every black-box peer, avg4)\n", *targets_lines(targets(board)),
         "\n### Means over photos\n", means_table(summarise(board, board.photos))]
     if board.competing:
