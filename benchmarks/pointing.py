@@ -250,7 +250,8 @@ def combine(model: str, budget: int, log) -> None:
     stats = summary(rows)
     targets = [r for r in rows if r["method"] == DEFAULT]
     grids = {r["grid"]: r["photos"] for r in targets}
-    md = ["# Grid pointing game\n", __doc__.split("\n\n")[1].replace("\n", " ") + "\n",
+    what, scores, rows_seen = __doc__.split("\n\n")[1:4]  # the game, its two scores, the rows and "seen"
+    md = ["# Grid pointing game\n", what.replace("\n", " ") + "\n", scores + "\n", rows_seen.replace("\n", " ") + "\n",
           f"Written by `python -m benchmarks.pointing --combine`. Model {model}, {budget} queries per map, seed 0; "
           f"{len(grids)} grids, {len(targets)} targets ({sum(r['seen'] for r in targets)} seen). Means over targets "
           "with 95% t-intervals; chance is 0.25 for both shares.\n",
