@@ -9,6 +9,14 @@
 * :func:`captum_map`: occlusion (FeatureAblation on grid cells), KernelSHAP and LIME from Captum,
   with the grid cells as the feature mask and the blurred copy as the baseline; LIME with
   Captum's default sparse interpretable model (Lasso, alpha 0.01) or with ridge (alpha 1).
+* :func:`shapiq_map`: shapiq's KernelSHAP (Shapley values) and RegressionFBII of order 1 (Banzhaf
+  values by least squares over uniformly sampled coalitions; Tsai et al. 2023) on the grid cells,
+  the game being the target's probability of the image with the cells outside a coalition replaced
+  by the baseline; with the pairing trick (each coalition and its complement) or without.
+* :func:`leverage_shap`: Leverage SHAP (Musco & Witter, ICLR 2025), written from the paper: the
+  KernelSHAP regression with the efficiency constraint, coalitions sampled by their leverage
+  scores (the size uniform in 1..n-1, the members uniform, each with its complement), weighted by
+  kernel / sampling probability.
 * :func:`hsic`: HSIC attribution (Novello, Fel, Vigouroux, NeurIPS 2022), written from the paper:
   binary masks on an 8x8 grid (a scrambled Sobol sequence rounded to {0, 1}), the dependence
   between each cell's mask value and the output measured by the HSIC estimator
@@ -159,6 +167,60 @@ def captum_map(kind: str, score, image: np.ndarray, baseline: np.ndarray, budget
     method.from_interp_rep_transform = to_image
     attr = method.attribute(x, n_samples=budget, **common)
     return attr[0].detach().numpy().sum(axis=2).astype(np.float32)
+
+
+def shapiq_map(kind: str, score, image: np.ndarray, baseline: np.ndarray, budget: int, grid: int, *,
+               pairing: bool = True, seed: int = 0, batch: int = 64) -> np.ndarray:
+    """shapiq's ``kernelshap`` (Shapley values) or ``fbii`` (order-1 Faithful Banzhaf, i.e. Banzhaf
+    values) of the grid cells within ``budget`` queries, as a map constant on each cell."""
+    import warnings
+
+    from shapiq.approximator import KernelSHAP, RegressionFBII
+
+    cells = PatchGrid(image.shape[0], image.shape[1], grid)
+
+    def game(coalitions):  # shapiq asks every coalition at once: render and answer them in batches
+        keep = np.asarray(coalitions, dtype=np.float32).reshape(-1, grid, grid)
+        return _batched(score, keep, cells, image, baseline, batch)
+
+    if kind == "kernelshap":
+        approximator = KernelSHAP(cells.cells, pairing_trick=pairing, random_state=seed)
+    elif kind == "fbii":
+        approximator = RegressionFBII(cells.cells, max_order=1, pairing_trick=pairing, random_state=seed)
+    else:
+        raise ValueError(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # shapiq warns about budgets below full enumeration
+        values = approximator.approximate(budget, game)
+    cell_values = np.array([values[(i,)] for i in range(cells.cells)], dtype=np.float64)
+    return cells.upsample(cell_values.reshape(1, grid, grid))[0]
+
+
+def leverage_shap(score, image: np.ndarray, baseline: np.ndarray, budget: int, grid: int, *, pairing: bool = True,
+                  seed: int = 0, batch: int = 64) -> np.ndarray:
+    """Leverage SHAP with ``budget`` queries: the image and the baseline (the efficiency constraint's
+    two ends), then coalitions (in complement pairs with ``pairing``), the size uniform in 1..n-1 (equal leverage per
+    size), the members uniform. The Shapley kernel over that sampling probability leaves the weight
+    1 / (s (n - s)) for a coalition of size s. Solved as in the paper: project out the constraint
+    sum(phi) = v(all) - v(none), weighted least squares, add the constraint's part back."""
+    cells = PatchGrid(image.shape[0], image.shape[1], grid)
+    n = cells.cells
+    rng = np.random.default_rng(seed)
+    draws = (budget - 2) // 2 if pairing else budget - 2
+    keep = np.zeros((draws, n))
+    for row, size in zip(keep, rng.integers(1, n, draws)):
+        row[rng.choice(n, size, replace=False)] = 1.0
+    masks = np.vstack([np.ones((1, n)), np.zeros((1, n)), keep, *([1.0 - keep] if pairing else [])])
+    y = _batched(score, masks.reshape(-1, grid, grid), cells, image, baseline, batch)
+    v_all, v_none, z, b = y[0], y[1], masks[2:], y[2:] - y[1]
+    size = z.sum(axis=1)
+    root_w = np.sqrt(1.0 / (size * (n - size)))
+    share = (v_all - v_none) / n
+    a = z - size[:, None] / n                # Z P with P = I - 11'/n
+    rhs = b - size * share                   # y - Z 1 (v(all) - v(none)) / n
+    x = np.linalg.lstsq(a * root_w[:, None], rhs * root_w, rcond=None)[0]
+    phi = x - x.mean() + share               # P x + the constraint's part
+    return cells.upsample(phi.reshape(1, grid, grid))[0]
 
 
 def hsic(score, image: np.ndarray, baseline: np.ndarray, n: int, *, grid: int = 8, seed: int = 0,

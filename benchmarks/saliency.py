@@ -1,35 +1,42 @@
 """Saliency benchmark: the library's default map against its peers at equal query budgets.
 
-Real photos that ship inside installed packages, the embedded EfficientNet-Lite0 (ONNX runtime),
-target = the top-1 class, one blurred copy as the baseline for every method. Each map is judged
-by deletion and insertion AUC (the target's probability while the 14x14 cells are removed into /
-inserted from the blurred copy, most salient first), by the rank correlation of its 14x14 cell
-map between two seeds, and by its rank correlation with white-box Integrated Gradients on the
-same cells and baseline (torch autograd on the model's twin). Means come with 95% t-intervals
-over photos (:mod:`benchmarks.harness`).
+Real photos that ship inside installed packages, two classifiers (:mod:`benchmarks.models`: the
+embedded EfficientNet-Lite0 and EfficientNet-Lite2 exported to ONNX and loaded as a model file),
+target = the top-1 class, one blurred copy as every method's baseline. Each map is judged by
+deletion and insertion AUC (the target's probability while the 14x14 cells are removed into /
+inserted from a fill, most salient first) under five removal operators
+(:mod:`benchmarks.removal`: the own blur, blur 10 px and 4 px, the photo's mean colour, grey),
+against a random map (16 cell orders per photo and fill), by the rank correlation of its cell
+map between two seeds, and by its rank correlation with white-box Integrated Gradients (torch
+autograd on the model's twin). Photos whose top-2 classes are within 0.1 are reported apart.
+Means come with 95% t-intervals over photos (:mod:`benchmarks.harness`); the tables are written
+by :mod:`benchmarks.saliency_report`.
 
-Quality (any time; runs in parts, one part file per photo under the git-ignored
-benchmarks/parts/saliency/, merged at the end):
+Quality (runs in parts, one part file per model and photo under the git-ignored
+benchmarks/parts/saliency/; a rerun resumes, and re-scores stored maps it has not scored under
+every fill yet instead of recomputing them):
 
-    python -m benchmarks.saliency --photos coffee chelsea      # parts for these photos
-    python -m benchmarks.saliency                              # every table photo (resumes parts)
-    python -m benchmarks.saliency --combine                    # parts -> results/saliency.{md,json}
-    python -m benchmarks.saliency --set tuning                 # candidates on the tuning photos
-    python -m benchmarks.saliency --set tuning --combine       # -> results/saliency.tuning.{md,json}
+    python -m benchmarks.saliency --budgets 1000                # Lite0, every table photo
+    python -m benchmarks.saliency --model lite2 --photos coffee # Lite2, one photo
+    python -m benchmarks.saliency --combine                     # parts -> results/saliency.{md,json}
+    python -m benchmarks.saliency --set tuning                  # candidates on the tuning photos
+    python -m benchmarks.saliency --set tuning --combine        # -> results/saliency.tuning.{md,json}
 
 Check (after a change to the library): rerun some rows into a scratch folder and compare them
 with the rows stored in results/saliency{,.tuning}.json; exit status 1 if any differs:
 
-    python -m benchmarks.saliency --photos coffee --budgets 250 --check
+    python -m benchmarks.saliency --photos coffee --budgets 250 --only default --check
 
 Timing (only on an idle machine: queries/s, library overhead, the demo's seconds):
 
     python -m benchmarks.saliency --timing                     # -> results/saliency.timing.{md,json}
 
-Peers (see peers.py): RISE, occlusion, KernelSHAP, LIME (Captum's sparse default and ridge),
-HSIC attribution and Sobol attribution. Every method's model evaluations are counted and held to
-the budget; answers are cached per image, so a method's smaller budgets replay the first queries
-of its largest run without paying again (the maps are those of separate runs).
+Peers (see peers.py): RISE, occlusion, KernelSHAP, LIME (Captum's sparse default and ridge), HSIC
+and Sobol attribution, shapiq's KernelSHAP and RegressionFBII (Banzhaf values), Leverage SHAP;
+Kernel Banzhaf is a setting of the library's ``banzhaf`` method. Every method's model evaluations
+are counted and held to the budget; answers are cached per image, so a method's smaller budgets
+replay the first queries of its largest run without paying again (the maps are those of
+separate runs).
 """
 from __future__ import annotations
 
@@ -43,14 +50,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import peers
-from benchmarks.harness import PARTS as ALL_PARTS, RESULTS, fmt, mean_ci, paired, show
-from blackbox import PatchGrid, deletion_insertion, make_baseline, saliency, spearman
+from benchmarks import peers, removal
+from benchmarks.harness import PARTS as ALL_PARTS, RESULTS
+from benchmarks.models import MODELS, load_model
+from blackbox import PatchGrid, make_baseline, saliency, spearman
 from blackbox.paths import cache_dir
 from blackbox.sample_images import SAMPLE_IMAGES, load_sample
-from blackbox.saliency import METHODS, PRIOR_QUERIES, SPACES, Saliency, defaults, prior_weight
+from blackbox.saliency import METHODS, SPACES, Saliency, defaults, prior_weight
 from blackbox.saliency.focus import SHARE as FOCUS_SHARE, first_stage
 from blackbox.saliency.path_steps import DESIGN as IG_STEPS_DESIGN
+
 PARTS = ALL_PARTS / "saliency"
 # the 7 photos bundled by blackbox.sample_images plus scikit-image's stereo motorcycle (left view)
 TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
@@ -58,17 +67,28 @@ TABLE_PHOTOS = [*SAMPLE_IMAGES, "motorcycle"]
 # coins, a wall clock, the Hubble deep field and a stained tissue slide (immunohistochemistry),
 # and matplotlib's photo of a blue gift pack (real photos; the first three are greyscale)
 TUNING_PHOTOS = ["camera", "coins", "clock", "hubble_deep_field", "ihc", "gift_pack"]
-BUDGETS = [250, 500, 1000, 4000]
-TARGET_BUDGETS = [250, 500, 1000]
+TARGET_BUDGETS = [250, 500, 1000]  # what new rows are computed at; stored 4000-query rows are re-scored
 SEED_BUDGET = 1000  # the budget at which two seeds are compared
+PAIRING_FROM = 500  # below this budget the pairing trick leaves fewer pairs than cells: off
 METRIC_CELLS = 14
 BATCH = 64
 DEFAULT = "default"
+BANZHAF = "banzhaf (half removed in complement pairs; the default before quarters)"
+KERNEL_BANZHAF = "Kernel Banzhaf (banzhaf on random halves, no prior)"
 WHITEBOX = "white-box IG (torch autograd, reference)"
+RANDOM = "random cell order (16 orders)"
 IG_STEPS = "ig-steps mask g14 lr (one-patch steps on the path; not the default)"
-FOCUS = f"the default + focus {FOCUS_SHARE} (top cells re-measured among themselves; opt-in)"
+FOCUS = f"banzhaf + focus {FOCUS_SHARE} (top cells re-measured among themselves; opt-in)"
 LIME_RIDGE = "LIME g14 (ridge)"
 LIME_LOGP = "LIME g14 (ridge) on log p, the default's score"  # the control row: LIME-ridge on the default's score
+RISE = "RISE 7x7"
+KERNELSHAP = "KernelSHAP g14 (Captum)"
+SHAPIQ_KERNELSHAP = "shapiq KernelSHAP g14 (pairing; none at 250)"
+SHAPIQ_FBII = "shapiq RegressionFBII order 1 g14 (Banzhaf values; pairing; none at 250)"
+LEVERAGE_SHAP = "Leverage SHAP g14 (pairing; none at 250)"
+RENAMED = {"KernelSHAP g14": KERNELSHAP}  # row names of earlier runs -> today's
+# the rows issue #34's targets are judged on (``--rows core``): the default, banzhaf and the strongest peers
+CORE = (DEFAULT, BANZHAF, LIME_RIDGE, SHAPIQ_KERNELSHAP, SHAPIQ_FBII, RISE)
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -126,29 +146,40 @@ def describe(options: dict, budget: int | None = None) -> str:
 
 
 def table_specs() -> list[dict]:
+    """The table's rows. ``models``: where a row runs (default: every model); ``seeds``: extra
+    seeds per budget; ``budgets``: where new maps are computed (stored rows of other budgets are
+    re-scored)."""
     both = {SEED_BUDGET: [0, 1]}
+    lite0 = ("lite0",)
     return [
         {"name": DEFAULT, "kind": "lr", "options": {}, "seeds": both},
-        {"name": "LR mean over the default's queries", "kind": "lr", "options": {"estimator": "lr"}},
-        {"name": FOCUS, "kind": "lr", "options": {"focus": FOCUS_SHARE}, "seeds": both},
-        {"name": "previous default: banzhaf mask g14 ridge smooth 0.3 (random halves)", "kind": "lr",
-         "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0.3}, "seeds": both},
+        {"name": BANZHAF, "kind": "lr", "options": {"method": "banzhaf"}, "seeds": both},
+        {"name": KERNEL_BANZHAF, "kind": "lr", "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0}},
+        {"name": "LR mean over the default's queries", "kind": "lr", "options": {"estimator": "lr"}, "models": lite0},
+        {"name": FOCUS, "kind": "lr", "options": {"method": "banzhaf", "focus": FOCUS_SHARE}, "models": lite0},
+        {"name": "banzhaf on random halves, smooth 0.3 (an earlier default)", "kind": "lr",
+         "options": {"method": "banzhaf", "noise": "rademacher", "smoothness": 0.3}, "models": lite0},
         {"name": "first default: ig mask g14 lr", "kind": "lr",
-         "options": {"method": "ig", "estimator": "lr", "grid": 14}, "budgets": TARGET_BUDGETS},
-        {"name": IG_STEPS, "kind": "lr", "options": {"method": "ig-steps", "estimator": "lr"}, "seeds": both},
-        {"name": "RISE 7x7", "kind": "rise", "seeds": both},
+         "options": {"method": "ig", "estimator": "lr", "grid": 14}, "models": lite0},
+        {"name": IG_STEPS, "kind": "lr", "options": {"method": "ig-steps", "estimator": "lr"}, "models": lite0},
+        {"name": RISE, "kind": "rise", "seeds": both},
         {"name": "occlusion (finest grid in budget)", "kind": "occlusion"},
-        {"name": "KernelSHAP g14", "kind": "kernelshap", "seeds": both},
+        {"name": KERNELSHAP, "kind": "kernelshap", "seeds": both},
         {"name": "LIME g14 (lasso, Captum default)", "kind": "lime"},
         {"name": LIME_RIDGE, "kind": "lime-ridge", "seeds": both},
         # the same samples read on the default's score: separates the score from the method
-        {"name": LIME_LOGP, "kind": "lime-ridge", "score": "logp", "seeds": both},
+        {"name": LIME_LOGP, "kind": "lime-ridge", "score": "logp", "models": lite0},
         {"name": "HSIC g8", "kind": "hsic"},
         {"name": "Sobol (Jansen, finest grid in budget)", "kind": "sobol"},
+        {"name": SHAPIQ_KERNELSHAP, "kind": "shapiq-kernelshap"},
+        {"name": SHAPIQ_FBII, "kind": "shapiq-fbii"},
+        {"name": LEVERAGE_SHAP, "kind": "leverage-shap"},
     ]
 
 
 CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the same queries for free
+    {"method": "quarters", "estimator": "ridge", "grid": 14, "smoothness": 0.2},
+    {"method": "quarters", "estimator": "ridge", "grid": 14, "smoothness": 0.3},
     {"method": "ig", "estimator": "ridge", "grid": 14, "smoothness": 0.3},
     {"method": "banzhaf", "estimator": "lr", "grid": 14, "noise": "rademacher"},
     {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "rademacher"},
@@ -168,14 +199,28 @@ CANDIDATES = [  # the tuning sweep (mask space); estimator variants reuse the sa
     {"method": "ig-steps", "estimator": "lr", "grid": 14, "sigma": 0.1},
     {"method": "ig-steps", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "sigma": 0.05},
 ]
+# the candidates measured at every target budget (the rest, and the peers, at SEED_BUDGET only)
+PREVIOUS_DEFAULT = {"method": "banzhaf", "estimator": "ridge", "grid": 14, "smoothness": 0.1, "noise": "hadamard"}
 
 
 def tuning_specs() -> list[dict]:
+    """The default and every candidate with two seeds at SEED_BUDGET; the default, the previous
+    default and the quarters variants also at 250 and 500; the peers at SEED_BUDGET (Lite0)."""
     both = {SEED_BUDGET: [0, 1]}
-    out = [{"name": describe(c), "kind": "lr", "options": c, "seeds": both, "budgets": TARGET_BUDGETS}
-           for c in CANDIDATES]
-    return out + [dict(s, budgets=TARGET_BUDGETS) for s in table_specs()
-                  if s["kind"] not in ("lr",)]
+    everywhere = [{}, PREVIOUS_DEFAULT, *(c for c in CANDIDATES if c["method"] == "quarters")]
+    out = [{"name": describe(c), "kind": "lr", "options": c, "seeds": both,
+            "budgets": TARGET_BUDGETS if c in everywhere else [SEED_BUDGET]} for c in [{}, *CANDIDATES]]
+    return out + [dict(s, budgets=[SEED_BUDGET]) for s in table_specs()
+                  if s["kind"] != "lr" and "lite0" in s.get("models", MODELS)]
+
+
+def specs_for(which: str, model: str) -> list[dict]:
+    specs = table_specs() if which == "table" else tuning_specs()
+    return [s for s in specs if model in s.get("models", MODELS)]
+
+
+def pairing(budget: int) -> bool:
+    return budget >= PAIRING_FROM
 
 
 def compute_map(spec: dict, oracle: peers.Oracle, image, baseline, budget: int, seed: int) -> np.ndarray:
@@ -188,24 +233,33 @@ def compute_map(spec: dict, oracle: peers.Oracle, image, baseline, budget: int, 
         return peers.hsic(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
     if kind == "sobol":
         return peers.sobol(oracle.prob, image, baseline, budget, seed=seed, batch=BATCH)
+    if kind.startswith("shapiq-"):
+        return peers.shapiq_map(kind.removeprefix("shapiq-"), oracle.prob, image, baseline, budget, METRIC_CELLS,
+                                pairing=pairing(budget), seed=seed, batch=BATCH)
+    if kind == "leverage-shap":
+        return peers.leverage_shap(oracle.prob, image, baseline, budget, METRIC_CELLS, pairing=pairing(budget),
+                                   seed=seed, batch=BATCH)
     grid = peers.occlusion_grid(budget, min(image.shape[:2])) if kind == "occlusion" else METRIC_CELLS
     score = oracle.logp if spec.get("score") == "logp" else oracle.prob
     return peers.captum_map(kind, score, image, baseline, budget, grid, seed=seed, batch=BATCH)
 
 
 class Photo:
-    """One photo as the model sees it, its target, baseline and white-box reference maps."""
+    """One photo as a model sees it: its target, baseline, fills, top classes and white-box maps."""
 
     def __init__(self, name: str, model):
         image = load_photo(name)
-        self.name = name
+        self.name, self.model = name, model.short_name
         self.work = model.view(*image.shape[:2]).to_working(image)
         self.target = model.resolve_target(None, self.work)
-        self.oracle = peers.Oracle(model, self.target.index,
-                                   store=cache_dir("benchmarks") / f"answers-{name}-{self.target.index}.npz")
+        stem = f"{self.model}-{name}-{self.target.index}"
+        self.oracle = peers.Oracle(model, self.target.index, store=cache_dir("benchmarks") / f"answers-{stem}.npz")
         self.baseline = make_baseline(self.work)
+        self.fills = removal.fills(self.work)
         self.cells = PatchGrid(self.work.shape[0], self.work.shape[1], METRIC_CELLS)
-        path = cache_dir("benchmarks") / f"whitebox32-{name}-{self.target.index}.npz"
+        probs = np.exp(model.log_probs(self.work[None])[0])
+        self.top = [[model.labels[i], round(float(probs[i]), 4)] for i in np.argsort(-probs)[:5]]
+        path = cache_dir("benchmarks") / f"whitebox32-{stem}.npz"
         if not path.exists():
             np.savez(path, **peers.whitebox_maps(model.reference, self.work, self.baseline, self.target.index))
         self.whitebox_maps = dict(np.load(path))
@@ -222,174 +276,129 @@ class Photo:
         return sal
 
     def judge(self, saliency_map) -> dict:
-        f = deletion_insertion(self.oracle.prob, self.work, saliency_map, self.baseline, cells=METRIC_CELLS,
-                               steps=28, batch_size=BATCH)
+        """Deletion and insertion under every fill (``deletion``/``insertion``: the own fill), rank
+        correlations with the white-box maps, and the cell map."""
+        fills = removal.score_map(self.oracle.prob, self.work, saliency_map, self.fills, BATCH)
         cells = self.pooled(saliency_map)
-        return {"deletion": round(f.deletion_auc, 5), "insertion": round(f.insertion_auc, 5),
+        return {"deletion": fills[removal.OWN][0], "insertion": fills[removal.OWN][1], "fills": fills,
                 "rho_ig": round(spearman(cells, self.whitebox["ig"]), 4),
                 "rho_gradient": round(spearman(cells, self.whitebox["gradient"]), 4),
                 "cells": np.round(cells, 7).tolist()}
 
+    def rescore(self, row: dict) -> dict:
+        """A stored row scored under every fill from its stored cells (the map's ranking), with
+        ``own_check``: the largest difference between the stored own-fill AUCs and the recomputed
+        ones (0 up to ties broken differently by the cells' 7 stored digits)."""
+        fills = removal.score_map(self.oracle.prob, self.work, removal.cells_as_map(row["cells"], self.work.shape),
+                                  self.fills, BATCH)
+        check = max(abs(fills[removal.OWN][0] - row["deletion"]), abs(fills[removal.OWN][1] - row["insertion"]))
+        return dict(row, fills=fills, own_check=round(check, 5))
+
+    def reference_row(self) -> dict:
+        """The random orders under every fill, and the photo's top classes (budget 0: no map)."""
+        ref = removal.random_reference(self.oracle.prob, self.work, self.fills, batch=BATCH)
+        return {"photo": self.name, "model": self.model, "target": self.target.label, "method": RANDOM,
+                "budget": 0, "seed": 0, "queries": 0, "top": self.top, "random": ref}
+
 
 def config_of(spec: dict, budget: int) -> str:
     """What a row measured: the library's settings in full at its budget (so rows of a changed
-    default are stale), or the peer's kind (and score, when not the probability)."""
+    default are stale), or the peer's kind (and score, when not the probability; and no pairing)."""
     if spec["kind"] == "lr":
         return describe(spec["options"], budget)
-    return spec["kind"] + (" on log p" if spec.get("score") == "logp" else "")
+    text = spec["kind"] + (" on log p" if spec.get("score") == "logp" else "")
+    if spec["kind"] in ("shapiq-kernelshap", "shapiq-fbii", "leverage-shap") and not pairing(budget):
+        text += " without pairing"
+    return text
 
 
 def is_current(row: dict, specs: dict) -> bool:
     """A part-file row still measures its spec (rows from before configs were kept: peers only)."""
     spec = specs.get(row["method"])
     if spec is None:
-        return row["method"] == WHITEBOX
+        return row["method"] in (WHITEBOX, RANDOM)
     return row.get("config", None if spec["kind"] == "lr" else spec["kind"]) == config_of(spec, row["budget"])
 
 
-def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Path, log) -> None:
-    rows = json.loads(part.read_text()) if part.exists() else []
-    by_name = {spec["name"]: spec for spec in specs}
-    rows = [r for r in rows if r["method"] not in by_name or is_current(r, by_name)]  # stale rows are redone
-    done = {(r["method"], r["budget"], r["seed"]) for r in rows}
+def adopt(rows: list[dict], specs: list[dict], model: str) -> list[dict]:
+    """Stored rows under today's names (``specs``: every spec of the set and model): a library
+    row whose settings are a spec's settings takes that spec's name (the default's rows of the
+    banzhaf days become banzhaf's rows); a row under a spec's name that no longer measures it is
+    dropped (it is redone); rows of names no spec has are kept as they are (the report skips
+    them). Rows without a model are Lite0's."""
+    by_name = {s["name"]: s for s in specs}
+    out = []
+    for r in rows:
+        r = dict(r, model=r.get("model", model), method=RENAMED.get(r["method"], r["method"]))
+        if not is_current(r, by_name) and r.get("config"):
+            r["method"] = next((s["name"] for s in specs if s["kind"] == "lr"
+                                and config_of(s, r["budget"]) == r["config"]), r["method"])
+        if r["method"] not in by_name or is_current(r, by_name):
+            out.append(r)
+    return out
+
+
+def run_photo(name: str, model, specs: list[dict], budgets: list[int], part: Path, log, every: list[dict],
+              seeds: list[int] | None = None) -> None:
+    """One part file: the random reference, the white-box reference, stored maps of ``specs``
+    re-scored under every fill, then every missing map of ``specs`` at ``budgets`` (and ``seeds``,
+    if given), each saved as it is done. ``every``: all specs of the set (to name the stored rows)."""
+    rows = adopt(json.loads(part.read_text()) if part.exists() else [], every, model.short_name)
+    wanted = {s["name"] for s in specs} | {WHITEBOX}
     photo = Photo(name, model)
-    log(f"[{name}] target {photo.target.label!r} p={float(photo.oracle.prob(photo.work[None])[0]):.3f}")
-    if (WHITEBOX, 0, 0) not in done:  # the reference itself, judged the same way (budget 0: no queries)
-        rows.append({"photo": name, "target": photo.target.label, "method": WHITEBOX, "budget": 0, "seed": 0,
-                     "queries": 0, "seconds": 0.0, **photo.judge(photo.whitebox_maps["ig"])})
+    tag = f"[{model.short_name} {name}]"
+    log(f"{tag} target {photo.target.label!r}, top-2 {photo.top[0][1]:.3f} / {photo.top[1][1]:.3f}")
+
+    def save(row: dict | None = None, index: int | None = None) -> None:
+        if index is None:
+            rows.append(row)
+        else:
+            rows[index] = row
+        part.write_text(json.dumps(rows))  # every row at once: an interrupted run keeps its work
+        photo.oracle.save()
+
+    if not any(r["method"] == RANDOM for r in rows):
+        save(photo.reference_row())
+        log(f"{tag} random orders: deletion " + ", ".join(
+            f"{op} {np.mean(v['deletion']):.4f}" for op, v in rows[-1]["random"].items()))
+    if not any(r["method"] == WHITEBOX for r in rows):  # the reference judged the same way (no queries)
+        save({"photo": name, "model": photo.model, "target": photo.target.label, "method": WHITEBOX, "budget": 0,
+              "seed": 0, "queries": 0, "seconds": 0.0, **photo.judge(photo.whitebox_maps["ig"])})
+    for i, r in enumerate(rows):
+        # seed 0 only: the tables' scores are seed 0's; other seeds' cells give the seed-to-seed rho
+        if "fills" not in r and r["method"] in wanted and r["seed"] == 0 and (r["budget"] in budgets or r["budget"] == 0):
+            save(photo.rescore(r), i)
+            log(f"{tag} re-scored {r['method'][:52]:<52} {r['budget']:>5}q s{r['seed']} "
+                f"(own fill reproduced to {rows[i]['own_check']:.5f})")
+    done = {(r["method"], r["budget"], r["seed"]) for r in rows}
     for spec in specs:
-        for budget in sorted((b for b in spec.get("budgets", BUDGETS) if b in budgets), reverse=True):
+        for budget in sorted((b for b in spec.get("budgets", TARGET_BUDGETS) if b in budgets), reverse=True):
             for seed in spec.get("seeds", {}).get(budget, [0]):
-                if (spec["name"], budget, seed) in done:
+                if (spec["name"], budget, seed) in done or (seeds is not None and seed not in seeds):
                     continue
                 t0 = time.perf_counter()
                 sal = photo.paid_map(spec, budget, seed)
                 wall = time.perf_counter() - t0
-                row = {"photo": name, "target": photo.target.label, "method": spec["name"],
-                       "config": config_of(spec, budget),
-                       "budget": budget, "seed": seed, "queries": photo.oracle.evals, "seconds": round(wall, 2),
-                       **photo.judge(sal)}
-                rows.append(row)
-                part.write_text(json.dumps(rows))  # every row at once: an interrupted run keeps its work
-                photo.oracle.save()
-                log(f"[{name}] {spec['name'][:52]:<52} {budget:>5}q s{seed} del {row['deletion']:.4f} "
-                    f"ins {row['insertion']:.4f} rho_ig {row['rho_ig']:+.2f} ({wall:.0f}s)")
+                save({"photo": name, "model": photo.model, "target": photo.target.label, "method": spec["name"],
+                      "config": config_of(spec, budget), "budget": budget, "seed": seed,
+                      "queries": photo.oracle.evals, "seconds": round(wall, 2), **photo.judge(sal)})
+                f = rows[-1]["fills"]
+                log(f"{tag} {spec['name'][:52]:<52} {budget:>5}q s{seed} own {f['blur-lib'][0]:.4f}/"
+                    f"{f['blur-lib'][1]:.4f} avg4 {removal.average(f, 0):.4f}/{removal.average(f, 1):.4f} ({wall:.0f}s)")
 
 
-# ---------------------------------------------------------------- summaries
-def seed_pairs(rows: list[dict], method: str, budget: int) -> list[float]:
-    by = {(r["photo"], r["seed"]): r["cells"] for r in rows if r["method"] == method and r["budget"] == budget}
-    return [spearman(by[(p, 0)], by[(p, 1)]) for (p, s) in by if s == 0 and (p, 1) in by]
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    keys = dict.fromkeys((r["method"], r["budget"]) for r in rows)
-    for method, budget in keys:
-        rs = [r for r in rows if r["method"] == method and r["budget"] == budget and r["seed"] == 0]
-        out.append({"method": method, "budget": budget, "photos": len(rs),
-                    **{k: mean_ci([r[k] for r in rs]) for k in ("deletion", "insertion", "rho_ig")},
-                    "seed_rho": mean_ci(seed_pairs(rows, method, budget))})
-    out.sort(key=lambda s: (s["budget"], s["deletion"][0]))
-    return out
-
-
-def summary_table(summary: list[dict]) -> str:
-    lines = ["| budget | method | photos | deletion AUC (lower better) | insertion AUC (higher better) "
-             "| rho vs white-box IG | seed-to-seed rho |", "|---|---|---|---|---|---|---|"]
-    for s in summary:
-        lines.append(f"| {s['budget']} | {s['method']} | {s['photos']} | {show(s['deletion'], 4)} | "
-                     f"{show(s['insertion'], 4)} | {show(s['rho_ig'], 2)} | {show(s['seed_rho'], 2)} |")
-    return "\n".join(lines)
-
-
-def runs_by_photo(rows: list[dict], method: str, budget: int, seeds: tuple[int, ...]) -> dict:
-    """``{photo: {seed: row}}`` for the photos that have a row for every one of ``seeds``."""
-    got: dict = {}
-    for r in rows:
-        if r["method"] == method and r["budget"] == budget and r["seed"] in seeds:
-            got.setdefault(r["photo"], {})[r["seed"]] = r
-    return {p: v for p, v in got.items() if len(v) == len(seeds)}
-
-
-def target_check(rows: list[dict], default: str, mine_label: str = "default") -> str:
-    """One method (the default) against every other, paired by photo: mean difference with its
-    interval."""
-    me = mine_label
-    lines = [f"| budget | peer | deletion: {me} - peer | {me} lower on | insertion: {me} - peer "
-             f"| {me} higher on |", "|---|---|---|---|---|---|"]
-
-    def by_photo(method: str, budget: int, seeds: tuple[int, ...]) -> dict:
-        """Per photo, deletion and insertion averaged over ``seeds`` (photos with all of them)."""
-        return {p: np.mean([(r["deletion"], r["insertion"]) for r in v.values()], axis=0)
-                for p, v in runs_by_photo(rows, method, budget, seeds).items()}
-
-    for b in TARGET_BUDGETS:
-        others = dict.fromkeys(r["method"] for r in rows if r["budget"] == b and r["method"] != default)
-        for seeds in ((0,), (0, 1)) if b == SEED_BUDGET else ((0,),):
-            mine = by_photo(default, b, seeds)
-            for peer in others:
-                theirs = by_photo(peer, b, seeds)
-                common = [p for p in mine if p in theirs]
-                if not common:
-                    continue
-                dd = [mine[p][0] - theirs[p][0] for p in common]
-                di = [mine[p][1] - theirs[p][1] for p in common]
-                label = peer if len(seeds) == 1 else f"{peer} (both maps averaged over seeds 0 and 1)"
-                lines.append(f"| {b} | {label} | {paired(dd)} "
-                             f"| {fmt(di, 4)} | {sum(d > 0 for d in di)}/{len(common)} |")
-    return "\n".join(lines)
-
-
-SELECTION_RULE = (
-    f"Every candidate against the default at {SEED_BUDGET} queries, paired by photo (deletion and insertion "
-    "averaged over seeds 0 and 1, seed-to-seed rho per photo; 95% t-intervals). A candidate would "
-    "replace the default only if it deletes faster beyond the noise (the interval of the paired difference "
-    "below 0) while neither its insertion nor its stability is lower beyond the noise (both intervals reach 0).")
-
-
-def selection(rows: list[dict], default: str, candidates: list[str]) -> str:
-    """The tuning rule with its noise (:data:`SELECTION_RULE`): a table of every candidate
-    against the default and the verdict."""
-    def stats(method: str) -> dict:
-        """Per photo: deletion and insertion averaged over seeds 0 and 1, and their rank correlation."""
-        return {p: (np.mean([runs[s]["deletion"] for s in (0, 1)]), np.mean([runs[s]["insertion"] for s in (0, 1)]),
-                    spearman(runs[0]["cells"], runs[1]["cells"]))
-                for p, runs in runs_by_photo(rows, method, SEED_BUDGET, (0, 1)).items()}
-
-    mine = stats(default)
-    lines = ["| candidate | deletion: candidate - default | insertion: candidate - default "
-             "| seed-to-seed rho: candidate - default | verdict |", "|---|---|---|---|---|"]
-    for name in (c for c in candidates if c != default):
-        theirs = stats(name)
-        common = [p for p in mine if p in theirs]
-        if not common:
-            continue
-        diff = [mean_ci([theirs[p][k] - mine[p][k] for p in common]) for k in range(3)]
-        high = [m + h for m, h in diff]  # the upper end of each paired difference's interval
-        reasons = ([] if high[0] < 0 else ["deletes no faster beyond the noise"]) + \
-                  ([] if high[1] >= 0 else ["inserts worse"]) + ([] if high[2] >= 0 else ["less stable"])
-        verdict = "would replace the default" if not reasons else "; ".join(reasons)
-        lines.append(f"| {name} | {show(diff[0], 4)} | {show(diff[1], 4)} | {show(diff[2], 2)} | {verdict} |")
-    return "\n".join(lines)
-
-
-def per_photo(rows: list[dict], key: str, budgets) -> str:
-    photos = list(dict.fromkeys(r["photo"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = []
-    for b in budgets:
-        lines += [f"\n{key} per photo at {b} queries:\n", "| method | " + " | ".join(photos) + " |",
-                  "|---|" + "---|" * len(photos)]
-        for m in methods:
-            vals = {r["photo"]: r[key] for r in rows if r["method"] == m and r["budget"] == b and r["seed"] == 0}
-            if vals:
-                lines.append(f"| {m} | " + " | ".join(f"{vals[p]:.4f}" if p in vals else "-" for p in photos) + " |")
-    return "\n".join(lines)
+def only_matches(only: str, name: str, specs: list[dict]) -> bool:
+    """``--only``: a row named exactly ``only`` (case aside), or, when no row is, every row whose name contains it."""
+    exact = [s["name"] for s in specs if s["name"].lower() == only.lower()]
+    return name in exact if exact else only.lower() in name.lower()
 
 
 def stem_of(which: str) -> str:
     return "saliency" if which == "table" else f"saliency.{which}"
+
+
+def part_path(which: str, model: str, photo: str) -> Path:
+    return PARTS / f"{which}-{model}-{photo}.json"
 
 
 def same(a, b) -> bool:
@@ -397,23 +406,24 @@ def same(a, b) -> bool:
 
 
 def check(which: str, names: list[str], model, specs: list[dict], budgets: list[int], log) -> int:
-    """Rerun ``names`` x ``specs`` x ``budgets`` into a scratch folder and compare every row with
-    the row stored in ``results/<stem>.json`` (all it measured but the seconds): 1 if any differs."""
-    key = lambda r: (r["photo"], r["method"], r["budget"], r["seed"])  # noqa: E731
+    """Rerun ``names`` x ``specs`` x ``budgets`` into a scratch folder and compare every map row
+    with the row stored in ``results/<stem>.json`` (all it measured but the seconds): 1 if any
+    differs."""
+    key = lambda r: (r["model"], r["photo"], r["method"], r["budget"], r["seed"])  # noqa: E731
     stored = {key(r): r for r in json.loads((RESULTS / f"{stem_of(which)}.json").read_text())["rows"]}
     fresh = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             part = Path(tmp) / f"{which}-{name}.json"
-            run_photo(name, model, specs, budgets, part, log)
-            fresh += json.loads(part.read_text())
+            run_photo(name, model, specs, budgets, part, log, specs)
+            fresh += [r for r in json.loads(part.read_text()) if r["budget"] in budgets]
     by_name = {spec["name"]: spec for spec in specs}
     differ = 0
     for r in fresh:
         old = stored.get(key(r))
         if old is None:
             bad = ["not stored"]
-        else:  # a stored config is compared as is_current reads it (peer rows may predate configs)
+        else:
             bad = [] if is_current(old, by_name) else [f"config {old.get('config')} -> {r.get('config')}"]
             bad += [f"{k} {old.get(k)} -> {r[k]}" for k in r
                     if k not in ("seconds", "cells", "config") and not same(old.get(k), r[k])]
@@ -422,57 +432,6 @@ def check(which: str, names: list[str], model, specs: list[dict], budgets: list[
             + (": " + "; ".join(bad) if bad else ""))
     log(f"{len(fresh) - differ} of {len(fresh)} rows identical to {RESULTS / stem_of(which)}.json")
     return int(differ > 0)
-
-
-def combine(which: str, log) -> None:
-    specs = {spec["name"]: spec for spec in (table_specs() if which == "table" else tuning_specs())}
-    rows = []
-    for part in sorted(PARTS.glob(f"{which}-*.json")):
-        rows += [r for r in json.loads(part.read_text()) if is_current(r, specs)]  # what today's specs measure
-    if not rows:
-        raise SystemExit(f"no part files for {which!r} under {PARTS}: run `python -m benchmarks.saliency"
-                         f"{' --set ' + which if which != 'table' else ''}` first (they are not in git)")
-    photos = list(dict.fromkeys(r["photo"] for r in rows))
-    budgets = sorted({r["budget"] for r in rows})
-    stem = stem_of(which)
-    summary = summarise(rows)
-    default = describe({})
-    md = [f"# Saliency benchmark ({which})\n",
-          f"Model efficientnet-lite0 (embedded, ONNX runtime), target = the top-1 class; photos: "
-          f"{', '.join(photos)}. Written by `python -m benchmarks.saliency{' --set ' + which if which != 'table' else ''}"
-          f" --combine` from the part files under `benchmarks/parts/saliency/` (git-ignored; the script rebuilds "
-          "them).\n",
-          f"- `default` is the library's default map: `{default}` (blackbox.saliency's keyword defaults; above "
-          f"{PRIOR_QUERIES} queries every ridge row's smoothness fades as S x {PRIOR_QUERIES} / N).",
-          "- Deletion / insertion: the target's softmax probability while the 14x14 cells are removed into "
-          "(inserted from) the blurred copy, most salient first (cells ranked by the map's mean over each cell); "
-          "AUC on a normalised axis, 29 points per curve.",
-          "- rho vs white-box IG: Spearman correlation over the 14x14 cells with Integrated Gradients by torch "
-          "autograd (32 midpoint path points from the same blurred baseline, removal convention "
-          "grad . (x - baseline) summed per cell).",
-          f"- seed-to-seed rho: Spearman correlation of the 14x14 cell maps of seeds 0 and 1 (at {SEED_BUDGET} "
-          "queries, where measured).",
-          "- Intervals: 95% Student-t intervals of the mean over photos, mean ± half-width.",
-          "- Peers: RISE (7x7 masks, p = 0.5, own implementation), occlusion / KernelSHAP / LIME from Captum on "
-          "the same 14x14 cells (occlusion on the finest grid its budget allows), HSIC (8x8) and Sobol "
-          "(finest grid with >= 8 designs) written from their papers. Peers explain the probability, the "
-          "library's maps the log-probability (its default score); one LIME-ridge row reads the same samples "
-          "on the log-probability, to separate the score from the method. All use the same blurred baseline.\n",
-          "## Means over photos\n", summary_table(summary),
-          *(["\n## Target check: the default against every peer, paired by photo\n", target_check(rows, DEFAULT),
-             f"\n## The opt-in `focus={FOCUS_SHARE}` against every other row, paired by photo\n",
-             target_check(rows, FOCUS, "focus")] if which == "table" else
-            [f"\n## Choosing the default: every candidate against it at {SEED_BUDGET} queries, paired by photo\n",
-             SELECTION_RULE + "\n",
-             selection(rows, default, [describe(c) for c in CANDIDATES])]),
-          per_photo(rows, "deletion", budgets), per_photo(rows, "insertion", budgets),
-          per_photo(rows, "rho_ig", budgets)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    slim = [{k: v for k, v in r.items() if k != "cells"} for r in rows]
-    (RESULTS / f"{stem}.json").write_text(json.dumps(
-        {"default": default, "photos": photos, "summary": summary, "rows": slim}, indent=1))
-    log(f"wrote {RESULTS / stem}.md and .json ({len(rows)} rows)")
 
 
 # ---------------------------------------------------------------- timing (idle machine only)
@@ -519,9 +478,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--set", choices=("table", "tuning"), default="table",
                    help="table: the benchmark photos and peers; tuning: default candidates on the tuning photos")
+    p.add_argument("--model", choices=MODELS, default="lite0", help="the classifier (tuning: lite0 only)")
     p.add_argument("--photos", nargs="+", help="only these photos (one part file each)")
-    p.add_argument("--budgets", nargs="+", type=int, default=BUDGETS)
-    p.add_argument("--only", nargs="+", help="only methods whose name contains one of these")
+    p.add_argument("--budgets", nargs="+", type=int, default=TARGET_BUDGETS,
+                   help="budgets to compute (stored rows of these budgets are re-scored; 4000 only re-scores)")
+    p.add_argument("--rows", choices=("all", "core"), default="all",
+                   help="core: only the rows the targets are judged on (" + ", ".join(CORE) + ")")
+    p.add_argument("--only", nargs="+",
+                   help="only the methods named one of these (or, for a word no name equals, containing it)")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every seed a row asks for)")
     p.add_argument("--combine", action="store_true", help="merge the part files into the tables")
     p.add_argument("--timing", action="store_true", help="timing part (run alone on an idle machine)")
     p.add_argument("--check", action="store_true",
@@ -530,22 +495,25 @@ def main(argv=None):
     t0 = time.perf_counter()
     log = lambda s: print(f"{time.perf_counter() - t0:7.1f}s {s}", flush=True)  # noqa: E731
     if args.combine:
-        return combine(args.set, log)
-    from blackbox.adapters import load_image_model
+        from benchmarks.saliency_report import combine
 
-    model = load_image_model()
-    model.batch_size = BATCH
+        return combine(args.set, log)
+    if args.set == "tuning" and args.model != "lite0":
+        raise SystemExit("the tuning photos choose the default on Lite0 only")
+    model = load_model(args.model)
     if args.timing:
         return timing(model, log)
-    specs = table_specs() if args.set == "table" else tuning_specs()
+    specs = every = specs_for(args.set, args.model)
+    if args.rows == "core":
+        specs = [s for s in specs if s["name"] in CORE]
     if args.only:
-        specs = [s for s in specs if any(o.lower() in s["name"].lower() for o in args.only)]
+        specs = [s for s in specs if any(only_matches(o, s["name"], every) for o in args.only)]
     names = args.photos or (TABLE_PHOTOS if args.set == "table" else TUNING_PHOTOS)
     if args.check:
         return check(args.set, names, model, specs, args.budgets, log)
     PARTS.mkdir(parents=True, exist_ok=True)
     for name in names:
-        run_photo(name, model, specs, args.budgets, PARTS / f"{args.set}-{name}.json", log)
+        run_photo(name, model, specs, args.budgets, part_path(args.set, args.model, name), log, every, args.seeds)
 
 
 if __name__ == "__main__":
