@@ -90,10 +90,12 @@ def add_parser(sub):
     t = sub.add_parser("tune-prompt", help="tune a prompt from queries only (embedded LM or an OpenAI-compatible API)",
                        description="Prompt tuning by forward queries only, on your own text classification data "
                                    "or the built-in 5-way task: soft prompts of the embedded SmolLM2-135M (offline, "
-                                   "default) or discrete word prompts over an OpenAI-compatible endpoint.",
+                                   "default) or a prompt (instruction, demonstrations, words) over an "
+                                   "OpenAI-compatible endpoint.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", default="embedded", metavar="NAME",
-                   help="embedded (soft prompt, offline; default) or openai:<model> (discrete prompt over an API)")
+                   help="embedded (soft prompt, offline; default) or openai:<model> (instruction, "
+                        "demonstrations and words over an API)")
     data = t.add_argument_group("data (default: the built-in animal task)")
     data.add_argument("--train", metavar="FILE", help="training table: .jsonl, .json, .csv or .tsv")
     data.add_argument("--test", metavar="FILE", help="held-out table, same columns")
