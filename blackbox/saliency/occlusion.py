@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BudgetExceeded, InputError
+from ..errors import InputError
 from ..estimators import Estimator, GradientEstimate, LRMean, Samples
-from .samplers import Job, Sampler
+from .samplers import Job, Sampler, ask_in_chunks
 
 
 class Occlusion(Sampler):
@@ -44,28 +44,23 @@ class Occlusion(Sampler):
         f = job.probe().f
         points = np.ones((dim + 1, dim))
         points[np.arange(1, dim + 1), np.arange(dim)] = 0.0  # row 0 the image, row c + 1 cell c removed
-        est, kept = GradientEstimate.empty(dim), []
+        est = GradientEstimate.empty(dim)
         est.m2 = np.zeros(dim)
-        try:
-            for start in range(0, dim + 1, job.runner.batch_size):
-                values, delivered = f(points[start:start + job.runner.batch_size])
-                est.queries += len(values)
-                self._record(est, kept, start, np.asarray(values, float), np.asarray(delivered, float))
-        except BudgetExceeded as exc:
-            est.stopped = str(exc)
-        est.samples = Samples.join(kept) if kept else Samples(np.zeros((0, dim)), np.zeros(0))
+        values, delivered, est.stopped = ask_in_chunks(f, points, job.runner.batch_size)
+        est.queries = len(values)
+        est.samples = self._record(est, values, delivered) if len(values) else Samples(np.zeros((0, dim)), np.zeros(0))
         return est
 
     @staticmethod
-    def _record(est: GradientEstimate, kept: list, start: int, values: np.ndarray, delivered: np.ndarray) -> None:
-        """Fold one chunk of answers in: row 0 of the first chunk is the image itself."""
-        if start == 0:
-            est.f0, est.extras["image"] = float(values[0]), delivered[0]
-            values, delivered, start = values[1:], delivered[1:], 1
-        cells = np.arange(start - 1, start - 1 + len(values))
+    def _record(est: GradientEstimate, values: np.ndarray, delivered: np.ndarray) -> Samples:
+        """Fold the answers in (row 0 is the image itself); the samples: each cell's move and the
+        change of score it caused."""
+        est.f0, est.extras["image"] = float(values[0]), delivered[0]
+        values, delivered = values[1:], delivered[1:]
+        cells = np.arange(len(values))
         moved = delivered - est.extras["image"]
-        size = moved[np.arange(len(cells)), cells]
+        size = moved[cells, cells]
         ok = size != 0
         est.mean[cells[ok]] = (values[ok] - est.f0) / size[ok]
         est.count[cells[ok]] = 1
-        kept.append(Samples(moved[ok], values[ok] - est.f0))
+        return Samples(moved[ok], values[ok] - est.f0)

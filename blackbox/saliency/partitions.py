@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BudgetExceeded, InputError
+from ..errors import InputError
 from ..estimators import GradientEstimate, Samples
-from .samplers import Job, Reading, Sampler
+from .samplers import Job, Reading, Sampler, ask_in_chunks
 
 
 class Partitions(Sampler):
@@ -62,16 +62,7 @@ class Partitions(Sampler):
         masks, and the map's level is set by the photo (see :func:`_through_photo`)."""
         f, dim = job.probe().f, job.space.dim
         masks = np.vstack([np.ones((1, dim)), self.masks(job.queries - 1, dim, job.rng)])
-        keep, scores, stopped = [], [], None
-        try:
-            for start in range(0, len(masks), job.runner.batch_size):
-                values, delivered = f(masks[start:start + job.runner.batch_size])
-                scores.append(np.asarray(values, dtype=np.float64))
-                keep.append(np.asarray(delivered, dtype=np.float64))
-        except BudgetExceeded as exc:
-            stopped = str(exc)
-        keep = np.concatenate(keep) if keep else np.zeros((0, dim))
-        scores = np.concatenate(scores) if scores else np.zeros(0)
+        scores, keep, stopped = ask_in_chunks(f, masks, job.runner.batch_size)
         est = _estimate(keep[1:], scores[1:])
         est.queries, est.stopped = len(scores), stopped
         values, stderr = job.estimator.fit(est, job.space.prior())

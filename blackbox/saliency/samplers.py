@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..allocators import Allocator
-from ..errors import InputError
+from ..errors import BudgetExceeded, InputError
 from ..estimators import CONTROLS, Estimator, GradientEstimate, LRMean, Regression, lr_gradient
 from ..queries import QueryRunner
 from .focus import SHARE as FOCUS_SHARE
@@ -67,6 +67,23 @@ class Reading:
     estimate: GradientEstimate
     values: np.ndarray
     stderr: np.ndarray
+
+
+def ask_in_chunks(f, points: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Fixed points asked through a probe's ``f`` in chunks of ``batch_size``: the scores and the
+    points as delivered for every answer paid for, and why the budget stopped it (None when all
+    were answered)."""
+    values, delivered, stopped = [], [], None
+    try:
+        for start in range(0, len(points), batch_size):
+            v, d = f(points[start:start + batch_size])
+            values.append(np.asarray(v, dtype=np.float64))
+            delivered.append(np.asarray(d, dtype=np.float64))
+    except BudgetExceeded as exc:
+        stopped = str(exc)
+    if not values:
+        return np.zeros(0), np.zeros((0, points.shape[1])), stopped
+    return np.concatenate(values), np.concatenate(delivered), stopped
 
 
 class Sampler:
