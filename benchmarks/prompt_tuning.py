@@ -135,7 +135,7 @@ def load_cells(args) -> list[dict]:
 
 
 def write_results(args, cells: list[dict], tasks: dict, started_load: float) -> list[str]:
-    info = {"settings": {k: v for k, v in vars(args).items() if k not in ("combine",)},
+    info = {"settings": vars(args),
             "cores": os.cpu_count(), "load_average_at_start": started_load, "load_average_at_end": os.getloadavg()[0],
             "tasks": {name: {"labels": list(t.labels), "heldout_rows": min(args.heldout, len(t.heldout)),
                              "pool_rows": len(t.pool), "source": t.source} for name, t in tasks.items()}}

@@ -84,6 +84,14 @@ def heldout_timing(cells: list[dict]) -> str:
             f"({seconds / paid:.2f} s each); {tokens} tokens over all held-out scorings, cached or not.")
 
 
+def machine_load(info: dict) -> str:
+    """The load average around the runs; tables combined from part files say so instead (the runs'
+    own seconds are in the spending table)."""
+    if info["settings"].get("combine"):
+        return "; tables combined from the part files (each run's seconds are in its spending row)"
+    return f", load average {info['load_average_at_start']:.1f} at the start, {info['load_average_at_end']:.1f} at the end"
+
+
 def report_lines(cells: list[dict], info: dict) -> list[str]:
     s = info["settings"]
     smoke = " - SMOKE RUN: tiny budgets and sets, a check of the pipeline, not a measurement" if s.get("smoke") else ""
@@ -91,8 +99,7 @@ def report_lines(cells: list[dict], info: dict) -> list[str]:
              f"Model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp server, 2 threads) over /v1/chat/completions. "
              f"Budgets {s['budgets']} metric calls (checkpoints of one run per task, method and seed), seeds "
              f"{s['seeds']}, {s['train']} training + {s['val']} validation rows per seed, the first {s['heldout']} "
-             f"rows of each task's fixed held-out set. {info['cores']} cores, load average "
-             f"{info['load_average_at_start']:.1f} at the start, {info['load_average_at_end']:.1f} at the end.", ""]
+             f"rows of each task's fixed held-out set. {info['cores']} cores{machine_load(info)}.", ""]
     for name, t in info["tasks"].items():
         mine = [c for c in cells if c["task"] == name]
         if not mine:
