@@ -128,15 +128,17 @@ def shares(cells: np.ndarray, q: int, centre: bool) -> tuple[float, float]:
 
 def gradcam(reference, image: np.ndarray, index: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) of the last convolutional features of an EfficientNet twin,
-    on its feature grid (7x7 for 224 px), upsampled to 14x14 cells."""
+    on its feature grid (7x7 for 224 px, 9x9 for Lite2's 260 px), area-resampled to 14x14 cells
+    (each feature cell spread over the common refinement of both grids, then averaged per cell)."""
     torch, net = reference.torch, reference.module
     x = reference.preprocessing.to_input(torch.from_numpy(image[None].astype(np.float32)))
     features = net.extract_features(x)
     logits = net._fc(net._avg_pooling(features).flatten(1))
     (grad,) = torch.autograd.grad(torch.log_softmax(logits, 1)[0, index], features)
     cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * features).sum(1))[0].detach().numpy()
-    rep = CELLS // cam.shape[0]
-    return np.kron(cam, np.ones((rep, rep)))
+    n = cam.shape[0]
+    fine = np.kron(cam, np.ones((CELLS, CELLS)))  # (n * CELLS) squared: both grids divide it
+    return fine.reshape(CELLS, n, CELLS, n).mean(axis=(1, 3))
 
 
 def specs(core: bool = False) -> list[dict]:
