@@ -125,7 +125,7 @@ def run_seeds(args, one_seed, report, stem: str) -> list[str]:
         seeds.append(one_seed(seed, args))
         lines = report(seeds, args)
         info = {"settings": vars(args), "load_average_at_end": os.getloadavg()[0], "cores": os.cpu_count()}
-        (RESULTS / f"{stem}.json").write_text(json.dumps({"info": info, "seeds": seeds}, indent=1))
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"info": info, "seeds": seeds}))
         (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return lines
 

@@ -141,7 +141,7 @@ def write_results(args, cells: list[dict], tasks: dict, started_load: float) -> 
                              "pool_rows": len(t.pool), "source": t.source} for name, t in tasks.items()}}
     lines = report_lines(cells, info)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.stem}.json").write_text(json.dumps({"info": info, "cells": cells}, indent=1))
+    (RESULTS / f"{args.stem}.json").write_text(json.dumps({"info": info, "cells": cells}))
     (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     return lines
 
