@@ -124,13 +124,17 @@ def save(path: Path, cell: dict) -> None:
 
 
 def load_cells(args) -> list[dict]:
+    """Each (task, method, seed)'s part file: the run to this invocation's largest budget, else the
+    one that went furthest (a task run only to 200 calls still shows in a table of 200 and 500)."""
     cells = []
     for task in args.tasks:
         for method in args.methods:
             for seed in args.seeds:
                 path = part_path(args, task, method, seed)
-                if path.exists():
-                    cells.append(json.loads(path.read_text()))
+                runs = sorted(PART_DIR.glob(f"{task}-{method}-s{seed}-b*-t{args.train}v{args.val}.json"),
+                              key=lambda p: int(p.name.rsplit("-b", 1)[1].split("-")[0]))
+                if path.exists() or runs:
+                    cells.append(json.loads((path if path.exists() else runs[-1]).read_text()))
     return cells
 
 

@@ -105,7 +105,8 @@ def report_lines(cells: list[dict], info: dict) -> list[str]:
         if not mine:
             continue
         lines += [f"## {name}: {', '.join(t['labels'])} ({t['heldout_rows']} held-out rows; data: {t['source']})", ""]
-        keys = sorted({k for c in mine for k in c["heldout"]}, key=lambda k: (k.startswith("own"), k))
+        keys = sorted({k for c in mine for k in c["heldout"]},
+                      key=lambda k: (k.startswith("own"), 0 if k.startswith("own") else int(k.split("@")[0])))
         for key in keys:
             budget = key.split("@")[0]
             title = ("at the metric calls each run spent (more than the largest budget)" if budget == "own"
