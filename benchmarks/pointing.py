@@ -275,7 +275,8 @@ def combine(model: str, budget: int, log) -> None:
                   f"{show(s['mass_seen'], 2)} | {show(s['top_seen'], 2)} |")
     stem = "pointing" if model == "lite0" else f"pointing.{model}"
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    slim = [{k: v for k, v in r.items() if k != "cells"} for r in rows]
+    derivable = ("cells", "photos", "config", "budget")  # the maps, the grid's photos (in "grids"), the settings
+    slim = [{k: v for k, v in r.items() if k not in derivable} for r in rows]
     (RESULTS / f"{stem}.json").write_text(json.dumps({"model": model, "budget": budget, "grids": grids,
                                                       "summary": stats, "rows": slim}))
     log(f"wrote {RESULTS / stem}.md and .json ({len(rows)} rows)")

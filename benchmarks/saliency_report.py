@@ -396,8 +396,8 @@ def combine(which: str, log) -> None:
             md += [f"\n### Choosing the default: every candidate against it at {SEED_BUDGET} queries\n",
                    SELECTION_RULE + "\n", "On avg4:\n", selection(board, describe({}), "avg4"),
                    "\nOn the own blur:\n", selection(board, describe({}), "own")]
-        summary[model] = {"photos": board.photos, "competing": board.competing, "targets": targets(board),
-                          "means": summarise(board, board.photos), "competing_means": summarise(board, board.competing)}
+        # the verdicts only: the means are the .md's tables, derivable from the rows
+        summary[model] = {"photos": board.photos, "competing": board.competing, "targets": targets(board)}
     stem = stem_of(which)
     (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     rows = [slim(r) for m in boards for r in loaded[m]]
