@@ -80,8 +80,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def part_path(args, task: str, method: str, seed: int) -> Path:
-    return PART_DIR / f"{task}-{method}-s{seed}-b{args.budgets[-1]}-t{args.train}v{args.val}.json"
+def part_path(args, task: str, method: str, seed: int, budget: int | str | None = None) -> Path:
+    """The part file of a run to ``budget`` metric calls (default: this invocation's largest;
+    ``"*"``: a glob pattern over every budget)."""
+    budget = args.budgets[-1] if budget is None else budget
+    return PART_DIR / f"{task}-{method}-s{seed}-b{budget}-t{args.train}v{args.val}.json"
+
+
+def part_budget(path: Path) -> int:
+    """The budget in a :func:`part_path` file name."""
+    return int(path.name.rsplit("-b", 1)[1].split("-")[0])
 
 
 def run_cell(args, endpoint, task, method: str, seed: int) -> dict:
@@ -131,8 +139,7 @@ def load_cells(args) -> list[dict]:
         for method in args.methods:
             for seed in args.seeds:
                 path = part_path(args, task, method, seed)
-                runs = sorted(PART_DIR.glob(f"{task}-{method}-s{seed}-b*-t{args.train}v{args.val}.json"),
-                              key=lambda p: int(p.name.rsplit("-b", 1)[1].split("-")[0]))
+                runs = sorted(PART_DIR.glob(part_path(args, task, method, seed, "*").name), key=part_budget)
                 if path.exists() or runs:
                     cells.append(json.loads((path if path.exists() else runs[-1]).read_text()))
     return cells
