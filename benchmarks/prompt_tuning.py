@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ METHODS = {
     "instruction-search": methods.instruction_search,
     "word-slots": methods.word_slots,
     "new-policy": methods.new_policy,          # blackbox.prompts, as tune-prompt runs it
+    # tune-prompt --shots 8 without --prompt: as many demonstrations as random-demos may draw
+    "new-policy-8": partial(methods.new_policy, shots=methods.MAX_DEMOS, lean=False),
     "dspy-bfsrs": dspy_methods.bfsrs,
     "dspy-mipro-light": dspy_methods.mipro_light,
     "dspy-gepa": dspy_methods.gepa,

@@ -197,3 +197,16 @@ def test_new_policy_without_signal_pays_only_its_probe():
     assert len(engine.requests) == run.metric_calls == 2 * PROBE_ROWS  # label logprobs, then sampled answers
     assert "no signal" in run.notes["stopped"] and len(run.candidates) == 1
     assert run.at(300) == PromptProgram(neutral_instruction("news topic", LABELS))
+
+
+def test_policy_space_shots_and_start():
+    """The default space is tune-prompt's (min(labels, 4) shots, leaning to the zero-shot prompt);
+    the 8-shot variant starts uniform, as tune-prompt does without --prompt."""
+    from benchmarks.prompt_bench.methods import policy_space
+
+    task = Task("t", "news topic", LABELS, (), (), "test")
+    space, theta0 = policy_space(task, _rows(24, 1))
+    assert space.k == min(len(LABELS), 4)
+    assert space.prompt(space.best(theta0)).instruction == neutral_instruction("news topic", LABELS)
+    space, theta0 = policy_space(task, _rows(24, 1), shots=8, lean=False)
+    assert space.k == 8 and not theta0.any()

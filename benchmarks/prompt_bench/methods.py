@@ -148,16 +148,18 @@ NEW_POLICY_STEP = {"batch_size": 8, "queries_per_step": 32, "lr": 0.3}  # tune-p
 PROBE_ROWS = 8          # the library's default probe (blackbox.prompts.signal.PROBE_ROWS)
 
 
-def policy_space(task: Task, rows: Sequence[tuple[str, str]]):
-    """The new policy's space as ``tune-prompt`` builds it by default (its three label-naming
-    instructions, the empty one, up to min(labels, 4) demonstrations from ``rows``, no word
-    slots), with the zero-shot instruction added as a candidate; ``(space, theta0)``, theta0
-    leaning towards the zero-shot prompt (as ``--prompt zero-shot.json`` would start it)."""
+def policy_space(task: Task, rows: Sequence[tuple[str, str]], shots: int | None = None, lean: bool = True):
+    """The new policy's space as ``tune-prompt`` builds it (its three label-naming instructions,
+    the empty one, up to ``shots`` demonstrations from ``rows`` (default min(labels, 4), as
+    ``--shots`` defaults), no word slots), with the zero-shot instruction added as a candidate;
+    ``(space, theta0)``. ``lean``: theta0 leans towards the zero-shot prompt (as ``--prompt
+    zero-shot.json`` would start it); otherwise it is uniform (tune-prompt without ``--prompt``)."""
     from blackbox.prompts import Prompt, PromptSpace, default_instructions
 
     instruction = neutral_instruction(task.description, task.labels)
-    space = PromptSpace([*default_instructions(task.labels), instruction], rows, min(len(task.labels), 4))
-    return space, space.start(Prompt(instruction))
+    k = min(len(task.labels), 4) if shots is None else shots
+    space = PromptSpace([*default_instructions(task.labels), instruction], rows, k)
+    return space, space.start(Prompt(instruction) if lean else None)
 
 
 def as_program(prompt) -> PromptProgram:
@@ -165,7 +167,8 @@ def as_program(prompt) -> PromptProgram:
     return PromptProgram(prompt.instruction, tuple(prompt.demonstrations), prompt.words)
 
 
-def new_policy(task: Task, budget: int, seed: int, endpoint, train, val) -> MethodRun:
+def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: int | None = None,
+               lean: bool = True) -> MethodRun:
     """The library's prompt search (:mod:`blackbox.prompts`: one categorical policy over
     instruction, number of demonstrations and the demonstrations, learned by LR with a
     leave-one-out baseline through the one training loop) over the chat endpoint, as
@@ -174,7 +177,8 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val) -> Meth
     stops there (keeping the zero-shot program) when neither carries signal. Trained on
     ``train`` + ``val`` (it selects nothing; they are also the demonstration pool). Every request
     scores a prompt on a row, so every request (probe included) is a metric call. One candidate
-    per step: the policy's likeliest prompt, at the metric calls spent so far."""
+    per step: the policy's likeliest prompt, at the metric calls spent so far. ``shots`` and
+    ``lean`` shape the space and its start (:func:`policy_space`)."""
     from blackbox.adapters.api_prompting import PromptEndpoint
     from blackbox.errors import NoSignal
     from blackbox.forward_learning import train as train_loop
@@ -185,7 +189,7 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val) -> Meth
     chat = PromptEndpoint(tally, endpoint.model, "chat", labels)
     items = TextClassificationTask([t for t, _ in rows], [labels.index(y) for _, y in rows], [], [], labels,
                                    name=task.name, template="{text}")
-    space, theta0 = policy_space(task, rows)
+    space, theta0 = policy_space(task, rows, shots, lean)
     run = MethodRun(pick="last")
     run.add(0, None, as_program(space.prompt(space.best(theta0))))
     try:
