@@ -149,6 +149,13 @@ def load_cells(args) -> list[dict]:
     return cells
 
 
+def slim(cell: dict) -> dict:
+    """A cell for the results file: every candidate's calls and score, but the prompt text only of
+    the programs scored on the held-out rows (in ``heldout``); the part file keeps the rest."""
+    run = {**cell["run"], "candidates": [{k: c[k] for k in ("calls", "score")} for c in cell["run"]["candidates"]]}
+    return {**cell, "run": run}
+
+
 def write_results(args, cells: list[dict], tasks: dict, started_load: float) -> list[str]:
     info = {"settings": vars(args),
             "cores": os.cpu_count(), "load_average_at_start": started_load, "load_average_at_end": os.getloadavg()[0],
@@ -157,7 +164,7 @@ def write_results(args, cells: list[dict], tasks: dict, started_load: float) -> 
     lines = report_lines(cells, info)
     out = PART_DIR if args.smoke else RESULTS  # a smoke run checks the bench; it measures nothing
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.stem}.json").write_text(json.dumps({"info": info, "cells": cells}))
+    (out / f"{args.stem}.json").write_text(json.dumps({"info": info, "cells": [slim(c) for c in cells]}))
     (out / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     return lines
 
