@@ -142,10 +142,10 @@ def load_cells(args) -> list[dict]:
     for task in args.tasks:
         for method in args.methods:
             for seed in args.seeds:
-                path = part_path(args, task, method, seed)
                 runs = sorted(PART_DIR.glob(part_path(args, task, method, seed, "*").name), key=part_budget)
-                if path.exists() or runs:
-                    cells.append(json.loads((path if path.exists() else runs[-1]).read_text()))
+                if runs:
+                    path = part_path(args, task, method, seed)
+                    cells.append(json.loads((path if path in runs else runs[-1]).read_text()))
     return cells
 
 

@@ -115,11 +115,11 @@ def _instructions(args, task, prompt) -> list[str]:
 
 def _space(args, task, instructions, words, slots, prompt):
     """The policy's space and its starting logits."""
-    from blackbox.prompts import PromptSpace
+    from blackbox.prompts import PromptSpace, default_shots
 
     labels = [w.strip() for w in task.label_words]
     pool = [(t, labels[y]) for t, y in zip(task.train_texts, task.train_labels)]
-    shots = args.shots if args.shots is not None else min(len(labels), 4)
+    shots = args.shots if args.shots is not None else default_shots(len(labels))
     if shots >= len(pool):
         raise InputError(f"--shots {shots}: the training split has {len(pool)} rows (an example never shows itself); "
                          f"use at most {len(pool) - 1}")

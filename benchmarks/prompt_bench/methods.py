@@ -150,14 +150,14 @@ PROBE_ROWS = 8          # the library's default probe (blackbox.prompts.signal.P
 
 def policy_space(task: Task, rows: Sequence[tuple[str, str]], shots: int | None = None, lean: bool = True):
     """The new policy's space as ``tune-prompt`` builds it (its three label-naming instructions,
-    the empty one, up to ``shots`` demonstrations from ``rows`` (default min(labels, 4), as
-    ``--shots`` defaults), no word slots), with the zero-shot instruction added as a candidate;
+    the empty one, up to ``shots`` demonstrations from ``rows`` (default: ``--shots``'s,
+    :func:`~blackbox.prompts.space.default_shots`), no word slots), with the zero-shot instruction added as a candidate;
     ``(space, theta0)``. ``lean``: theta0 leans towards the zero-shot prompt (as ``--prompt
     zero-shot.json`` would start it); otherwise it is uniform (tune-prompt without ``--prompt``)."""
-    from blackbox.prompts import Prompt, PromptSpace, default_instructions
+    from blackbox.prompts import Prompt, PromptSpace, default_instructions, default_shots
 
     instruction = neutral_instruction(task.description, task.labels)
-    k = min(len(task.labels), 4) if shots is None else shots
+    k = default_shots(len(task.labels)) if shots is None else shots
     space = PromptSpace([*default_instructions(task.labels), instruction], rows, k)
     return space, space.start(Prompt(instruction) if lean else None)
 

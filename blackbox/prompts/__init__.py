@@ -14,8 +14,8 @@ from .prompt import Prompt, read_prompt_file
 from .rewards import Example, LabelLogprobs, LabelScores, SampledAnswers, exact_match, normalise_answer
 from .search import PromptSearch, tune_prompt
 from .signal import probe_signal
-from .space import PromptSpace
+from .space import PromptSpace, default_shots
 
-__all__ = ["Prompt", "read_prompt_file", "PromptSpace", "Example", "LabelLogprobs", "LabelScores", "SampledAnswers",
+__all__ = ["Prompt", "read_prompt_file", "PromptSpace", "default_shots", "Example", "LabelLogprobs", "LabelScores", "SampledAnswers",
            "exact_match", "normalise_answer", "PromptSearch", "tune_prompt", "probe_signal", "default_instructions",
            "propose_instructions", "read_instructions"]

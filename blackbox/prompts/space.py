@@ -28,6 +28,11 @@ from .prompt import Prompt
 from .words import PromptPolicy
 
 
+def default_shots(n_labels: int) -> int:
+    """How many demonstrations a space may show unless told: one per label, at most 4."""
+    return min(int(n_labels), 4)
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max())
     return e / e.sum()
