@@ -54,6 +54,8 @@ METHODS = {
     "new-policy": methods.new_policy,          # blackbox.prompts, as tune-prompt runs it
     # tune-prompt --shots 8 without --prompt: as many demonstrations as random-demos may draw
     "new-policy-8": partial(methods.new_policy, shots=methods.MAX_DEMOS, lean=False),
+    # tune-prompt --select 50: a final choice among the last steps' prompts (run at one budget)
+    "new-policy-select": partial(methods.new_policy, select=50),
     "dspy-bfsrs": dspy_methods.bfsrs,
     "dspy-mipro-light": dspy_methods.mipro_light,
     "dspy-gepa": dspy_methods.gepa,

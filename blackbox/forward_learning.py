@@ -247,6 +247,8 @@ class TrainResult:
     whatever the source describes (e.g. the discrete prompt). ``evals`` rows: ``step``,
     ``queries`` and the scalar metrics of ``eval_fn`` (its own query count as ``eval_queries``).
     ``learned`` is what ``theta`` stands for (soft prompt, prompt text, projector).
+    ``selection``: when a final selection chose ``learned`` among candidates (prompt search),
+    what each candidate scored.
     """
 
     theta: np.ndarray
@@ -258,6 +260,7 @@ class TrainResult:
     stopped: str | None = None
     resumed_from: int = 0
     seconds: float = 0.0
+    selection: list[dict] = field(default_factory=list)
 
     def curve(self, key: str = "loss") -> tuple[np.ndarray, np.ndarray]:
         """``(queries, values)`` of a history key (or an eval metric), ready to plot."""

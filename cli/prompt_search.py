@@ -19,8 +19,9 @@ from .options import add_remote_options, nonneg_int, positive_float, positive_in
 
 SEARCH_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k", "api",
                "instructions", "propose", "shots", "reward", "samples", "temperature", "probe", "service_tier",
-               "label_tokens")
+               "label_tokens", "select")
 SEARCH_FLAGS = ("batch", "dry_run")  # store_true options (False when not given)
+SELECT_FROM = 3  # candidates of --select: the last steps' distinct likeliest prompts
 BATCH_HELP = ("send each held-out evaluation pass (before and after training) through OpenAI's Batch API: half "
               "price, answers within 24 h (usually minutes); the probe and the training steps stay one by one")
 
@@ -54,6 +55,11 @@ def add_search_options(parser) -> None:
                         "'arthropod' counts as ' arthrop'; 'all' adds its later tokens ('od'), which matters when "
                         "labels share a first token or one label is rarely spelled out: needs /v1/completions and "
                         "pays one more request per further token of each label")
+    d.add_argument("--select", type=nonneg_int, metavar="N",
+                   help=f"end by scoring the last steps' distinct likeliest prompts (up to {SELECT_FROM}) on N "
+                        "training rows none of them shows and keeping the best: a short run's likeliest prompt "
+                        f"can move between near-equal choices from step to step (up to {SELECT_FROM} x N more "
+                        "requests; default: 0 = keep the last step's)")
     d.add_argument("--top-k", type=positive_int, help="logprobs asked per answer (default: 20; OpenAI allows 5 "
                                                       "on completions, 20 on chat)")
     d.add_argument("--dry-run", action="store_true", help="send nothing; print what the run would pay")
@@ -219,10 +225,12 @@ def _run(args, endpoint, task, budget, start):
         result = tune_prompt(space, reward, task, samples=samples, steps=args.steps, total_queries=args.total_queries,
                              batch_size=args.batch_size, queries_per_step=args.queries_per_step, lr=args.lr,
                              allocator=args.allocator, seed=args.seed, budget=budget, checkpoint=args.checkpoint,
-                             eval_every=args.eval_every, theta0=theta0, progress=not args.no_progress)
+                             eval_every=args.eval_every, theta0=theta0, progress=not args.no_progress,
+                             select=args.select or 0, candidates=SELECT_FROM)
     search = {"reward": reward.mode, "samples_per_prompt": samples, "probe": [f.__dict__ for f in findings],
               "probe_paid": probe_cost, "proposed": proposed, "instructions": len(space.instructions),
-              "shots": space.k, "slots": space.words.n_slots if space.words is not None else 0}
+              "shots": space.k, "slots": space.words.n_slots if space.words is not None else 0,
+              "selection": result.selection, "selection_rows": args.select or 0}
     return result, {**usage_fields(endpoint), "search": search}
 
 
@@ -261,6 +269,8 @@ def dry_run_report(args, endpoint, task, space, theta0) -> dict:
     start = space.prompt(space.best(theta0))
     probe = [(start, t) for t in task.train_texts[: 8 if args.probe is None else args.probe]]
     held_out = [(start, t) for t in task.test_texts] + [(_longest(space), t) for t in task.test_texts] * bool(args.steps)
+    rows = min(args.select or 0, len(task.train_texts)) * bool(args.steps)
+    selection = [(_longest(space), t) for t in task.train_texts[:rows]]  # priced for each of SELECT_FROM prompts
     temp, seed, engine = args.temperature or 1.0, args.seed, endpoint.engine
 
     def asked(pairs, temperature):
@@ -271,11 +281,14 @@ def dry_run_report(args, endpoint, task, space, theta0) -> dict:
     engine.map([endpoint.sampler.request(endpoint.render((Prompt(), m)), 1.0, seed, max_tokens=80)
                 for m in meta_prompts(task, args.propose or 0, seed=seed)], sync=True)
     engine.map(asked(training, temp), sync=True)
+    engine.map(asked(selection, 0.0) * SELECT_FROM, replicas=np.repeat(np.arange(SELECT_FROM), len(selection)),
+               sync=True)
     engine.map(asked(held_out, 0.0), batch=True)
     u = engine.stats
     return {"dry_run": True, "would_send": u.would_send, "already_cached": u.cache_hits, "api": endpoint.kind,
             "probe_requests": len(probe) * (1 if reward != "auto" else 2), "proposals": args.propose or 0,
-            "training_queries": n_train, "evaluation_requests": len(held_out), "reward": reward,
+            "training_queries": n_train, "selection_requests": len(selection) * SELECT_FROM, "evaluation_requests": len(held_out),
+            "reward": reward,
             "evaluation_cost_batched": bool(args.batch),
             "estimated_tokens": u.estimated_tokens, "estimated_cost": round(u.estimated_cost, 6),
             "estimated_batch_cost": round(u.estimated_batch_cost, 6),
@@ -305,6 +318,7 @@ def print_dry_run(report: dict) -> None:
     reward = "label logprobs (auto: the probe decides)" if report["reward"] == "auto" else report["reward"]
     print(f"dry run over {report['api']}: probe {report['probe_requests']} requests, {report['proposals']} "
           f"proposals, {report['training_queries']} training answers scored by {reward}, "
+          f"{report['selection_requests']} selection requests (at most), "
           f"{report['evaluation_requests']} evaluation requests; {report['already_cached']} answers already cached, "
           f"{report['would_send']} requests would be sent")
     print(f"at most ~{report['estimated_tokens']} tokens (worst-case reservations; actual usage is usually lower)")

@@ -304,3 +304,11 @@ def _print_search(report: dict) -> None:
     print(f"reward: {how}{probe}")
     if s["proposed"]:
         print(f"proposed instructions: {len(s['proposed'])} (in the report)")
+    scored = s["selection"]
+    if scored:
+        accuracy = ", ".join(f"{r['accuracy']:.2f}" if "accuracy" in r else "not finished" for r in scored)
+        print(f"selection: the last steps' {len(scored)} distinct prompts on {s['selection_rows']} training rows "
+              f"(newest first): accuracy {accuracy}; kept the best ({len(scored) * s['selection_rows']} requests "
+              "at most)")
+    elif s["selection_rows"]:
+        print("selection: nothing to choose (the last steps kept one prompt)")

@@ -328,6 +328,32 @@ def test_batch_sends_each_evaluation_pass_as_one_batch_with_the_synchronous_accu
     assert counting.counters.answered == answered and len(counting.batch_sizes()) == passes
 
 
+def test_select_keeps_the_best_of_the_last_steps_prompts_and_the_server_counts_what_it_paid(counting, lm, tmp_path,
+                                                                                                capsys, monkeypatch):
+    """--select 3: the last steps' distinct likeliest prompts (at most 3) are scored on 3 training
+    rows and the best (the first on a tie) is the prompt kept and evaluated; every request the
+    report counts reached the server once, and none beyond probe + training + selection +
+    the two evaluation passes."""
+    from blackbox.cli.main import main
+
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    cmd = ["tune-prompt", "--model", f"openai:{lm.name}", "--base-url", counting.url, "--api", "completions",
+           *_reviews(tmp_path), "--steps", "6", "--batch-size", "2", "--queries-per-step", "4", "--shots", "2",
+           "--probe", "4", "--reward", "logprobs", "--lr", "1.0", "--select", "3", "--no-progress"]
+    assert main(cmd + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    scored = report["search"]["selection"]
+    assert 2 <= len(scored) <= 3 and all(r["queries"] == 3 for r in scored)
+    best = max(range(len(scored)), key=lambda i: (scored[i]["accuracy"], -scored[i]["label_nll"], -i))
+    assert report["prompt"] == scored[best]["prompt"]
+    paid = report["usage"]["requests_paid"]
+    assert paid == counting.counters.answered and counting.counters.duplicate_paid == 0
+    assert paid <= 4 + report["train_queries"] + 3 * len(scored) + report["eval_queries"]
+    monkeypatch.setenv("BLACKBOX_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(cmd) == 0 and counting.counters.answered == paid   # a rerun: all from the cache
+    assert f"the last steps' {len(scored)} distinct prompts on 3 training rows" in capsys.readouterr().out
+
+
 def test_an_interrupted_search_resumes_from_its_checkpoint_and_pays_only_new_steps(served, lm, tmp_path, capsys,
                                                                                    monkeypatch):
     from blackbox.cli.main import main

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from blackbox.errors import InputError, NoSignal
+from blackbox.errors import BudgetExceeded, InputError, NoSignal
 from blackbox.prompt_tuning import TextClassificationTask
 from blackbox.prompts import (Example, LabelLogprobs, LabelScores, Prompt, PromptSpace, SampledAnswers, exact_match,
                               normalise_answer, probe_signal, read_instructions, tune_prompt)
 from blackbox.prompts.instructions import clean_proposal, meta_prompts, propose_instructions
-from blackbox.prompts.search import split_queries
+from blackbox.prompts.search import select_prompt, select_rows, split_queries
 
 LABELS = ["cat", "dog"]
 GOOD = "Say cat or dog."
@@ -229,6 +229,42 @@ def test_neyman_gives_the_floor_to_an_example_whose_reward_never_varies():
     later = [dict(zip(h["items"], h["allocation"])) for h in res.history[1:]]
     assert all(a[0] == 2 and sum(a.values()) == 24 for a in later)
     assert res.history[0]["allocation"] == [6, 6, 6, 6]  # no variance known yet: uniform
+
+
+# -- the final selection ----------------------------------------------------------------------------------
+def test_the_selection_keeps_the_best_prompt_scored_on_rows_no_candidate_shows():
+    task = toy_task(n_train=12)
+    good = Prompt(GOOD, [("b1", "dog")], template=task.template)
+    bad = Prompt("Tell me a story.", [("a2", "cat")], template=task.template)
+    endpoint = ToyEndpoint()
+    reward = LabelLogprobs(endpoint, task.label_words)
+    rows = select_rows([bad, good], task, 6, seed=0)
+    assert len(rows) == 6 and not {task.train_texts[i] for i in rows} & {"b1", "a2"}
+    texts, labels = [task.train_texts[i] for i in rows], task.train_labels[rows]
+    best, scored = select_prompt(reward, [bad, good], texts, labels)
+    assert best == good and [s["accuracy"] for s in scored] == [0.0, 1.0] and endpoint.answered == 12
+    assert select_prompt(reward, [bad, Prompt("Tell me a story.")], texts, labels)[0] == bad  # a tie: the first
+
+    class Capped(ToyEndpoint):  # the budget runs out in the second candidate
+        def label_scores(self, pairs, *, evaluation=False):
+            if self.answered + len(pairs) > 8:
+                raise BudgetExceeded("max_queries 8 reached")
+            return super().label_scores(pairs, evaluation=evaluation)
+
+    best, scored = select_prompt(LabelLogprobs(Capped(), task.label_words), [bad, good], texts, labels)
+    assert best == bad and "max_queries 8" in scored[-1]["stopped"] and len(scored) == 2
+
+
+def test_a_run_with_selection_pays_candidates_times_rows_and_keeps_the_best():
+    task = toy_task(n_train=12)
+    endpoint = ToyEndpoint()
+    res = tune_prompt(space_for(task), LabelLogprobs(endpoint, task.label_words), task, steps=30, batch_size=2,
+                      queries_per_step=8, lr=0.3, seed=0, select=5, candidates=3)
+    scored = res.selection
+    assert 2 <= len(scored) <= 3 and res.learned.instruction == GOOD and ("b1", "dog") in res.learned.demonstrations
+    assert max(s["accuracy"] for s in scored) == 1.0 and res.before["accuracy"] == 0.0 and res.after["accuracy"] == 1.0
+    assert endpoint.answered == res.queries + 5 * len(scored) + 2 * len(task.test_texts)
+    assert [e["step"] for e in res.evals] == [0, 30]
 
 
 # -- the probe --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Soft prompt tuning on the real embedded SmolLM2, and the discrete prompt policy gradient."""
+import json
 import os
 
 import numpy as np
@@ -257,10 +258,15 @@ def test_cli_search_dry_run_prices_both_ways_and_names_what_label_tokens_all_add
     base = ["tune-prompt", "--model", "openai:gpt-4o-mini", "--base-url", "http://127.0.0.1:9", "--train", str(train),
             "--test", str(test), "--text-column", "review", "--label-column", "sentiment", "--steps", "2",
             "--dry-run", "--no-progress"]
+    assert main(base + ["--json"]) == 0
+    sends = json.loads(capsys.readouterr().out)["would_send"]
     assert main(base) == 0
     plain = capsys.readouterr().out
     assert plain.startswith("dry run over chat") and "sent one by one" in plain and "through the Batch API" in plain
-    assert "--label-tokens" not in plain
+    assert "--label-tokens" not in plain and "0 selection requests" in plain
+    assert main(base + ["--select", "5", "--json"]) == 0  # three candidates, each on 5 training rows
+    report = json.loads(capsys.readouterr().out)
+    assert report["selection_requests"] == 15 and report["would_send"] == sends + 15
     assert main(base + ["--label-tokens", "all"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dry run over completions") and "not counted above: --label-tokens all" in out

@@ -168,7 +168,7 @@ def as_program(prompt) -> PromptProgram:
 
 
 def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: int | None = None,
-               lean: bool = True) -> MethodRun:
+               lean: bool = True, select: int = 0) -> MethodRun:
     """The library's prompt search (:mod:`blackbox.prompts`: one categorical policy over
     instruction, number of demonstrations and the demonstrations, learned by LR with a
     leave-one-out baseline through the one training loop) over the chat endpoint, as
@@ -178,12 +178,15 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: 
     ``train`` + ``val`` (it selects nothing; they are also the demonstration pool). Every request
     scores a prompt on a row, so every request (probe included) is a metric call. One candidate
     per step: the policy's likeliest prompt, at the metric calls spent so far. ``shots`` and
-    ``lean`` shape the space and its start (:func:`policy_space`)."""
+    ``lean`` shape the space and its start (:func:`policy_space`). ``select`` > 0 (rows) keeps
+    SELECT_FROM x ``select`` calls of the budget for ``tune-prompt --select``'s final choice
+    among the last steps' likeliest prompts; its one candidate is valid at ``budget`` only."""
     from blackbox.adapters.api_prompting import PromptEndpoint
     from blackbox.errors import NoSignal
     from blackbox.forward_learning import train as train_loop
     from blackbox.prompt_tuning import TextClassificationTask
     from blackbox.prompts import LabelLogprobs, PromptSearch, SampledAnswers, probe_signal
+    from blackbox.prompts.search import Trajectory
 
     labels, rows, tally = list(task.labels), train + val, Tally(endpoint.engine)
     chat = PromptEndpoint(tally, endpoint.model, "chat", labels)
@@ -200,11 +203,35 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: 
         return tally.settle(run, tally.requests)
     run.notes.update(reward=reward.mode, probe="; ".join(f.why for f in findings))
     source = PromptSearch(space, reward, items)
-    left = budget - tally.requests
+    left = budget - tally.requests - SELECT_FROM * select
+    trajectory = Trajectory(source, SELECT_FROM)
+
+    def step_done(step, theta, row):
+        trajectory(step, theta, row)
+        if not select:
+            run.add(tally.requests, None, as_program(source.prompt(theta)))
+
     if left >= NEW_POLICY_STEP["queries_per_step"]:
         result = train_loop(source, theta0, total_queries=left, seed=seed, eval_fn=None, eval_every=None,
-                            callback=lambda step, theta, row: run.add(tally.requests, None,
-                                                                      as_program(source.prompt(theta))),
-                            **NEW_POLICY_STEP)
+                            callback=step_done, **NEW_POLICY_STEP)
         run.notes.update(steps=result.steps, stopped=result.stopped)
+    if select and trajectory.prompts:
+        _select(run, tally, reward, items, trajectory.prompts, select, seed)
     return tally.settle(run, tally.requests)
+
+
+SELECT_FROM = 3         # tune-prompt --select's default number of candidates
+
+
+def _select(run: MethodRun, tally, reward, items, prompts, rows: int, seed: int) -> None:
+    """The library's final selection (:func:`blackbox.prompts.search.select_prompt`) as the run's
+    one candidate after the start, with what each candidate scored in the notes."""
+    from blackbox.prompts.search import select_prompt, select_rows
+
+    best, scored = prompts[0], []
+    if len(prompts) > 1:
+        picked = select_rows(prompts, items, rows, seed)
+        best, scored = select_prompt(reward, prompts, [items.train_texts[i] for i in picked],
+                                     items.train_labels[picked])
+    run.add(tally.requests, None, as_program(best))
+    run.notes["selection"] = ", ".join(f"{s.get('accuracy', float('nan')):.2f}" for s in scored) or "one candidate"

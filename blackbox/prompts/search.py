@@ -102,9 +102,60 @@ class PromptSearch:
                 "samples": self.samples, "temperature": getattr(self.reward, "temperature", None)}
 
 
+def _merit(metrics: dict) -> tuple[float, float]:
+    """Held-out evaluation's metrics as a sort key: accuracy first, then the finer score (minus
+    the label NLL for log-probabilities, the mean metric for sampled answers)."""
+    finer = -metrics["label_nll"] if "label_nll" in metrics else metrics.get("metric", 0.0)
+    return float(metrics["accuracy"]), float(finer)
+
+
+def select_rows(prompts, task: TextClassificationTask, rows: int, seed: int) -> np.ndarray:
+    """``rows`` training examples, drawn at random, that no prompt of ``prompts`` shows as a
+    demonstration (a prompt showing a row its answer would win that row)."""
+    shown = {d for p in prompts for d in p.demonstrations}
+    words = task.label_words
+    free = [i for i, (t, y) in enumerate(zip(task.train_texts, task.train_labels)) if (t, words[int(y)].strip()) not in shown]
+    rng = np.random.default_rng([seed, 31])
+    return np.sort(rng.choice(free, size=min(int(rows), len(free)), replace=False)).astype(np.int64)
+
+
+def select_prompt(reward, prompts, texts, labels) -> tuple[object, list[dict]]:
+    """The best of ``prompts`` on the same rows, scored as a held-out evaluation scores
+    (:func:`_merit`; the first prompt wins a tie), and every prompt's metrics in order. A budget
+    that runs out ends the selection: the best prompt scored so far is kept (the first prompt
+    when none was scored), and the last row says what stopped it."""
+    from blackbox.errors import BudgetExceeded
+
+    scored, best, top = [], prompts[0], None
+    for prompt in prompts:
+        try:
+            metrics = reward.evaluate(prompt, texts, labels)
+        except BudgetExceeded as exc:
+            scored.append({"prompt": prompt.describe(), "stopped": str(exc)})
+            break
+        scored.append({"prompt": prompt.describe(), **metrics})
+        if top is None or _merit(metrics) > top:
+            best, top = prompt, _merit(metrics)
+    return best, scored
+
+
+class Trajectory:
+    """The policy's likeliest prompt after each step, each distinct prompt once, newest first:
+    the candidates of the final selection (a short run's likeliest prompt can move between
+    near-equal choices from one step to the next)."""
+
+    def __init__(self, source: PromptSearch, keep: int):
+        self.source, self.keep, self.prompts = source, int(keep), []
+
+    def __call__(self, step: int, theta: np.ndarray, row: dict) -> None:
+        prompt = self.source.prompt(theta)
+        self.prompts = [prompt, *[p for p in self.prompts if p != prompt]][: self.keep]
+
+
 def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, samples: int = 1,
                 steps: int | None = 20, batch_size: int = 4, queries_per_step: int = 16, lr: float = 0.5,
-                eval_every: int | None = None, theta0: np.ndarray | None = None, **options) -> TrainResult:
+                eval_every: int | None = None, theta0: np.ndarray | None = None, select: int = 0,
+                candidates: int = 3, **options) -> TrainResult:
     """Learn a prompt (instruction, demonstrations, words) from ``reward`` alone.
 
     ``queries_per_step`` answers per step are split over the batch by the allocator (every
@@ -115,6 +166,12 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     ``result.learned`` is the :class:`~blackbox.prompts.prompt.Prompt`. A budget that runs out
     ends the run cleanly and keeps the prompt learned so far. Check the signal first
     (:func:`blackbox.prompts.signal.probe_signal`): a reward that never varies learns nothing.
+
+    ``select`` > 0 ends the run with a selection: the distinct likeliest prompts of the last
+    steps (up to ``candidates``, newest first) are scored on ``select`` training rows that none
+    of them shows (``candidates x select`` more requests, each one evaluation answer) and the
+    best becomes ``result.learned``, the held-out "after" its evaluation; ``result.selection``
+    lists what each scored. A resumed run's candidates are the steps it ran itself.
     """
     source = PromptSearch(space, reward, task, samples)
     theta0 = space.start() if theta0 is None else np.asarray(theta0, dtype=np.float64)
@@ -122,22 +179,52 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     def evaluate(theta):
         return reward.evaluate(source.prompt(theta), task.test_texts, task.test_labels)
 
-    return train(source, theta0, steps=steps, batch_size=batch_size, queries_per_step=queries_per_step, lr=lr,
-                 eval_every=eval_every, eval_fn=evaluate, description="prompt search", **options)
+    settings = dict(steps=steps, batch_size=batch_size, queries_per_step=queries_per_step, lr=lr,
+                    description="prompt search")
+    if select <= 0:
+        return train(source, theta0, eval_every=eval_every, eval_fn=evaluate, **settings, **options)
+    before = TrainResult(theta=theta0, learned=source.prompt(theta0))
+    if not _evaluate(before, lambda: evaluate(theta0)):
+        return before
+    trajectory, given = Trajectory(source, candidates), options.pop("callback", None)
+
+    def after_step(step, theta, row):
+        trajectory(step, theta, row)
+        if given is not None:
+            given(step, theta, row)
+
+    result = train(source, theta0, eval_fn=None, eval_every=None, callback=after_step, **settings, **options)
+    result.evals = before.evals
+    if len(trajectory.prompts) > 1:
+        picked = select_rows(trajectory.prompts, task, select, options.get("seed", 0))
+        result.learned, result.selection = select_prompt(reward, trajectory.prompts,
+                                                         [task.train_texts[i] for i in picked],
+                                                         task.train_labels[picked])
+        if "stopped" in result.selection[-1]:
+            result.stopped = f"{result.stopped + '; ' if result.stopped else ''}selection not finished"
+    _evaluate(result, lambda: reward.evaluate(result.learned, task.test_texts, task.test_labels))
+    return result
+
+
+def _evaluate(result: TrainResult, run) -> bool:
+    """Append ``run()``'s held-out metrics to ``result.evals`` at its step, as the training loop
+    does; False (``stopped`` says why) when the budget ran out in it."""
+    from blackbox.errors import BudgetExceeded
+    from blackbox.forward_learning import _scalars
+
+    try:
+        metrics = run()
+    except BudgetExceeded as exc:
+        result.stopped = f"{result.stopped + '; ' if result.stopped else ''}evaluation not finished: {exc}"
+        return False
+    result.evals.append({"step": result.steps, "queries": result.queries, **_scalars(metrics)})
+    return True
 
 
 def evaluate_only(reward, prompt, task: TextClassificationTask) -> TrainResult:
     """One held-out evaluation of ``prompt`` exactly as it is (a prompt file evaluated as
     written, hand edits included), as a run of no steps: ``before`` and ``after`` are that
     evaluation. A budget that runs out stops it like a run's (``stopped`` says so)."""
-    from blackbox.errors import BudgetExceeded
-
     result = TrainResult(theta=np.zeros(0), learned=prompt)
-    try:
-        metrics = reward.evaluate(prompt, task.test_texts, task.test_labels)
-    except BudgetExceeded as exc:
-        result.stopped = f"evaluation not finished: {exc}"
-        return result
-    queries = metrics.pop("queries", 0)
-    result.evals.append({"step": 0, "queries": 0, **metrics, "eval_queries": queries})
+    _evaluate(result, lambda: reward.evaluate(prompt, task.test_texts, task.test_labels))
     return result
