@@ -210,3 +210,19 @@ def test_policy_space_shots_and_start():
     assert space.prompt(space.best(theta0)).instruction == neutral_instruction("news topic", LABELS)
     space, theta0 = policy_space(task, _rows(24, 1), shots=8, lean=False)
     assert space.k == 8 and not theta0.any()
+
+
+def test_new_policy_with_selection_keeps_room_for_it_and_returns_one_program_at_its_budget():
+    """select=R: the training stops SELECT_FROM x R calls early, the selection scores each
+    distinct prompt of the last steps on R rows, and the run's one program after the start is the
+    selection's choice, at the calls actually spent (never past the budget)."""
+    from benchmarks.prompt_bench.methods import PROBE_ROWS, SELECT_FROM, new_policy
+
+    engine = _Classifier(LABELS)
+    task = Task("t", "news topic", LABELS, (), (), "test")
+    run = new_policy(task, 300, 0, _Endpoint(engine), _rows(24, 1), _rows(8, 2), select=6)
+    steps = (300 - PROBE_ROWS - SELECT_FROM * 6) // 32
+    scored = len(run.notes["selection"].split(", ")) if run.notes["selection"] != "one candidate" else 0
+    assert scored >= 2 and run.notes["steps"] == steps and len(run.candidates) == 2
+    assert run.metric_calls == len(engine.requests) == PROBE_ROWS + 32 * steps + 6 * scored <= 300
+    assert run.candidates[-1].calls == run.metric_calls and run.at(300) == run.candidates[-1].program
