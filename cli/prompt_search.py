@@ -15,13 +15,14 @@ import sys
 
 from blackbox.errors import InputError
 
+from blackbox.prompts.search import SELECT_FROM
+
 from .options import add_remote_options, nonneg_int, positive_float, positive_int
 
 SEARCH_ONLY = ("base_url", "max_cost", "max_tokens", "prices", "rpm", "tpm", "slots", "candidates", "top_k", "api",
                "instructions", "propose", "shots", "reward", "samples", "temperature", "probe", "service_tier",
                "label_tokens", "select")
 SEARCH_FLAGS = ("batch", "dry_run")  # store_true options (False when not given)
-SELECT_FROM = 3  # candidates of --select: the last steps' distinct likeliest prompts
 BATCH_HELP = ("send each held-out evaluation pass (before and after training) through OpenAI's Batch API: half "
               "price, answers within 24 h (usually minutes); the probe and the training steps stay one by one")
 
@@ -226,7 +227,7 @@ def _run(args, endpoint, task, budget, start):
                              batch_size=args.batch_size, queries_per_step=args.queries_per_step, lr=args.lr,
                              allocator=args.allocator, seed=args.seed, budget=budget, checkpoint=args.checkpoint,
                              eval_every=args.eval_every, theta0=theta0, progress=not args.no_progress,
-                             select=args.select or 0, candidates=SELECT_FROM)
+                             select=args.select or 0)
     search = {"reward": reward.mode, "samples_per_prompt": samples, "probe": [f.__dict__ for f in findings],
               "probe_paid": probe_cost, "proposed": proposed, "instructions": len(space.instructions),
               "shots": space.k, "slots": space.words.n_slots if space.words is not None else 0,
@@ -287,8 +288,8 @@ def dry_run_report(args, endpoint, task, space, theta0) -> dict:
     u = engine.stats
     return {"dry_run": True, "would_send": u.would_send, "already_cached": u.cache_hits, "api": endpoint.kind,
             "probe_requests": len(probe) * (1 if reward != "auto" else 2), "proposals": args.propose or 0,
-            "training_queries": n_train, "selection_requests": len(selection) * SELECT_FROM, "evaluation_requests": len(held_out),
-            "reward": reward,
+            "training_queries": n_train, "selection_requests": len(selection) * SELECT_FROM,
+            "evaluation_requests": len(held_out), "reward": reward,
             "evaluation_cost_batched": bool(args.batch),
             "estimated_tokens": u.estimated_tokens, "estimated_cost": round(u.estimated_cost, 6),
             "estimated_batch_cost": round(u.estimated_batch_cost, 6),

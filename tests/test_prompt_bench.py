@@ -216,7 +216,8 @@ def test_new_policy_with_selection_keeps_room_for_it_and_returns_one_program_at_
     """select=R: the training stops SELECT_FROM x R calls early, the selection scores each
     distinct prompt of the last steps on R rows, and the run's one program after the start is the
     selection's choice, at the calls actually spent (never past the budget)."""
-    from benchmarks.prompt_bench.methods import PROBE_ROWS, SELECT_FROM, new_policy
+    from benchmarks.prompt_bench.methods import PROBE_ROWS, new_policy
+    from blackbox.prompts.search import SELECT_FROM
 
     engine = _Classifier(LABELS)
     task = Task("t", "news topic", LABELS, (), (), "test")

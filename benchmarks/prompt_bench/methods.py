@@ -186,7 +186,7 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: 
     from blackbox.forward_learning import train as train_loop
     from blackbox.prompt_tuning import TextClassificationTask
     from blackbox.prompts import LabelLogprobs, PromptSearch, SampledAnswers, probe_signal
-    from blackbox.prompts.search import Trajectory
+    from blackbox.prompts.search import SELECT_FROM, Trajectory
 
     labels, rows, tally = list(task.labels), train + val, Tally(endpoint.engine)
     chat = PromptEndpoint(tally, endpoint.model, "chat", labels)
@@ -218,9 +218,6 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: 
     if select and trajectory.prompts:
         _select(run, tally, reward, items, trajectory.prompts, select, seed)
     return tally.settle(run, tally.requests)
-
-
-SELECT_FROM = 3         # tune-prompt --select's default number of candidates
 
 
 def _select(run: MethodRun, tally, reward, items, prompts, rows: int, seed: int) -> None:

@@ -102,6 +102,9 @@ class PromptSearch:
                 "samples": self.samples, "temperature": getattr(self.reward, "temperature", None)}
 
 
+SELECT_FROM = 3  # candidates of the final selection: the last steps' distinct likeliest prompts
+
+
 def _merit(metrics: dict) -> tuple[float, float]:
     """Held-out evaluation's metrics as a sort key: accuracy first, then the finer score (minus
     the label NLL for log-probabilities, the mean metric for sampled answers)."""
@@ -155,7 +158,7 @@ class Trajectory:
 def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, samples: int = 1,
                 steps: int | None = 20, batch_size: int = 4, queries_per_step: int = 16, lr: float = 0.5,
                 eval_every: int | None = None, theta0: np.ndarray | None = None, select: int = 0,
-                candidates: int = 3, **options) -> TrainResult:
+                candidates: int = SELECT_FROM, **options) -> TrainResult:
     """Learn a prompt (instruction, demonstrations, words) from ``reward`` alone.
 
     ``queries_per_step`` answers per step are split over the batch by the allocator (every
@@ -171,7 +174,8 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     steps (up to ``candidates``, newest first) are scored on ``select`` training rows that none
     of them shows (``candidates x select`` more requests, each one evaluation answer) and the
     best becomes ``result.learned``, the held-out "after" its evaluation; ``result.selection``
-    lists what each scored. A resumed run's candidates are the steps it ran itself.
+    lists what each scored. Its held-out evaluations are the start and the chosen prompt only
+    (``eval_every`` is not used). A resumed run's candidates are the steps it ran itself.
     """
     source = PromptSearch(space, reward, task, samples)
     theta0 = space.start() if theta0 is None else np.asarray(theta0, dtype=np.float64)
