@@ -278,6 +278,20 @@ class TrainResult:
         """The metrics of the last evaluation (at the end)."""
         return _metrics_only(self.evals[-1]) if self.evals else {}
 
+    def stop(self, why: str) -> None:
+        """Add ``why`` to the reasons the run stopped."""
+        self.stopped = f"{self.stopped}; {why}" if self.stopped else why
+
+    def evaluate(self, run: Callable[[], dict], step: int) -> bool:
+        """Append ``run()``'s scalar metrics as the evaluation at ``step``; False (``stopped``
+        says why) when the budget ran out in it."""
+        try:
+            self.evals.append({"step": step, "queries": self.queries, **_scalars(run())})
+            return True
+        except BudgetExceeded as exc:
+            self.stop(f"evaluation not finished: {exc}")
+            return False
+
     @property
     def eval_queries(self) -> int:
         return int(sum(e.get("eval_queries", 0) for e in self.evals))
@@ -484,14 +498,7 @@ class _Loop:
 
     def evaluate(self) -> bool:
         """Run ``eval_fn`` now; False (the reason kept in ``stopped``) if the budget ran out in it."""
-        result = self.result
-        try:
-            result.evals.append({"step": self.step, "queries": result.queries,
-                                 **_scalars(self.schedule.eval_fn(self.theta))})
-            return True
-        except BudgetExceeded as exc:
-            result.stopped = f"{result.stopped + '; ' if result.stopped else ''}evaluation not finished: {exc}"
-            return False
+        return self.result.evaluate(lambda: self.schedule.eval_fn(self.theta), self.step)
 
     def save(self) -> None:
         _save_checkpoint(self.ckpt, self.config, self.step, self.theta, self.adam, self.alloc, self.memory,

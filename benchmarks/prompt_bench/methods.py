@@ -221,14 +221,10 @@ def new_policy(task: Task, budget: int, seed: int, endpoint, train, val, shots: 
 
 
 def _select(run: MethodRun, tally, reward, items, prompts, rows: int, seed: int) -> None:
-    """The library's final selection (:func:`blackbox.prompts.search.select_prompt`) as the run's
+    """The library's final selection (:func:`blackbox.prompts.search.final_selection`) as the run's
     one candidate after the start, with what each candidate scored in the notes."""
-    from blackbox.prompts.search import select_prompt, select_rows
+    from blackbox.prompts.search import final_selection
 
-    best, scored = prompts[0], []
-    if len(prompts) > 1:
-        picked = select_rows(prompts, items, rows, seed)
-        best, scored = select_prompt(reward, prompts, [items.train_texts[i] for i in picked],
-                                     items.train_labels[picked])
+    best, scored = final_selection(reward, items, prompts, rows, seed)
     run.add(tally.requests, None, as_program(best))
     run.notes["selection"] = ", ".join(f"{s.get('accuracy', float('nan')):.2f}" for s in scored) or "one candidate"

@@ -142,6 +142,15 @@ def select_prompt(reward, prompts, texts, labels) -> tuple[object, list[dict]]:
     return best, scored
 
 
+def final_selection(reward, task: TextClassificationTask, prompts, rows: int, seed: int) -> tuple[object, list[dict]]:
+    """:func:`select_prompt` over ``rows`` training rows of ``task`` that no prompt shows
+    (:func:`select_rows`); one prompt is kept as it is, unscored."""
+    if len(prompts) < 2:
+        return prompts[0], []
+    picked = select_rows(prompts, task, rows, seed)
+    return select_prompt(reward, prompts, [task.train_texts[i] for i in picked], task.train_labels[picked])
+
+
 class Trajectory:
     """The policy's likeliest prompt after each step, each distinct prompt once, newest first:
     the candidates of the final selection (a short run's likeliest prompt can move between
@@ -188,7 +197,7 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     if select <= 0:
         return train(source, theta0, eval_every=eval_every, eval_fn=evaluate, **settings, **options)
     before = TrainResult(theta=theta0, learned=source.prompt(theta0))
-    if not _evaluate(before, lambda: evaluate(theta0)):
+    if not before.evaluate(lambda: evaluate(theta0), 0):
         return before
     trajectory, given = Trajectory(source, candidates), options.pop("callback", None)
 
@@ -200,29 +209,12 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     result = train(source, theta0, eval_fn=None, eval_every=None, callback=after_step, **settings, **options)
     result.evals = before.evals
     if len(trajectory.prompts) > 1:
-        picked = select_rows(trajectory.prompts, task, select, options.get("seed", 0))
-        result.learned, result.selection = select_prompt(reward, trajectory.prompts,
-                                                         [task.train_texts[i] for i in picked],
-                                                         task.train_labels[picked])
+        result.learned, result.selection = final_selection(reward, task, trajectory.prompts, select,
+                                                           options.get("seed", 0))
         if "stopped" in result.selection[-1]:
-            result.stopped = f"{result.stopped + '; ' if result.stopped else ''}selection not finished"
-    _evaluate(result, lambda: reward.evaluate(result.learned, task.test_texts, task.test_labels))
+            result.stop("selection not finished")
+    result.evaluate(lambda: reward.evaluate(result.learned, task.test_texts, task.test_labels), result.steps)
     return result
-
-
-def _evaluate(result: TrainResult, run) -> bool:
-    """Append ``run()``'s held-out metrics to ``result.evals`` at its step, as the training loop
-    does; False (``stopped`` says why) when the budget ran out in it."""
-    from blackbox.errors import BudgetExceeded
-    from blackbox.forward_learning import _scalars
-
-    try:
-        metrics = run()
-    except BudgetExceeded as exc:
-        result.stopped = f"{result.stopped + '; ' if result.stopped else ''}evaluation not finished: {exc}"
-        return False
-    result.evals.append({"step": result.steps, "queries": result.queries, **_scalars(metrics)})
-    return True
 
 
 def evaluate_only(reward, prompt, task: TextClassificationTask) -> TrainResult:
@@ -230,5 +222,5 @@ def evaluate_only(reward, prompt, task: TextClassificationTask) -> TrainResult:
     written, hand edits included), as a run of no steps: ``before`` and ``after`` are that
     evaluation. A budget that runs out stops it like a run's (``stopped`` says so)."""
     result = TrainResult(theta=np.zeros(0), learned=prompt)
-    _evaluate(result, lambda: reward.evaluate(prompt, task.test_texts, task.test_labels))
+    result.evaluate(lambda: reward.evaluate(prompt, task.test_texts, task.test_labels), 0)
     return result
