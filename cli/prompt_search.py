@@ -188,6 +188,9 @@ def run_search(args, task, budget):
     from .remote import check_local_options
 
     check_local_options(args)
+    if args.select and args.eval_every:
+        raise InputError("--eval-every with --select: a run with a selection scores the held-out rows at the start "
+                         "and for the chosen prompt only; drop one of them")
     prompt, words, slots = _start(args, task)
     instructions = _instructions(args, task, prompt)
     space, theta0 = _space(args, task, instructions, words, slots, prompt)

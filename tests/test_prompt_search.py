@@ -265,6 +265,9 @@ def test_a_run_with_selection_pays_candidates_times_rows_and_keeps_the_best():
     assert max(s["accuracy"] for s in scored) == 1.0 and res.before["accuracy"] == 0.0 and res.after["accuracy"] == 1.0
     assert endpoint.answered == res.queries + 5 * len(scored) + 2 * len(task.test_texts)
     assert [e["step"] for e in res.evals] == [0, 30]
+    with pytest.raises(ValueError, match="eval_every with select"):  # before anything is asked
+        tune_prompt(space_for(task), LabelLogprobs(endpoint, task.label_words), task, select=5, eval_every=2)
+    assert endpoint.answered == res.queries + 5 * len(scored) + 2 * len(task.test_texts)
 
 
 # -- the probe --------------------------------------------------------------------------------------------

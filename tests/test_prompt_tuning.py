@@ -238,7 +238,9 @@ def test_cli_tune_prompt_bad_input_is_one_line(capsys, tmp_path, review_files):
              (["--model", "openai:m", "--temperature", "0"], "must be > 0"),
              (["--label-tokens", "all"], "apply to --model openai"),
              (["--model", "openai:m", "--api", "chat", "--label-tokens", "all"], "needs /v1/completions"),
-             (["--model", "openai:m", "--label-tokens", "some"], "invalid choice")]
+             (["--model", "openai:m", "--label-tokens", "some"], "invalid choice"),
+             (["--model", "openai:m", "--base-url", "http://127.0.0.1:9", "--select", "5", "--eval-every", "2"],
+              "--eval-every with --select")]
     for bad, why in cases:
         try:
             code = main(["tune-prompt", *bad, "--no-progress"])

@@ -183,9 +183,13 @@ def tune_prompt(space: PromptSpace, reward, task: TextClassificationTask, *, sam
     steps (up to ``candidates``, newest first) are scored on ``select`` training rows that none
     of them shows (``candidates x select`` more requests, each one evaluation answer) and the
     best becomes ``result.learned``, the held-out "after" its evaluation; ``result.selection``
-    lists what each scored. Its held-out evaluations are the start and the chosen prompt only
-    (``eval_every`` is not used). A resumed run's candidates are the steps it ran itself.
+    lists what each scored. Its held-out evaluations are the start and the chosen prompt only,
+    so ``eval_every`` with ``select`` is a ValueError. A resumed run's candidates are the steps
+    it ran itself.
     """
+    if select > 0 and eval_every:
+        raise ValueError("eval_every with select: a run with a selection scores the held-out rows at the start and "
+                         "for the chosen prompt only")
     source = PromptSearch(space, reward, task, samples)
     theta0 = space.start() if theta0 is None else np.asarray(theta0, dtype=np.float64)
 
